@@ -1,0 +1,155 @@
+/**
+ * The relay's persistence contract. The relay reaches storage only through `Store`; every backend
+ * (SQLite now, Redis later) passes the one contract suite in test/relay/store-contract.ts.
+ */
+
+export const MessageStatus = {
+  queued: 'queued',
+  sent: 'sent',
+  received: 'received',
+  handled: 'handled',
+  failed: 'failed',
+  rejected: 'rejected',
+  expired: 'expired',
+  cancelled: 'cancelled',
+} as const;
+export type MessageStatus = (typeof MessageStatus)[keyof typeof MessageStatus];
+
+/** Statuses after which nothing more happens to a message. */
+export const FINAL_STATUSES: ReadonlySet<MessageStatus> = new Set([
+  'handled',
+  'failed',
+  'rejected',
+  'expired',
+  'cancelled',
+]);
+
+export interface DeviceRecord {
+  name: string;
+  /** Hex of the device's X25519 public key; undefined until the device has enrolled. */
+  publicKey?: string;
+  /** SHA-256 hex of the one-time enrollment secret; cleared on enrollment. */
+  enrollSecretHash?: string;
+  /** Epoch ms after which the enrollment secret is refused. */
+  enrollExpiresAt?: number;
+  enrolledAt?: number;
+  createdAt: number;
+  /** Epoch ms of the last sign of life (handshake, record, ping). */
+  lastSeen?: number;
+  /** Highest handshake timestamp accepted from this device (replay guard, PROTOCOL 5.4). */
+  lastHandshakeTs?: number;
+}
+
+export interface TokenRecord {
+  name: string;
+  /** SHA-256 hex of the token secret; the secret itself is never stored. */
+  hash: string;
+  /** Glob of device names this token may send to (default '*'). */
+  to: string;
+  webhook?: string;
+  createdAt: number;
+}
+
+export interface HistoryEntry {
+  status: MessageStatus;
+  at: number;
+  detail?: Record<string, unknown>;
+}
+
+export interface NewMessage {
+  id: string;
+  to: string;
+  /** Token name (HTTP sender) or device name (a host that sends). */
+  from: string;
+  filename: string;
+  size: number;
+  sha256: string;
+  /** Body kept inline in the store (small messages), or... */
+  body?: Uint8Array;
+  /** ...the path of a body file already fsync'd in the relay's blob folder (large messages). */
+  bodyPath?: string;
+  idempotencyKey?: string;
+  createdAt: number;
+  /** Epoch ms by which the message must be `received`, else it is flagged overdue. */
+  deadlineAt?: number;
+  /** Epoch ms after which it is never delivered (`expired`). */
+  expiresAt?: number;
+}
+
+export interface MessageRecord {
+  id: string;
+  /** Per-relay monotonic sequence: per-device delivery order. */
+  seq: number;
+  to: string;
+  from: string;
+  filename: string;
+  size: number;
+  sha256: string;
+  /** True when the body is inline (read it with `readInlineBody`), false when it is in `bodyPath`. */
+  inline: boolean;
+  bodyPath?: string;
+  status: MessageStatus;
+  idempotencyKey?: string;
+  createdAt: number;
+  updatedAt: number;
+  deadlineAt?: number;
+  expiresAt?: number;
+  overdue: boolean;
+  /** What the host's handler reported (exit code, output tail, job id, ...). */
+  result?: Record<string, unknown>;
+}
+
+export interface StatusChange {
+  id: string;
+  status: MessageStatus;
+  at: number;
+  detail?: Record<string, unknown>;
+  result?: Record<string, unknown>;
+}
+
+export interface Store {
+  /** Devices. `createDevice` fails with DW_DEVICE_EXISTS when the name is taken. */
+  createDevice(device: DeviceRecord): Promise<void>;
+  getDevice(name: string): Promise<DeviceRecord | undefined>;
+  getDeviceByKey(publicKeyHex: string): Promise<DeviceRecord | undefined>;
+  listDevices(): Promise<DeviceRecord[]>;
+  /** Binds a public key to the device and clears its enrollment secret. DW_ENROLL_REFUSED if already enrolled. */
+  enrollDevice(name: string, publicKeyHex: string, at: number): Promise<void>;
+  /** Removes the device and its undelivered messages' queue entries (they become `cancelled`). */
+  removeDevice(name: string, at: number): Promise<boolean>;
+  /** Records a sign of life; with `handshakeTs`, also raises the replay guard. */
+  touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void>;
+
+  /** Sender tokens. `createToken` fails with DW_TOKEN_EXISTS when the name is taken. */
+  createToken(token: TokenRecord): Promise<void>;
+  getTokenByHash(hash: string): Promise<TokenRecord | undefined>;
+  listTokens(): Promise<TokenRecord[]>;
+  removeToken(name: string): Promise<boolean>;
+
+  /**
+   * Stores a new message durably (on disk, fsync'd) before resolving; concurrent calls share one commit
+   * (group commit). With an idempotency key already used by the same sender, resolves to the existing
+   * message and `created: false`, storing nothing.
+   */
+  enqueue(message: NewMessage): Promise<{ message: MessageRecord; created: boolean }>;
+  getMessage(id: string): Promise<MessageRecord | undefined>;
+  getHistory(id: string): Promise<HistoryEntry[]>;
+  readInlineBody(id: string): Promise<Uint8Array | undefined>;
+  /** Messages for `device` that still need delivery (`queued` or `sent`), in `seq` order, after `afterSeq`. */
+  pending(device: string, afterSeq: number, limit: number): Promise<MessageRecord[]>;
+  /** Counts a device's messages that are `queued` or `sent`. */
+  countPending(device: string): Promise<number>;
+  /**
+   * Applies status changes durably (group commit) and appends them to each message's history. A change
+   * that would move a message backwards (e.g. `received` after `handled`) or out of a final status is
+   * ignored and reported in the returned list as not applied.
+   */
+  setStatus(changes: StatusChange[]): Promise<boolean[]>;
+  /** Flags a message overdue (once). Resolves false if it already was, or is past `received`. */
+  markOverdue(id: string, at: number): Promise<boolean>;
+  /** Messages whose deadline or expiry has passed at `now` and that still need attention. */
+  dueForDeadline(now: number, limit: number): Promise<MessageRecord[]>;
+  dueForExpiry(now: number, limit: number): Promise<MessageRecord[]>;
+
+  close(): Promise<void>;
+}
