@@ -1,0 +1,153 @@
+import { ChunkReader } from './bytes.js';
+import { ProtocolCode, ProtocolError } from './errors.js';
+import { MAX_MESSAGE_BODY, MAX_MESSAGE_HEADER } from './limits.js';
+
+/**
+ * PROTOCOL 6-7: application messages on a session stream. Each is
+ * `type u8 | headerLength u16be | bodyLength u32be | header (UTF-8 JSON object) | body (raw bytes)`.
+ * Bodies are raw (never base64); a file travels as one FILE message and as many CHUNK messages as needed.
+ */
+export const MessageType = {
+  HELLO: 1,
+  FILE: 2,
+  CHUNK: 3,
+  RECEIVED: 4,
+  RESULT: 5,
+  CONFIRM: 6,
+  RESTART: 7,
+  CANCEL: 8,
+} as const;
+export type MessageType = (typeof MessageType)[keyof typeof MessageType];
+
+/** Headers, by type (PROTOCOL 7). */
+export interface Headers {
+  /** Agent → relay, first on every new stream: what the agent already holds. */
+  [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[] };
+  /** Relay → agent: a file follows from `offset` in CHUNKs. */
+  [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number };
+  /** Relay → agent: the next bytes of the current file `id`. */
+  [MessageType.CHUNK]: { id: string };
+  /** Agent → relay: the file is complete on the host's disk (fsync'd) and its SHA-256 matched. */
+  [MessageType.RECEIVED]: { id: string };
+  /** Agent → relay: what the handler did. */
+  [MessageType.RESULT]: { id: string; status: 'handled' | 'failed' | 'rejected'; code?: string; detail?: Record<string, unknown> };
+  /** Relay → agent: these outcomes are stored durably; the agent may stop re-reporting them. */
+  [MessageType.CONFIRM]: { ids: string[] };
+  /** Agent → relay: the file must be sent again from `offset` (its bytes did not match). */
+  [MessageType.RESTART]: { id: string; offset: number; code: string };
+  /** Relay → agent: stop the transfer of `id` and drop what was spooled. */
+  [MessageType.CANCEL]: { id: string };
+}
+
+export type Message = { [T in MessageType]: { type: T; header: Headers[T]; body: Uint8Array } }[MessageType];
+
+const PREFIX = 7;
+const enc = new TextEncoder();
+const dec = new TextDecoder('utf-8', { fatal: true });
+const EMPTY = new Uint8Array(0);
+
+export function encodeMessage<T extends MessageType>(type: T, header: Headers[T], body: Uint8Array = EMPTY): Uint8Array[] {
+  const h = enc.encode(JSON.stringify(header));
+  if (h.length > MAX_MESSAGE_HEADER) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `header ${h.length} > ${MAX_MESSAGE_HEADER}`);
+  if (body.length > MAX_MESSAGE_BODY) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `body ${body.length} > ${MAX_MESSAGE_BODY}`);
+  const head = new Uint8Array(PREFIX + h.length);
+  const v = new DataView(head.buffer);
+  head[0] = type;
+  v.setUint16(1, h.length);
+  v.setUint32(3, body.length);
+  head.set(h, PREFIX);
+  return body.length > 0 ? [head, body] : [head];
+}
+
+function bad(msg: string, cause?: unknown): ProtocolError {
+  return new ProtocolError(ProtocolCode.BAD_MESSAGE, msg, { cause });
+}
+
+const isStr = (x: unknown): x is string => typeof x === 'string' && x.length > 0 && x.length <= 1024;
+const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+
+/** PROTOCOL 7: every header is checked field by field before anyone uses it. */
+function checkHeader(type: number, h: Record<string, unknown>): Message {
+  const fail = (field: string) => bad(`message type ${type}: bad field '${field}'`);
+  switch (type) {
+    case MessageType.HELLO: {
+      if (!Array.isArray(h.partial) || h.partial.length > 10_000) throw fail('partial');
+      for (const p of h.partial as Record<string, unknown>[]) {
+        if (typeof p !== 'object' || p === null || !isStr(p.id) || !isCount(p.have)) throw fail('partial');
+      }
+      if (typeof h.agent !== 'string') throw fail('agent');
+      break;
+    }
+    case MessageType.FILE:
+      for (const f of ['id', 'from', 'filename', 'sha256'] as const) if (!isStr(h[f])) throw fail(f);
+      for (const f of ['size', 'offset', 'createdAt'] as const) if (!isCount(h[f])) throw fail(f);
+      if ((h.offset as number) > (h.size as number)) throw fail('offset');
+      break;
+    case MessageType.CHUNK:
+    case MessageType.RECEIVED:
+    case MessageType.CANCEL:
+      if (!isStr(h.id)) throw fail('id');
+      break;
+    case MessageType.RESULT:
+      if (!isStr(h.id)) throw fail('id');
+      if (h.status !== 'handled' && h.status !== 'failed' && h.status !== 'rejected') throw fail('status');
+      if (h.code !== undefined && typeof h.code !== 'string') throw fail('code');
+      if (h.detail !== undefined && (typeof h.detail !== 'object' || h.detail === null || Array.isArray(h.detail))) throw fail('detail');
+      break;
+    case MessageType.CONFIRM:
+      if (!Array.isArray(h.ids) || !h.ids.every(isStr)) throw fail('ids');
+      break;
+    case MessageType.RESTART:
+      if (!isStr(h.id)) throw fail('id');
+      if (!isCount(h.offset)) throw fail('offset');
+      if (typeof h.code !== 'string') throw fail('code');
+      break;
+    default:
+      throw bad(`unknown message type ${type}`);
+  }
+  return { type, header: h, body: EMPTY } as unknown as Message;
+}
+
+/** Resumable parser of a message stream; limits are checked on the 7-byte prefix, before buffering. */
+export class MessageDecoder {
+  private readonly input = new ChunkReader();
+  private prefix: { type: number; headerLength: number; bodyLength: number } | undefined;
+
+  push(bytes: Uint8Array): void {
+    this.input.push(bytes);
+  }
+
+  get buffered(): number {
+    return this.input.length;
+  }
+
+  next(): Message | undefined {
+    if (!this.prefix) {
+      if (this.input.length < PREFIX) return undefined;
+      const p = this.input.take(PREFIX);
+      const v = new DataView(p.buffer, p.byteOffset, PREFIX);
+      const type = p[0]!;
+      const headerLength = v.getUint16(1);
+      const bodyLength = v.getUint32(3);
+      if (type < MessageType.HELLO || type > MessageType.CANCEL) throw bad(`unknown message type ${type}`);
+      if (headerLength > MAX_MESSAGE_HEADER) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `header ${headerLength} > ${MAX_MESSAGE_HEADER}`);
+      if (bodyLength > MAX_MESSAGE_BODY) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `body ${bodyLength} > ${MAX_MESSAGE_BODY}`);
+      this.prefix = { type, headerLength, bodyLength };
+    }
+    const { type, headerLength, bodyLength } = this.prefix;
+    if (this.input.length < headerLength + bodyLength) return undefined;
+    this.prefix = undefined;
+    const headerBytes = this.input.take(headerLength);
+    const body = this.input.take(bodyLength);
+    let header: unknown;
+    try {
+      header = JSON.parse(dec.decode(headerBytes));
+    } catch (err) {
+      throw bad(`message type ${type}: header is not UTF-8 JSON`, err);
+    }
+    if (typeof header !== 'object' || header === null || Array.isArray(header)) throw bad(`message type ${type}: header is not an object`);
+    const m = checkHeader(type, header as Record<string, unknown>);
+    m.body = body;
+    return m;
+  }
+}

@@ -1,0 +1,122 @@
+import net from 'node:net';
+import type { Connection } from '../protocol/connection.js';
+import type { ProtocolError } from '../protocol/errors.js';
+import { Link, type LinkEvents } from './link.js';
+
+export interface Backoff {
+  /** First wait after a failure, in ms. */
+  initial: number;
+  max: number;
+  factor: number;
+  /** Fraction of each wait that is random (0.5: wait between 50% and 100%), so hosts do not reconnect in lockstep. */
+  jitter: number;
+}
+
+export const DEFAULT_BACKOFF: Backoff = { initial: 200, max: 30_000, factor: 2, jitter: 0.5 };
+
+export function backoffDelay(attempt: number, b: Backoff, random: () => number = Math.random): number {
+  const base = Math.min(b.max, b.initial * b.factor ** Math.max(0, attempt));
+  return Math.round(base * (1 - b.jitter + b.jitter * random()));
+}
+
+export interface DialerOptions {
+  host: string;
+  port: number;
+  /** Makes the connection for each attempt (a fresh handshake every time: PROTOCOL 3.8). */
+  connection: () => Connection;
+  events: LinkEvents & {
+    /** An attempt failed or a link ended; `delay` is the wait before the next attempt. */
+    onRetry?(error: Error, delay: number, attempt: number): void;
+  };
+  backoff?: Partial<Backoff>;
+  connectTimeout?: number;
+  signal?: AbortSignal;
+  now?: () => number;
+  /** Opens the byte stream; TCP by default (a WebSocket transport plugs in here). */
+  open?: (host: string, port: number) => net.Socket;
+}
+
+/**
+ * Keeps one link up: dial, run the connection, and after any loss dial again with exponential backoff and
+ * jitter. The attempt counter resets once a connection is established.
+ */
+export class Dialer {
+  private readonly o: DialerOptions;
+  private readonly backoff: Backoff;
+  private attempt = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  link: Link | undefined;
+
+  constructor(o: DialerOptions) {
+    this.o = o;
+    this.backoff = { ...DEFAULT_BACKOFF, ...o.backoff };
+    o.signal?.addEventListener('abort', () => this.close(), { once: true });
+  }
+
+  start(): void {
+    if (!this.closed && !this.link && !this.timer) this.dial();
+  }
+
+  /** Drops the current link (if any) and dials again at once, e.g. after the session was lost. */
+  redial(): void {
+    if (this.closed) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.link) this.link.close();
+    else this.dial();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.link?.close();
+  }
+
+  private dial(): void {
+    this.timer = undefined;
+    if (this.closed) return;
+    const open = this.o.open ?? ((host, port) => net.connect({ host, port }));
+    const socket = open(this.o.host, this.o.port);
+    const timeout = setTimeout(() => socket.destroy(new Error('connect timeout')), this.o.connectTimeout ?? 10_000);
+    const onError = (err: Error) => {
+      clearTimeout(timeout);
+      this.retry(err);
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timeout);
+      socket.off('error', onError);
+      if (this.closed) {
+        socket.destroy();
+        return;
+      }
+      const link = new Link(
+        socket,
+        this.o.connection(),
+        {
+          onOutput: (out, l) => {
+            if (out.type === 'established') this.attempt = 0;
+            this.o.events.onOutput(out, l);
+          },
+          onClose: (error: ProtocolError, l) => {
+            if (this.link === l) this.link = undefined;
+            this.o.events.onClose(error, l);
+            this.retry(error);
+          },
+        },
+        this.o.now,
+      );
+      this.link = link;
+      link.pump();
+    });
+  }
+
+  private retry(error: Error): void {
+    if (this.closed || this.timer) return;
+    const delay = backoffDelay(this.attempt++, this.backoff);
+    this.o.events.onRetry?.(error, delay, this.attempt);
+    this.timer = setTimeout(() => this.dial(), delay);
+  }
+}

@@ -1,0 +1,61 @@
+import net from 'node:net';
+import type { Connection } from '../protocol/connection.js';
+import { Link, type LinkEvents } from './link.js';
+
+export interface ListenerOptions {
+  host: string;
+  port: number;
+  /** A responder connection for each accepted socket. */
+  connection: () => Connection;
+  events: LinkEvents;
+  /** Sockets beyond this many are refused at once (resource limit). */
+  maxConnections?: number;
+}
+
+/** Accepts sockets and runs a responder `Connection` on each. */
+export class Listener {
+  readonly server: net.Server;
+  readonly links = new Set<Link>();
+  private readonly o: ListenerOptions;
+
+  constructor(o: ListenerOptions) {
+    this.o = o;
+    this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    if (o.maxConnections) this.server.maxConnections = o.maxConnections;
+  }
+
+  listen(): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.o.port, this.o.host, () => {
+        this.server.off('error', reject);
+        const a = this.server.address() as net.AddressInfo;
+        resolve({ host: a.address, port: a.port });
+      });
+    });
+  }
+
+  /** Stops accepting and ends every link. Idempotent. */
+  async close(): Promise<void> {
+    if (!this.server.listening) return;
+    const done = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const l of this.links) {
+      l.close();
+      l.socket.destroy();
+    }
+    await done;
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.on('error', () => {}); // reported through the link's close
+    const link = new Link(socket, this.o.connection(), {
+      onOutput: (out, l) => this.o.events.onOutput(out, l),
+      onClose: (err, l) => {
+        this.links.delete(l);
+        this.o.events.onClose(err, l);
+      },
+    });
+    this.links.add(link);
+    link.pump();
+  }
+}
