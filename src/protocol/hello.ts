@@ -132,3 +132,11 @@ export function decodeServerHello(b: Uint8Array): ServerHello {
   if (o !== b.length) throw bad('trailing bytes in server hello');
   return hello;
 }
+
+/**
+ * PROTOCOL 3.7: the replay guard. A handshake message 1 is accepted only when its timestamp is above
+ * the highest one already accepted from the same device key; a captured message 1 sent again is refused.
+ */
+export function isFresh(hello: ClientHello, lastAccepted: number | undefined): boolean {
+  return lastAccepted === undefined || hello.timestamp > lastAccepted;
+}

@@ -153,3 +153,40 @@ export interface Store {
 
   close(): Promise<void>;
 }
+
+/**
+ * The status moves every backend allows: a change to `to` applies only when the message is in one of
+ * `ALLOWED_FROM[to]`. Forward only; `sent` may repeat (a redelivery) until the host has `received` it;
+ * `expired` and `cancelled` only end a message that was never received; nothing leaves a final status.
+ */
+export const ALLOWED_FROM: Readonly<Record<MessageStatus, readonly MessageStatus[]>> = {
+  queued: [],
+  sent: ['queued', 'sent'],
+  received: ['queued', 'sent'],
+  handled: ['queued', 'sent', 'received'],
+  failed: ['queued', 'sent', 'received'],
+  rejected: ['queued', 'sent', 'received'],
+  expired: ['queued', 'sent'],
+  cancelled: ['queued', 'sent'],
+};
+
+export function canTransition(from: MessageStatus, to: MessageStatus): boolean {
+  return ALLOWED_FROM[to].includes(from);
+}
+
+/** The codes a `Store` rejects with; the contract suite asserts them. */
+export const StoreErrorCode = {
+  DEVICE_EXISTS: 'DW_DEVICE_EXISTS',
+  DEVICE_NOT_FOUND: 'DW_DEVICE_NOT_FOUND',
+  ENROLL_REFUSED: 'DW_ENROLL_REFUSED',
+  TOKEN_EXISTS: 'DW_TOKEN_EXISTS',
+  /** A message id already stored (and not an idempotent repeat). */
+  MESSAGE_EXISTS: 'DW_MESSAGE_EXISTS',
+  /** The caller passed something the store cannot keep (no body, size mismatch, unknown status...). */
+  INVALID: 'DW_STORE_INVALID',
+  CLOSED: 'DW_STORE_CLOSED',
+  /** The database file is from a newer dropwire (schema version unknown to this code). */
+  VERSION: 'DW_STORE_VERSION',
+  /** The backend failed (I/O, disk full, corrupt file); the original error is the `cause`. */
+  FAILED: 'DW_STORE_FAILED',
+} as const;
