@@ -1,0 +1,77 @@
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { DropwireError } from '../shared/errors.js';
+import { fsyncDir } from '../transport/identity.js';
+
+/** Bodies up to this size are kept inline in the store (one group commit covers them). */
+export const INLINE_MAX = 64 * 1024;
+
+export interface ReceivedBody {
+  size: number;
+  sha256: string;
+  /** Inline body (size <= INLINE_MAX)... */
+  body?: Uint8Array;
+  /** ...or the fsync'd file holding it. */
+  bodyPath?: string;
+}
+
+/**
+ * Message bodies on the relay's disk: large ones stream into `blobs/tmp`, are fsync'd and renamed into
+ * `blobs/` before the message is stored; never whole in memory.
+ */
+export class Blobs {
+  readonly dir: string;
+  private readonly tmp: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+    this.tmp = path.join(dir, 'tmp');
+    fs.mkdirSync(this.tmp, { recursive: true });
+    // Left over from a crash before the message was stored: never acknowledged, safe to drop.
+    for (const f of fs.readdirSync(this.tmp)) fs.rmSync(path.join(this.tmp, f), { force: true });
+  }
+
+  /** Reads a body stream to its end, hashing it; refuses (DW_TOO_LARGE) past `limit` bytes, leaving nothing behind. */
+  async receive(stream: Readable | AsyncIterable<Uint8Array>, id: string, limit: number): Promise<ReceivedBody> {
+    const hash = createHash('sha256');
+    const small: Buffer[] = [];
+    let size = 0;
+    let fh: fsp.FileHandle | undefined;
+    const tmpPath = path.join(this.tmp, `${id}.${randomBytes(4).toString('hex')}`);
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        if (size > limit) throw new DropwireError('DW_TOO_LARGE', `body larger than the limit of ${limit} bytes`);
+        hash.update(chunk);
+        if (!fh) {
+          small.push(chunk);
+          if (size <= INLINE_MAX) continue;
+          fh = await fsp.open(tmpPath, 'w', 0o600);
+          for (const c of small.splice(0)) await fh.write(c);
+        } else {
+          await fh.write(chunk);
+        }
+      }
+      const sha256 = hash.digest('hex');
+      if (!fh) return { size, sha256, body: new Uint8Array(Buffer.concat(small, size)) };
+      await fh.sync();
+      await fh.close();
+      fh = undefined;
+      const final = path.join(this.dir, id);
+      await fsp.rename(tmpPath, final);
+      fsyncDir(this.dir);
+      return { size, sha256, bodyPath: final };
+    } catch (err) {
+      await fh?.close().catch(() => {});
+      await fsp.rm(tmpPath, { force: true });
+      throw err;
+    }
+  }
+
+  async remove(bodyPath: string): Promise<void> {
+    if (path.dirname(bodyPath) === this.dir) await fsp.rm(bodyPath, { force: true });
+  }
+}

@@ -1,0 +1,310 @@
+import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import busboy from 'busboy';
+import { DropwireError } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
+import type { Blobs } from './blobs.js';
+import type { Hub, StatusEvent } from './hub.js';
+import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
+
+export interface HttpOptions {
+  host: string;
+  port: number;
+  store: Store;
+  hub: Hub;
+  blobs: Blobs;
+  log: Logger;
+  /** Largest body accepted (413 beyond). */
+  maxBody: number;
+  /** Secret for /v1/admin (read by the CLI from the data folder). */
+  adminToken: string;
+  now?: () => number;
+}
+
+/** Defaults for a message's alert deadline and time to live, in seconds. */
+export const DEFAULT_DEADLINE_S = 120;
+export const MAX_WAIT_S = 60;
+const MAX_FILENAME_BYTES = 1024;
+
+class HttpError extends DropwireError {
+  readonly status: number;
+  constructor(status: number, code: string, message: string) {
+    super(code, message);
+    this.status = status;
+  }
+}
+
+export function messageId(now: number): string {
+  return `${now.toString(36)}${randomBytes(8).toString('hex')}`;
+}
+
+export function tokenHash(secret: string): string {
+  return createHash('sha256').update(secret).digest('hex');
+}
+
+/** `*` and `?` globs on device names, for token scopes. */
+export function scopeAllows(scope: string, device: string): boolean {
+  const re = new RegExp(`^${scope.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  return re.test(device);
+}
+
+/** The sender HTTP API (README "HTTP API"). */
+export class HttpApi {
+  readonly server: http.Server;
+  private readonly o: HttpOptions;
+  private readonly now: () => number;
+
+  constructor(o: HttpOptions) {
+    this.o = o;
+    this.now = o.now ?? Date.now;
+    this.server = http.createServer((req, res) => {
+      this.route(req, res).catch((err: unknown) => this.fail(res, err));
+    });
+    this.server.requestTimeout = 0; // large uploads take as long as they take
+    this.server.headersTimeout = 30_000;
+  }
+
+  listen(): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.o.port, this.o.host, () => {
+        const a = this.server.address() as AddressInfo;
+        resolve({ host: a.address, port: a.port });
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://relay');
+    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+    const method = req.method ?? 'GET';
+    if (url.pathname === '/healthz' && method === 'GET') {
+      return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
+    }
+    if (parts[0] !== 'v1') throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
+    if (parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
+    const token = await this.authenticate(req);
+    if (parts[1] === 'messages' && parts.length === 2 && method === 'POST') return this.postMessage(req, res, url, token);
+    if (parts[1] === 'messages' && parts.length === 3 && method === 'GET') return this.getMessage(res, url, token, parts[2]!);
+    if (parts[1] === 'devices' && parts.length === 2 && method === 'GET') return this.listDevices(res, token);
+    if (parts[1] === 'devices' && parts.length === 3 && method === 'GET') return this.getDevice(res, token, parts[2]!);
+    throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
+  }
+
+  private async authenticate(req: http.IncomingMessage): Promise<TokenRecord> {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (!m) throw new HttpError(401, 'DW_UNAUTHORIZED', 'missing Authorization: Bearer TOKEN');
+    const token = await this.o.store.getTokenByHash(tokenHash(m[1]!));
+    if (!token) throw new HttpError(401, 'DW_UNAUTHORIZED', 'unknown token');
+    return token;
+  }
+
+  private async postMessage(req: http.IncomingMessage, res: http.ServerResponse, url: URL, token: TokenRecord): Promise<void> {
+    const { store, hub, blobs, log, maxBody } = this.o;
+    const to = url.searchParams.get('to') ?? '';
+    if (!to) throw new HttpError(400, 'DW_BAD_REQUEST', 'query parameter "to" is required');
+    const device = await store.getDevice(to);
+    if (!device) throw new HttpError(404, 'DW_UNKNOWN_DEVICE', `no device named '${to}'`);
+    if (!scopeAllows(token.to, to)) throw new HttpError(403, 'DW_FORBIDDEN', `this token may not send to '${to}'`);
+    const declared = Number(req.headers['content-length'] ?? NaN);
+    if (Number.isFinite(declared) && declared > maxBody + 64 * 1024) {
+      throw new HttpError(413, 'DW_TOO_LARGE', `body larger than the limit of ${maxBody} bytes`);
+    }
+    const deadline = seconds(url, 'deadline', DEFAULT_DEADLINE_S);
+    const ttl = seconds(url, 'ttl', undefined);
+    const idempotencyKey = req.headers['idempotency-key'];
+    const ikey = typeof idempotencyKey === 'string' && idempotencyKey.length > 0 ? idempotencyKey.slice(0, 200) : undefined;
+    const now = this.now();
+    const id = messageId(now);
+
+    let filename = url.searchParams.get('filename') ?? '';
+    let received;
+    try {
+      const type = req.headers['content-type'] ?? '';
+      if (/^multipart\/form-data/i.test(type)) {
+        const file = await multipartFile(req, maxBody);
+        filename ||= file.filename;
+        received = await blobs.receive(file.stream, id, maxBody);
+        await file.done;
+      } else {
+        received = await blobs.receive(req, id, maxBody);
+      }
+    } catch (err) {
+      if ((err as DropwireError).code === 'DW_TOO_LARGE') {
+        req.resume();
+        throw new HttpError(413, 'DW_TOO_LARGE', (err as Error).message);
+      }
+      throw err;
+    }
+    const badName = !filename || Buffer.byteLength(filename) > MAX_FILENAME_BYTES || filename.includes('\0');
+    if (badName) {
+      if (received.bodyPath) await blobs.remove(received.bodyPath);
+      throw new HttpError(400, 'DW_BAD_NAME', `filename must be 1 to ${MAX_FILENAME_BYTES} bytes without NUL`);
+    }
+    const { message, created } = await store.enqueue({
+      id,
+      to,
+      from: token.name,
+      filename,
+      size: received.size,
+      sha256: received.sha256,
+      ...(received.body ? { body: received.body } : { bodyPath: received.bodyPath! }),
+      ...(ikey ? { idempotencyKey: ikey } : {}),
+      createdAt: now,
+      deadlineAt: now + deadline * 1000,
+      ...(ttl !== undefined ? { expiresAt: now + ttl * 1000 } : {}),
+    });
+    if (!created && received.bodyPath) await blobs.remove(received.bodyPath);
+    if (created) {
+      log.info({ id, to, from: token.name, filename, size: received.size }, 'message queued');
+      hub.notify(to);
+    }
+    send(res, created ? 202 : 200, { id: message.id, status: message.status, to: message.to, filename: message.filename, size: message.size, sha256: message.sha256 });
+  }
+
+  private async getMessage(res: http.ServerResponse, url: URL, token: TokenRecord, id: string): Promise<void> {
+    const { store, hub } = this.o;
+    let m = await store.getMessage(id);
+    if (!m || (m.from !== token.name && !scopeAllows(token.to, m.to))) throw new HttpError(404, 'DW_NOT_FOUND', `no message '${id}'`);
+    const wait = Math.min(seconds(url, 'wait', 0), MAX_WAIT_S);
+    if (wait > 0 && !FINAL_STATUSES.has(m.status)) {
+      await new Promise<void>((resolve) => {
+        const onStatus = (e: StatusEvent) => {
+          if (e.id === id && FINAL_STATUSES.has(e.status)) finish();
+        };
+        const timer = setTimeout(() => finish(), wait * 1000);
+        const finish = () => {
+          clearTimeout(timer);
+          hub.off('status', onStatus);
+          res.off('close', finish);
+          resolve();
+        };
+        hub.on('status', onStatus);
+        res.on('close', finish);
+      });
+      m = (await store.getMessage(id))!;
+    }
+    send(res, 200, await this.view(m));
+  }
+
+  private async view(m: MessageRecord): Promise<Record<string, unknown>> {
+    const history = await this.o.store.getHistory(m.id);
+    return {
+      id: m.id,
+      status: m.status,
+      to: m.to,
+      from: m.from,
+      filename: m.filename,
+      size: m.size,
+      sha256: m.sha256,
+      createdAt: new Date(m.createdAt).toISOString(),
+      overdue: m.overdue,
+      history: history.map((h) => ({ status: h.status, at: new Date(h.at).toISOString(), ...(h.detail ? { detail: h.detail } : {}) })),
+      ...(m.result ? { result: m.result } : {}),
+    };
+  }
+
+  private async deviceView(name: string, lastSeen: number | undefined): Promise<Record<string, unknown>> {
+    const online = this.o.hub.isOnline(name);
+    return {
+      name,
+      online,
+      lastSeen: online ? new Date(this.now()).toISOString() : lastSeen ? new Date(lastSeen).toISOString() : null,
+      queued: await this.o.store.countPending(name),
+    };
+  }
+
+  private async listDevices(res: http.ServerResponse, token: TokenRecord): Promise<void> {
+    const all = await this.o.store.listDevices();
+    const visible = all.filter((d) => scopeAllows(token.to, d.name));
+    send(res, 200, { devices: await Promise.all(visible.map((d) => this.deviceView(d.name, d.lastSeen))) });
+  }
+
+  private async getDevice(res: http.ServerResponse, token: TokenRecord, name: string): Promise<void> {
+    const d = await this.o.store.getDevice(name);
+    if (!d || !scopeAllows(token.to, name)) throw new HttpError(404, 'DW_UNKNOWN_DEVICE', `no device named '${name}'`);
+    send(res, 200, await this.deviceView(d.name, d.lastSeen));
+  }
+
+  /** Local operator actions the CLI asks a running relay to apply at once. */
+  private async admin(req: http.IncomingMessage, res: http.ServerResponse, method: string, parts: string[]): Promise<void> {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (!m || m[1] !== this.o.adminToken) throw new HttpError(401, 'DW_UNAUTHORIZED', 'admin token required');
+    if (method === 'POST' && parts[0] === 'devices' && parts.length === 3 && parts[2] === 'drop') {
+      this.o.hub.drop(parts[1]!);
+      return send(res, 200, { dropped: parts[1] });
+    }
+    throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
+  }
+
+  private fail(res: http.ServerResponse, err: unknown): void {
+    if (err instanceof HttpError) return send(res, err.status, { error: { code: err.code, message: err.message } });
+    const code = (err as { code?: unknown })?.code;
+    if (code === 'DW_MESSAGE_EXISTS') return send(res, 409, { error: { code, message: (err as Error).message } });
+    this.o.log.error({ err }, 'request failed');
+    send(res, 500, { error: { code: 'DW_INTERNAL', message: 'internal error' } });
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const text = JSON.stringify(body) + '\n';
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function seconds(url: URL, name: string, fallback: number): number;
+function seconds(url: URL, name: string, fallback: undefined): number | undefined;
+function seconds(url: URL, name: string, fallback: number | undefined): number | undefined {
+  const v = url.searchParams.get(name);
+  if (v === null || v === '') return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0 || n > 10 * 365 * 86400) throw new HttpError(400, 'DW_BAD_REQUEST', `${name} must be a number of seconds`);
+  return n;
+}
+
+/** The `file` field of a multipart upload, as a stream (never buffered whole). */
+function multipartFile(req: http.IncomingMessage, maxBody: number): Promise<{ filename: string; stream: Readable; done: Promise<void> }> {
+  return new Promise((resolve, reject) => {
+    let bb: busboy.Busboy;
+    try {
+      bb = busboy({ headers: req.headers, limits: { files: 1, fileSize: maxBody + 1, fields: 20 } });
+    } catch (err) {
+      reject(new HttpError(400, 'DW_BAD_REQUEST', `bad multipart body: ${(err as Error).message}`));
+      return;
+    }
+    let found = false;
+    const done = new Promise<void>((ok, fail) => {
+      bb.on('close', ok);
+      bb.on('error', fail);
+    });
+    done.catch(() => {});
+    bb.on('file', (name, stream, info) => {
+      if (name !== 'file' || found) {
+        stream.resume();
+        return;
+      }
+      found = true;
+      resolve({ filename: info.filename ?? '', stream, done });
+    });
+    bb.on('close', () => {
+      if (!found) reject(new HttpError(400, 'DW_BAD_REQUEST', 'multipart body has no "file" field'));
+    });
+    bb.on('error', (err) => reject(new HttpError(400, 'DW_BAD_REQUEST', `bad multipart body: ${(err as Error).message}`)));
+    req.pipe(bb);
+  });
+}
+
+export { Readable };

@@ -1,0 +1,452 @@
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs/promises';
+import { equal, toHex } from '../protocol/bytes.js';
+import { Connection, type Output } from '../protocol/connection.js';
+import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
+import { ProtocolCode } from '../protocol/errors.js';
+import { HelloKind, isFresh, type ClientHello } from '../protocol/hello.js';
+import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
+import { encodeMessage, MessageDecoder, MessageType, type Message } from '../protocol/messages.js';
+import { Session } from '../protocol/session.js';
+import type { Link } from '../transport/link.js';
+import { random } from '../transport/identity.js';
+import type { Logger } from '../shared/log.js';
+import type { MessageRecord, MessageStatus, Store } from './store/types.js';
+
+/** Bytes of a file per CHUNK message. */
+export const CHUNK_SIZE = 256 * 1024;
+/** How long a disconnected session is kept for a resume. */
+export const SESSION_LINGER_MS = 5 * 60_000;
+const PAGE = 64;
+
+export interface StatusEvent {
+  id: string;
+  to: string;
+  from: string;
+  status: MessageStatus;
+  at: number;
+  detail?: Record<string, unknown>;
+}
+
+export interface HubOptions {
+  store: Store;
+  keys: KeyPair;
+  crypto: CryptoBackend;
+  log: Logger;
+  now?: () => number;
+  timers?: Partial<ConnectionTimers>;
+  limits?: Partial<SessionLimits>;
+}
+
+/** One enrolled device that has (or recently had) a session. */
+interface Peer {
+  device: string;
+  session: Session;
+  link: Link | undefined;
+  decoder: MessageDecoder;
+  /** Increments with every new stream; a delivery loop of an older stream stops. */
+  gen: number;
+  /** The agent's HELLO arrived on this stream: delivery may start. */
+  ready: boolean;
+  partial: Map<string, number>;
+  /** Messages to send again from an offset (RESTART), before the rest. */
+  resend: Map<string, number>;
+  /** Highest seq fully written into the current stream. */
+  cursor: number;
+  delivering: boolean;
+  dirty: boolean;
+  drainWaiters: (() => void)[];
+  linger: NodeJS.Timeout | undefined;
+  onlineSince: number | undefined;
+}
+
+/**
+ * The relay's live side: decides handshakes (enrollment, known keys, replay guard, resume), keeps one
+ * session per device, streams queued messages in order, and applies what agents report.
+ * Emits `status` (StatusEvent) and `presence` ({ device, online, at }).
+ */
+export class Hub extends EventEmitter {
+  private readonly o: HubOptions;
+  private readonly peers = new Map<string, Peer>();
+  private readonly byLink = new Map<Link, Peer>();
+  private readonly now: () => number;
+  private closed = false;
+
+  constructor(o: HubOptions) {
+    super();
+    this.o = o;
+    this.now = o.now ?? Date.now;
+  }
+
+  /** A responder connection for a new socket. */
+  connection(): Connection {
+    return Connection.responder({ crypto: this.o.crypto, random, staticKey: this.o.keys, now: this.now(), timers: this.o.timers ?? {} });
+  }
+
+  isOnline(device: string): boolean {
+    return this.peers.get(device)?.link?.connection.isEstablished === true;
+  }
+
+  onlineCount(): number {
+    let n = 0;
+    for (const p of this.peers.values()) if (p.link?.connection.isEstablished) n++;
+    return n;
+  }
+
+  /** New work for `device` (a message was stored for it). */
+  notify(device: string): void {
+    const p = this.peers.get(device);
+    if (!p) return;
+    p.dirty = true;
+    this.deliver(p);
+  }
+
+  /** Drops a device's session and link at once (the device was removed). */
+  drop(device: string): void {
+    const p = this.peers.get(device);
+    if (p) this.retire(p, 'DW_DEVICE_REMOVED');
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const p of [...this.peers.values()]) this.retire(p, ProtocolCode.CLOSED);
+  }
+
+  // --- link events -----------------------------------------------------------------------------
+
+  onOutput(out: Exclude<Output, { type: 'write' } | { type: 'close' }>, link: Link): void {
+    switch (out.type) {
+      case 'hello':
+        this.decide(link, out.remoteStatic, out.hello).catch((err: unknown) => {
+          this.o.log.error({ err, remote: link.remote }, 'handshake decision failed');
+          if (!link.connection.isClosed && !link.connection.isEstablished) {
+            link.connection.refuse('DW_INTERNAL', this.now());
+            link.pump();
+          }
+        });
+        return;
+      case 'established': {
+        const p = this.byLink.get(link);
+        if (!p) return;
+        p.onlineSince = this.now();
+        if (!out.resumed) this.newStream(p);
+        this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote }, out.resumed ? 'session resumed' : 'session started');
+        this.emit('presence', { device: p.device, online: true, at: this.now() });
+        return;
+      }
+      case 'data': {
+        const p = this.byLink.get(link);
+        if (!p) return;
+        p.decoder.push(out.bytes);
+        try {
+          for (let m = p.decoder.next(); m; m = p.decoder.next()) this.onMessage(p, m);
+        } catch (err) {
+          this.o.log.warn({ err, device: p.device }, 'bad message from agent; session dropped');
+          this.retire(p, (err as { code?: string }).code ?? ProtocolCode.BAD_MESSAGE);
+        }
+        return;
+      }
+      case 'lost': {
+        const p = this.byLink.get(link);
+        if (p) this.o.log.info({ device: p.device, code: out.code }, 'session lost');
+        return;
+      }
+      case 'drain': {
+        const p = this.byLink.get(link);
+        if (p) for (const w of p.drainWaiters.splice(0)) w();
+        return;
+      }
+    }
+  }
+
+  onClose(link: Link, code: string): void {
+    const p = this.byLink.get(link);
+    this.byLink.delete(link);
+    if (!p || p.link !== link) return;
+    p.link = undefined;
+    const at = this.now();
+    this.o.store.touchDevice(p.device, at).catch(() => {});
+    this.o.log.info({ device: p.device, code }, 'agent disconnected');
+    this.emit('presence', { device: p.device, online: false, at });
+    if (p.session.closed) {
+      this.forget(p);
+      return;
+    }
+    clearTimeout(p.linger);
+    p.linger = setTimeout(() => {
+      if (!p.link) this.retire(p, ProtocolCode.SESSION_LOST);
+    }, SESSION_LINGER_MS);
+    p.linger.unref();
+  }
+
+  // --- handshake ------------------------------------------------------------------------------
+
+  private async decide(link: Link, remoteStatic: Uint8Array, hello: ClientHello): Promise<void> {
+    const { store, log } = this.o;
+    const key = toHex(remoteStatic);
+    const refuse = (code: string, why: string) => {
+      log.warn({ code, remote: link.remote, key: key.slice(0, 16) }, `handshake refused: ${why}`);
+      if (!link.connection.isClosed) {
+        link.connection.refuse(code, this.now());
+        link.pump();
+      }
+    };
+    if (hello.kind === HelloKind.ENROLL && hello.enroll) {
+      const dev = await store.getDevice(hello.enroll.name);
+      const secretHash = createHash('sha256').update(hello.enroll.secret).digest('hex');
+      if (dev?.publicKey === key) {
+        // A retried enrollment of the same key: fine.
+      } else if (!dev || dev.publicKey || !dev.enrollSecretHash || dev.enrollSecretHash !== secretHash) {
+        return refuse('DW_ENROLL_REFUSED', 'wrong or used enrollment secret');
+      } else if ((dev.enrollExpiresAt ?? 0) < this.now()) {
+        return refuse('DW_ENROLL_REFUSED', 'enrollment secret expired');
+      } else {
+        try {
+          await store.enrollDevice(dev.name, key, this.now());
+        } catch (err) {
+          return refuse('DW_ENROLL_REFUSED', (err as Error).message);
+        }
+        log.info({ device: dev.name }, 'device enrolled');
+      }
+    }
+    const device = await store.getDeviceByKey(key);
+    if (!device) return refuse('DW_UNKNOWN_DEVICE', 'unknown device key');
+    if (!isFresh(hello, device.lastHandshakeTs)) return refuse('DW_HANDSHAKE_REPLAYED', 'handshake timestamp not fresh');
+    await store.touchDevice(device.name, this.now(), hello.timestamp);
+    if (link.connection.isClosed || this.closed) return;
+
+    let p = this.peers.get(device.name);
+    const resume =
+      p !== undefined && hello.kind === HelloKind.RESUME && equal(p.session.id, hello.sessionId) && p.session.canResume(hello.received);
+    if (!resume) {
+      if (p) this.retire(p, ProtocolCode.SESSION_LOST);
+      p = this.newPeer(device.name);
+    }
+    clearTimeout(p!.linger);
+    if (p!.link) this.byLink.delete(p!.link);
+    p!.link = link;
+    this.byLink.set(link, p!);
+    link.connection.accept(p!.session, this.now());
+    link.pump();
+  }
+
+  private newPeer(device: string): Peer {
+    const p: Peer = {
+      device,
+      session: new Session({ id: random(16), limits: this.o.limits ?? {} }),
+      link: undefined,
+      decoder: new MessageDecoder(),
+      gen: 0,
+      ready: false,
+      partial: new Map(),
+      resend: new Map(),
+      cursor: 0,
+      delivering: false,
+      dirty: false,
+      drainWaiters: [],
+      linger: undefined,
+      onlineSince: undefined,
+    };
+    this.peers.set(device, p);
+    return p;
+  }
+
+  private newStream(p: Peer): void {
+    p.gen++;
+    p.ready = false;
+    p.cursor = 0;
+    p.partial.clear();
+    p.resend.clear();
+    p.decoder = new MessageDecoder();
+    for (const w of p.drainWaiters.splice(0)) w();
+  }
+
+  private retire(p: Peer, code: string): void {
+    p.gen++;
+    p.ready = false;
+    clearTimeout(p.linger);
+    const link = p.link;
+    p.link = undefined;
+    p.session.close();
+    for (const w of p.drainWaiters.splice(0)) w();
+    if (link) {
+      this.byLink.delete(link);
+      link.close(code);
+    }
+    this.forget(p);
+  }
+
+  private forget(p: Peer): void {
+    if (this.peers.get(p.device) === p) this.peers.delete(p.device);
+  }
+
+  // --- messages from the agent -------------------------------------------------------------------
+
+  private onMessage(p: Peer, m: Message): void {
+    switch (m.type) {
+      case MessageType.HELLO:
+        for (const { id, have } of m.header.partial) p.partial.set(id, have);
+        // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
+        this.afterWrites(p, () => {
+          p.ready = true;
+          p.dirty = true;
+          this.deliver(p);
+        });
+        return;
+      case MessageType.RECEIVED:
+        this.report(p, m.header.id, 'received', undefined, undefined);
+        return;
+      case MessageType.RESULT: {
+        const { id, status, code, detail } = m.header;
+        const result = { ...(detail ?? {}), ...(code ? { code } : {}) };
+        this.report(p, id, status, result, () => this.send(p, MessageType.CONFIRM, { ids: [id] }));
+        return;
+      }
+      case MessageType.RESTART:
+        this.o.log.warn({ device: p.device, id: m.header.id, code: m.header.code }, 'agent asked for a file again');
+        p.resend.set(m.header.id, m.header.offset);
+        p.dirty = true;
+        this.deliver(p);
+        return;
+      default:
+        throw Object.assign(new Error(`message type ${m.type} is not for the relay`), { code: ProtocolCode.BAD_MESSAGE });
+    }
+  }
+
+  private pendingWrites = new Map<Peer, Promise<unknown>>();
+
+  /** Runs `fn` after the status writes already issued for this peer have settled. */
+  private afterWrites(p: Peer, fn: () => void): void {
+    const last = this.pendingWrites.get(p) ?? Promise.resolve();
+    last.then(fn, fn);
+  }
+
+  private report(p: Peer, id: string, status: MessageStatus, result: Record<string, unknown> | undefined, then?: () => void): void {
+    const { store, log } = this.o;
+    const at = this.now();
+    const prev = this.pendingWrites.get(p) ?? Promise.resolve();
+    const work = prev.then(async () => {
+      const msg = await store.getMessage(id);
+      if (!msg || msg.to !== p.device) {
+        log.warn({ device: p.device, id }, 'agent reported a message that is not its own');
+        return;
+      }
+      const detail = result ? pickDetail(result) : undefined;
+      const [applied] = await store.setStatus([{ id, status, at, ...(detail ? { detail } : {}), ...(result ? { result } : {}) }]);
+      if (applied) {
+        log.info({ id, device: p.device, status, ...(result?.code ? { code: result.code } : {}) }, `message ${status}`);
+        this.emit('status', { id, to: msg.to, from: msg.from, status, at, ...(detail ? { detail } : {}) } satisfies StatusEvent);
+      }
+      then?.();
+    });
+    const settled = work.catch((err: unknown) => log.error({ err, id }, 'could not store a status'));
+    this.pendingWrites.set(p, settled);
+    settled.then(() => {
+      if (this.pendingWrites.get(p) === settled) this.pendingWrites.delete(p);
+    });
+  }
+
+  // --- delivery --------------------------------------------------------------------------------
+
+  private send<T extends MessageType>(p: Peer, type: T, header: Parameters<typeof encodeMessage<T>>[1], body?: Uint8Array): boolean {
+    let ok = true;
+    for (const part of encodeMessage(type, header, body)) ok = p.session.write(part);
+    p.link?.pump();
+    return ok;
+  }
+
+  private deliver(p: Peer): void {
+    if (!p.ready || p.delivering || p.session.closed) return;
+    p.delivering = true;
+    const gen = p.gen;
+    this.deliveryLoop(p, gen)
+      .catch((err: unknown) => this.o.log.error({ err, device: p.device }, 'delivery failed'))
+      .finally(() => {
+        p.delivering = false;
+        // New work, or a new stream whose HELLO came while this loop was finishing.
+        if (p.ready && (p.dirty || p.gen !== gen)) this.deliver(p);
+      });
+  }
+
+  private async deliveryLoop(p: Peer, gen: number): Promise<void> {
+    const { store } = this.o;
+    const live = () => p.gen === gen && !p.session.closed && !this.closed;
+    while (live()) {
+      p.dirty = false;
+      if (p.resend.size > 0) {
+        const [id, offset] = p.resend.entries().next().value as [string, number];
+        p.resend.delete(id);
+        const m = await store.getMessage(id);
+        if (m && m.to === p.device && (m.status === 'queued' || m.status === 'sent')) await this.stream(p, gen, m, offset);
+        continue;
+      }
+      const batch = await store.pending(p.device, p.cursor, PAGE);
+      if (batch.length === 0) {
+        if (!p.dirty) return;
+        continue;
+      }
+      for (const m of batch) {
+        if (!live()) return;
+        if (m.expiresAt !== undefined && m.expiresAt <= this.now()) {
+          p.cursor = m.seq;
+          continue; // the deadline sweeper marks it expired
+        }
+        await this.stream(p, gen, m, p.partial.get(m.id) ?? 0);
+        p.partial.delete(m.id);
+        if (p.gen === gen) p.cursor = m.seq;
+      }
+    }
+  }
+
+  /** Writes one FILE and its CHUNKs into the session, waiting for drain when the replay buffer is full. */
+  private async stream(p: Peer, gen: number, m: MessageRecord, offset: number): Promise<void> {
+    const { store, log } = this.o;
+    const from = Math.min(offset, m.size);
+    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
+    if (m.status === 'queued' || from > 0) {
+      const at = this.now();
+      store
+        .setStatus([{ id: m.id, status: 'sent', at, ...(from > 0 ? { detail: { offset: from } } : {}) }])
+        .then(([applied]) => {
+          if (applied) this.emit('status', { id: m.id, to: m.to, from: m.from, status: 'sent', at } satisfies StatusEvent);
+        })
+        .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
+    }
+    log.debug({ id: m.id, device: p.device, offset: from, size: m.size }, 'sending file');
+    if (m.inline) {
+      const body = await store.readInlineBody(m.id);
+      if (!body) throw new Error(`inline body of ${m.id} missing`);
+      if (from < body.length) {
+        const ok = this.send(p, MessageType.CHUNK, { id: m.id }, body.subarray(from));
+        if (!ok) await this.drained(p, gen);
+      }
+      return;
+    }
+    const fh = await fs.open(m.bodyPath!, 'r');
+    try {
+      for (let pos = from; pos < m.size; ) {
+        if (p.gen !== gen || p.session.closed) return;
+        const buf = new Uint8Array(Math.min(CHUNK_SIZE, m.size - pos));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        if (bytesRead <= 0) throw new Error(`body file of ${m.id} is shorter than its size`);
+        const ok = this.send(p, MessageType.CHUNK, { id: m.id }, buf.subarray(0, bytesRead));
+        pos += bytesRead;
+        if (!ok) await this.drained(p, gen);
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private drained(p: Peer, gen: number): Promise<void> {
+    if (p.gen !== gen || p.session.closed) return Promise.resolve();
+    return new Promise((resolve) => p.drainWaiters.push(resolve));
+  }
+}
+
+/** What of a handler's result goes into the message history. */
+function pickDetail(result: Record<string, unknown>): Record<string, unknown> {
+  const keep = ['code', 'exitCode', 'timedOut', 'jobId', 'savedAs', 'reason', 'durationMs'];
+  return Object.fromEntries(Object.entries(result).filter(([k]) => keep.includes(k)));
+}
