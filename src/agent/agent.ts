@@ -1,0 +1,337 @@
+import fs from 'node:fs';
+import { fromHex } from '../protocol/bytes.js';
+import { Connection, type Output } from '../protocol/connection.js';
+import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
+import { nodeCrypto } from '../protocol/crypto-node.js';
+import type { ProtocolError } from '../protocol/errors.js';
+import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
+import { encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
+import { Session } from '../protocol/session.js';
+import { Dialer, type Backoff } from '../transport/dialer.js';
+import { loadOrCreateKeyPair, random } from '../transport/identity.js';
+import type { Link } from '../transport/link.js';
+import { parseHostPort } from '../shared/enrollment.js';
+import type { Logger } from '../shared/log.js';
+import { loadAgentConfig, paths, type AgentConfig } from './config.js';
+import { baseEnv, runAction, type Outcome } from './handlers/index.js';
+import { Journal } from './journal.js';
+import { checkName, safeName } from './names.js';
+import { matchRule } from './rules.js';
+import { Spool, type Transfer } from './spool.js';
+
+export interface AgentOptions {
+  home: string;
+  log: Logger;
+  crypto?: CryptoBackend;
+  timers?: Partial<ConnectionTimers>;
+  limits?: Partial<SessionLimits>;
+  backoff?: Partial<Backoff>;
+  /** Overrides the relay address in the config. */
+  relay?: string;
+  signal?: AbortSignal;
+}
+
+export interface AgentStatus {
+  connected: boolean;
+  relay: string;
+  since?: number;
+  sessions: number;
+  resumes: number;
+  reconnects: number;
+  lastError?: string;
+}
+
+/**
+ * The agent: one dial-out session to the relay; every incoming file goes to the spool (fsync, rename)
+ * and the journal before RECEIVED, then through the first matching rule; the outcome goes back as RESULT.
+ */
+export class Agent {
+  private readonly o: AgentOptions;
+  private config: AgentConfig;
+  private readonly keys: KeyPair;
+  private readonly journal: Journal;
+  private readonly spool: Spool;
+  private readonly session: Session;
+  private readonly dialer: Dialer;
+  private decoder = new MessageDecoder();
+  private transfer: Transfer | undefined;
+  /** A FILE the journal already has: its CHUNKs are skipped. */
+  private skipping: string | undefined;
+  private link: Link | undefined;
+  private readonly queues = new Map<string, Promise<void>>();
+  private lane = 0;
+  private readonly running = new Set<Promise<void>>();
+  private readonly abort = new AbortController();
+  private configWatcher: fs.StatWatcher | undefined;
+  private closed = false;
+  readonly status: AgentStatus;
+
+  constructor(o: AgentOptions) {
+    this.o = o;
+    const p = paths(o.home);
+    this.config = loadAgentConfig(o.home);
+    this.keys = loadOrCreateKeyPair(p.key, o.crypto ?? nodeCrypto);
+    this.journal = new Journal(p.journal);
+    this.spool = new Spool(p.spool);
+    this.session = new Session({ limits: o.limits ?? {} });
+    const relay = o.relay ?? this.config.relay;
+    const { host, port } = parseHostPort(relay, 'relay');
+    this.status = { connected: false, relay, sessions: 0, resumes: 0, reconnects: 0 };
+    this.dialer = new Dialer({
+      host,
+      port,
+      backoff: o.backoff ?? {},
+      connection: () =>
+        Connection.initiator({
+          crypto: o.crypto ?? nodeCrypto,
+          random,
+          staticKey: this.keys,
+          remoteStatic: fromHex(this.config.relayKey),
+          session: this.session,
+          timestamp: this.journal.nextTimestamp(Date.now()),
+          now: Date.now(),
+          timers: o.timers ?? {},
+        }),
+      events: {
+        onOutput: (out, link) => this.onOutput(out, link),
+        onClose: (err, link) => this.onClose(err, link),
+        onRetry: (err, delay, attempt) => {
+          this.status.reconnects++;
+          this.o.log.debug({ code: (err as ProtocolError).code, delay, attempt }, 'reconnecting');
+        },
+      },
+    });
+    o.signal?.addEventListener('abort', () => void this.close(), { once: true });
+  }
+
+  start(): void {
+    const { log } = this.o;
+    for (const id of this.journal.recoverInterrupted(Date.now())) log.warn({ id }, 'handler was interrupted by a stop; reported failed, not run again');
+    for (const e of this.journal.waiting()) this.handle(e.id, e.filename, e.from);
+    this.watchConfig();
+    log.info({ relay: this.status.relay, device: this.config.name }, 'agent started');
+    this.dialer.start();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort();
+    this.configWatcher?.removeAllListeners();
+    fs.unwatchFile(paths(this.o.home).config);
+    this.dialer.close();
+    this.transfer?.abandon();
+    await Promise.allSettled([...this.running]);
+    this.journal.close();
+    this.o.log.info('agent stopped');
+  }
+
+  // --- session events --------------------------------------------------------------------------
+
+  private onOutput(out: Exclude<Output, { type: 'write' } | { type: 'close' }>, link: Link): void {
+    const { log } = this.o;
+    switch (out.type) {
+      case 'established':
+        this.link = link;
+        this.status.connected = true;
+        this.status.since = Date.now();
+        if (out.resumed) {
+          this.status.resumes++;
+          log.info({ relay: this.status.relay }, 'session resumed');
+          return;
+        }
+        this.status.sessions++;
+        log.info({ relay: this.status.relay }, 'session started');
+        this.newStream();
+        return;
+      case 'data':
+        this.decoder.push(out.bytes);
+        try {
+          for (let m = this.decoder.next(); m; m = this.decoder.next()) this.onMessage(m);
+        } catch (err) {
+          log.error({ err }, 'bad data from the relay; starting a new session');
+          this.session.close();
+          this.session.reset();
+          this.dialer.redial();
+        }
+        return;
+      case 'lost':
+        log.warn({ code: out.code }, 'session lost; recovering at message level');
+        return;
+      case 'drain':
+      case 'hello':
+        return;
+    }
+  }
+
+  private onClose(err: ProtocolError, link: Link): void {
+    if (this.link === link) this.link = undefined;
+    if (this.status.connected) this.o.log.warn({ code: err.code }, 'connection to relay lost');
+    this.status.connected = false;
+    this.status.lastError = err.code;
+    if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
+    if (err.code === 'DW_HANDSHAKE_REFUSED') this.o.log.error({ reason: err.cause }, 'relay refused this device');
+  }
+
+  /** A new stream (PROTOCOL 7): re-report what the relay has not confirmed, then HELLO with partial files. */
+  private newStream(): void {
+    this.decoder = new MessageDecoder();
+    this.transfer?.abandon();
+    this.transfer = undefined;
+    this.skipping = undefined;
+    for (const e of this.journal.unconfirmed()) {
+      this.send(MessageType.RECEIVED, { id: e.id });
+      if (e.state === 'done' && e.status) this.send(MessageType.RESULT, resultHeader(e.id, e.status, e.code, e.result));
+    }
+    this.send(MessageType.HELLO, { agent: 'dropwire/0.1', partial: this.spool.partials() });
+  }
+
+  private send<T extends MessageType>(type: T, header: Headers[T]): void {
+    for (const part of encodeMessage(type, header)) this.session.write(part);
+    this.link?.pump();
+  }
+
+  private onMessage(m: Message): void {
+    const { log } = this.o;
+    switch (m.type) {
+      case MessageType.FILE: {
+        const h = m.header;
+        this.transfer?.abandon();
+        this.transfer = undefined;
+        this.skipping = undefined;
+        Spool.checkId(h.id);
+        const known = this.journal.get(h.id);
+        if (known) {
+          // A redelivery of something already here: acknowledge, never run it again.
+          log.info({ id: h.id }, 'redelivered message acknowledged without running');
+          this.skipping = h.id;
+          this.send(MessageType.RECEIVED, { id: h.id });
+          if (known.state === 'done' && known.status) this.send(MessageType.RESULT, resultHeader(h.id, known.status, known.code, known.result));
+          return;
+        }
+        try {
+          this.transfer = this.spool.begin(h);
+        } catch (err) {
+          log.warn({ err, id: h.id }, 'spool could not resume; asking for the whole file');
+          this.spool.remove(h.id);
+          this.skipping = h.id;
+          this.send(MessageType.RESTART, { id: h.id, offset: 0, code: 'DW_SPOOL_MISMATCH' });
+          return;
+        }
+        if (h.offset > 0) log.info({ id: h.id, offset: h.offset, size: h.size }, 'transfer resumed from the bytes on disk');
+        this.incoming = { from: h.from, filename: h.filename };
+        if (h.size === 0) this.complete();
+        return;
+      }
+      case MessageType.CHUNK: {
+        if (this.skipping === m.header.id) return;
+        const t = this.transfer;
+        if (!t || t.id !== m.header.id) throw Object.assign(new Error('CHUNK without its FILE'), { code: 'DW_BAD_MESSAGE' });
+        t.write(m.body);
+        if (t.complete) this.complete();
+        return;
+      }
+      case MessageType.CONFIRM:
+        this.journal.confirm(m.header.ids);
+        return;
+      case MessageType.CANCEL:
+        if (this.transfer?.id === m.header.id) {
+          this.transfer.abandon();
+          this.transfer = undefined;
+        }
+        if (!this.journal.get(m.header.id)) this.spool.remove(m.header.id);
+        return;
+      default:
+        throw Object.assign(new Error(`message type ${m.type} is not for the agent`), { code: 'DW_BAD_MESSAGE' });
+    }
+  }
+
+  private incoming: { from: string; filename: string } = { from: '', filename: '' };
+
+  private complete(): void {
+    const t = this.transfer!;
+    this.transfer = undefined;
+    const { log } = this.o;
+    if (!t.finish()) {
+      log.warn({ id: t.id }, 'SHA-256 mismatch; asking for the file again');
+      this.skipping = t.id;
+      this.send(MessageType.RESTART, { id: t.id, offset: 0, code: 'DW_CHECKSUM' });
+      return;
+    }
+    const { from, filename } = this.incoming;
+    this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256 }, Date.now());
+    log.info({ id: t.id, from, filename, size: t.size, resumedFrom: t.resumedFrom }, 'message received');
+    this.send(MessageType.RECEIVED, { id: t.id });
+    this.handle(t.id, filename, from);
+  }
+
+  // --- handlers --------------------------------------------------------------------------------
+
+  /** Queues the handler: one at a time per rule (arrival order), or `parallel` at once. */
+  private handle(id: string, filename: string, from: string): void {
+    const bad = checkName(filename);
+    const name = safeName(filename);
+    const match = bad ? undefined : matchRule(this.config.rules, { name, from });
+    if (!match) {
+      const code = bad ? bad.code : 'DW_NO_RULE';
+      const reason = bad ? bad.message : `no rule matches '${name}' from '${from}'`;
+      this.finish(id, { status: 'failed', code, detail: { reason } }, 'rejected');
+      return;
+    }
+    const run = async () => {
+      if (this.closed || !this.journal.running(id)) return;
+      const action = match.rule.action;
+      this.o.log.info({ id, rule: match.index, action: action.type, name }, 'handler started');
+      const outcome = await runAction(action, {
+        facts: { name, from, id, file: this.spool.filePath(id) },
+        signal: this.abort.signal,
+        env: baseEnv(),
+      });
+      if (this.closed && outcome.code === 'DW_CANCELLED') return; // left `running`: reported interrupted on restart
+      this.finish(id, outcome);
+    };
+    const key = `${match.index}:${this.lane++ % (match.rule.parallel ?? 1)}`;
+    const prev = this.queues.get(key) ?? Promise.resolve();
+    const next = prev.then(run).catch((err: unknown) => this.o.log.error({ err, id }, 'handler crashed'));
+    this.queues.set(key, next);
+    this.running.add(next);
+    void next.finally(() => {
+      this.running.delete(next);
+      if (this.queues.get(key) === next) this.queues.delete(key);
+    });
+  }
+
+  private finish(id: string, outcome: Outcome, as?: 'rejected'): void {
+    const status = as ?? outcome.status;
+    this.journal.finish(id, status, outcome.code, outcome.detail, Date.now());
+    const level = status === 'handled' ? 'info' : 'warn';
+    this.o.log[level]({ id, status, code: outcome.code, ...pick(outcome.detail) }, `message ${status}`);
+    this.send(MessageType.RESULT, resultHeader(id, status, outcome.code, outcome.detail));
+    if (this.config.retention === 'remove') this.spool.remove(id);
+  }
+
+  // --- config ----------------------------------------------------------------------------------
+
+  /** Rule edits (by `dropwire rule …` or by hand) take effect without a restart; a bad edit is refused. */
+  private watchConfig(): void {
+    const file = paths(this.o.home).config;
+    this.configWatcher = fs.watchFile(file, { interval: 300 }, () => {
+      try {
+        const next = loadAgentConfig(this.o.home);
+        this.config = { ...next, relay: this.config.relay, relayKey: this.config.relayKey };
+        this.o.log.info({ rules: next.rules.length }, 'config reloaded');
+      } catch (err) {
+        this.o.log.error({ err }, 'config change refused; the previous rules stay in force');
+      }
+    });
+  }
+}
+
+function resultHeader(id: string, status: 'handled' | 'failed' | 'rejected', code: string | undefined, detail: Record<string, unknown> | undefined): Headers[typeof MessageType.RESULT] {
+  return { id, status, ...(code ? { code } : {}), ...(detail ? { detail } : {}) };
+}
+
+function pick(detail: Record<string, unknown>): Record<string, unknown> {
+  const { exitCode, timedOut, jobId, savedAs, reason } = detail;
+  return Object.fromEntries(Object.entries({ exitCode, timedOut, jobId, savedAs, reason }).filter(([, v]) => v !== undefined));
+}

@@ -1,0 +1,68 @@
+import os from 'node:os';
+import path from 'node:path';
+import Conf from 'conf';
+import { DropwireError } from '../shared/errors.js';
+import { validateRules, type Rule } from './rules.js';
+
+export interface AgentConfig {
+  /** This device's name at the relay. */
+  name: string;
+  /** HOST:PORT the agent dials. */
+  relay: string;
+  /** The relay's public key (hex), pinned at enrollment. */
+  relayKey: string;
+  rules: Rule[];
+  /** What happens to the spooled file after its handler: removed, or kept in the spool. */
+  retention: 'remove' | 'keep';
+}
+
+/** The agent's folder: --home, DROPWIRE_HOME, or a per-user default. */
+export function agentHome(explicit?: string): string {
+  if (explicit) return path.resolve(explicit);
+  if (process.env.DROPWIRE_HOME) return path.resolve(process.env.DROPWIRE_HOME);
+  const home = os.homedir();
+  if (process.platform === 'win32') return path.join(process.env.APPDATA ?? path.join(home, 'AppData', 'Roaming'), 'dropwire');
+  if (process.platform === 'darwin') return path.join(home, 'Library', 'Application Support', 'dropwire');
+  return path.join(process.env.XDG_CONFIG_HOME ?? path.join(home, '.config'), 'dropwire');
+}
+
+export const paths = (home: string) => ({
+  config: path.join(home, 'config.json'),
+  key: path.join(home, 'device.key'),
+  journal: path.join(home, 'journal.db'),
+  spool: path.join(home, 'spool'),
+  inbox: path.join(home, 'inbox'),
+  log: path.join(home, 'agent.log'),
+});
+
+/** The config file through `conf` (atomic writes; an unreadable file is never cleared). */
+export function openConfigStore(home: string): Conf<Record<string, unknown>> {
+  try {
+    return new Conf<Record<string, unknown>>({ cwd: home, configName: 'config', clearInvalidConfig: false, configFileMode: 0o600 });
+  } catch (err) {
+    throw new DropwireError('DW_BAD_CONFIG', `${paths(home).config}: not valid JSON (${(err as Error).message}); the file was left as it is`, { cause: err });
+  }
+}
+
+/** Reads and checks the whole config; a bad field is named (DW_BAD_CONFIG) and nothing is changed. */
+export function loadAgentConfig(home: string): AgentConfig {
+  const store = openConfigStore(home);
+  const raw = store.store;
+  const file = paths(home).config;
+  const bad = (field: string, why: string) => new DropwireError('DW_BAD_CONFIG', `${file}: field '${field}' ${why}`);
+  if (raw.name === undefined && raw.relay === undefined) {
+    throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${home}: run 'dropwire init TOKEN' first`);
+  }
+  if (typeof raw.name !== 'string' || raw.name.length === 0) throw bad('name', 'must be a non-empty string');
+  if (typeof raw.relay !== 'string' || !/^.+:\d{1,5}$/.test(raw.relay)) throw bad('relay', 'must be HOST:PORT');
+  if (typeof raw.relayKey !== 'string' || !/^[0-9a-f]{64}$/.test(raw.relayKey)) throw bad('relayKey', 'must be 64 hex digits');
+  const retention = raw.retention ?? 'remove';
+  if (retention !== 'remove' && retention !== 'keep') throw bad('retention', "must be 'remove' or 'keep'");
+  let rules: Rule[];
+  try {
+    rules = validateRules(raw.rules ?? []);
+  } catch (err) {
+    throw new DropwireError('DW_BAD_CONFIG', `${file}: ${(err as Error).message}`, { cause: err });
+  }
+  return { name: raw.name, relay: raw.relay, relayKey: raw.relayKey, rules, retention };
+}

@@ -1,0 +1,130 @@
+import { createHash, type Hash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { DropwireError } from '../shared/errors.js';
+import { fsyncDir } from '../transport/identity.js';
+
+const ID = /^[0-9a-z]{1,64}$/;
+
+/**
+ * Incoming files on the host's disk. A transfer writes `<id>.part`; once all bytes are there and the
+ * SHA-256 matches it is fsync'd and renamed to `<id>`. Names from the network never become paths here:
+ * only the relay's message id does, and it is checked.
+ */
+export class Spool {
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+    fs.mkdirSync(dir, { recursive: true });
+  }
+
+  static checkId(id: string): void {
+    if (!ID.test(id)) throw new DropwireError('DW_BAD_MESSAGE', `message id '${id.slice(0, 80)}' is not acceptable`);
+  }
+
+  partPath(id: string): string {
+    Spool.checkId(id);
+    return path.join(this.dir, `${id}.part`);
+  }
+
+  filePath(id: string): string {
+    Spool.checkId(id);
+    return path.join(this.dir, id);
+  }
+
+  /** Unfinished transfers and how many bytes of each are on disk (for HELLO). */
+  partials(): { id: string; have: number }[] {
+    const out: { id: string; have: number }[] = [];
+    for (const f of fs.readdirSync(this.dir)) {
+      const m = /^([0-9a-z]+)\.part$/.exec(f);
+      if (!m) continue;
+      out.push({ id: m[1]!, have: fs.statSync(path.join(this.dir, f)).size });
+    }
+    return out;
+  }
+
+  /** Starts (or continues, from `offset`) a transfer. */
+  begin(h: { id: string; size: number; sha256: string; offset: number }): Transfer {
+    return new Transfer(this, h);
+  }
+
+  remove(id: string): void {
+    fs.rmSync(this.filePath(id), { force: true });
+    fs.rmSync(this.partPath(id), { force: true });
+  }
+}
+
+export class Transfer {
+  readonly id: string;
+  readonly size: number;
+  readonly sha256: string;
+  /** Where this transfer started (bytes already on disk that were kept). */
+  readonly resumedFrom: number;
+  written: number;
+  private readonly fd: number;
+  private readonly hash: Hash;
+  private readonly spool: Spool;
+
+  constructor(spool: Spool, h: { id: string; size: number; sha256: string; offset: number }) {
+    this.spool = spool;
+    this.id = h.id;
+    this.size = h.size;
+    this.sha256 = h.sha256;
+    const part = spool.partPath(h.id);
+    this.fd = fs.openSync(part, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    const have = fs.fstatSync(this.fd).size;
+    // Keep what is on disk up to the offset the relay resumes from; anything past it is dropped.
+    const keep = Math.min(have, h.offset);
+    if (keep !== h.offset) {
+      fs.closeSync(this.fd);
+      throw new DropwireError('DW_SPOOL_MISMATCH', `relay resumes ${h.id} at ${h.offset} but ${have} bytes are on disk`);
+    }
+    fs.ftruncateSync(this.fd, keep);
+    this.hash = createHash('sha256');
+    const buf = Buffer.allocUnsafe(1024 * 1024);
+    for (let pos = 0; pos < keep; ) {
+      const n = fs.readSync(this.fd, buf, 0, Math.min(buf.length, keep - pos), pos);
+      if (n <= 0) break;
+      this.hash.update(buf.subarray(0, n));
+      pos += n;
+    }
+    this.written = keep;
+    this.resumedFrom = keep;
+  }
+
+  get complete(): boolean {
+    return this.written >= this.size;
+  }
+
+  write(bytes: Uint8Array): void {
+    if (this.written + bytes.length > this.size) throw new DropwireError('DW_BAD_MESSAGE', `more bytes than the ${this.size} announced for ${this.id}`);
+    let off = 0;
+    while (off < bytes.length) off += fs.writeSync(this.fd, bytes, off, bytes.length - off, this.written + off);
+    this.hash.update(bytes);
+    this.written += bytes.length;
+  }
+
+  /** fsync, verify, rename into place. Returns false (and removes the part) when the SHA-256 does not match. */
+  finish(): boolean {
+    fs.fsyncSync(this.fd);
+    fs.closeSync(this.fd);
+    const digest = this.hash.digest('hex');
+    if (digest !== this.sha256) {
+      fs.rmSync(this.spool.partPath(this.id), { force: true });
+      return false;
+    }
+    fs.renameSync(this.spool.partPath(this.id), this.spool.filePath(this.id));
+    fsyncDir(this.spool.dir);
+    return true;
+  }
+
+  /** Stops without finishing; the part stays for a later resume. */
+  abandon(): void {
+    try {
+      fs.closeSync(this.fd);
+    } catch {
+      // already closed
+    }
+  }
+}

@@ -1,0 +1,76 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Agent } from '../agent/agent.js';
+import { enroll } from '../agent/enroll.js';
+import { addDevice, addToken } from '../relay/admin.js';
+import { Relay } from '../relay/relay.js';
+import { parseHostPort } from '../shared/enrollment.js';
+import { isDropwireError } from '../shared/errors.js';
+import { createLogger } from '../shared/log.js';
+import { writeFileAtomic } from '../transport/identity.js';
+import { untilSignal } from './signals.js';
+
+const DEVICE = 'local';
+
+/** `dropwire up` (`npm start`): the whole loop on one machine, data in one folder, logs in files there. */
+export async function runUp(o: { dir: string; http: string }): Promise<void> {
+  const dir = path.resolve(o.dir);
+  const relayDir = path.join(dir, 'relay');
+  const home = path.join(dir, 'agent');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const relayLog = createLogger('relay', path.join(dir, 'relay.log'));
+  const agentLog = createLogger('agent', path.join(dir, 'agent.log'));
+
+  let relay: Relay;
+  try {
+    relay = await Relay.start({ dataDir: relayDir, listen: { host: '127.0.0.1', port: 0 }, http: parseHostPort(o.http, '--http'), log: relayLog });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+    relay = await Relay.start({ dataDir: relayDir, listen: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, log: relayLog });
+  }
+
+  // Enroll the local agent once; later runs reuse it (and only follow the relay's new port).
+  if (!fs.existsSync(path.join(home, 'config.json')) || !(await relay.store.getDevice(DEVICE))?.publicKey) {
+    if (await relay.store.getDevice(DEVICE)) await relay.store.removeDevice(DEVICE, Date.now());
+    const token = await addDevice(relayDir, DEVICE, { public: relay.info.agents });
+    await enroll({ home, token });
+  }
+  const tokenFile = path.join(dir, 'sender.token');
+  let secret = fs.existsSync(tokenFile) ? fs.readFileSync(tokenFile, 'utf8').trim() : '';
+  if (!secret) {
+    try {
+      secret = await addToken(relayDir, 'local');
+    } catch (err) {
+      if (!isDropwireError(err, 'DW_TOKEN_EXISTS')) throw err;
+      await relay.store.removeToken('local');
+      secret = await addToken(relayDir, 'local');
+    }
+    writeFileAtomic(tokenFile, secret + '\n', 0o600);
+  }
+
+  const agent = new Agent({ home, log: agentLog, relay: relay.info.agents });
+  agent.start();
+
+  const api = `http://${relay.info.http}`;
+  const inbox = path.join(home, 'inbox');
+  process.stdout.write(
+    [
+      `dropwire is up.`,
+      `  relay HTTP API   ${api}   (agents: ${relay.info.agents})`,
+      `  local agent      '${DEVICE}', files land in ${inbox}`,
+      `  logs             ${path.join(dir, 'relay.log')}, ${path.join(dir, 'agent.log')}`,
+      ``,
+      `Send a file:`,
+      `  curl -sS -H "Authorization: Bearer ${secret}" --data-binary @package.json "${api}/v1/messages?to=${DEVICE}&filename=package.json"`,
+      `Then see what happened to it (use the id from the answer):`,
+      `  curl -sS -H "Authorization: Bearer ${secret}" "${api}/v1/messages/ID?wait=10"`,
+      ``,
+      `Ctrl-C stops both.`,
+      ``,
+    ].join('\n'),
+  );
+  await untilSignal();
+  await agent.close();
+  await relay.close();
+  process.stdout.write('dropwire stopped.\n');
+}
