@@ -60,7 +60,14 @@ export class HttpApi {
     this.o = o;
     this.now = o.now ?? Date.now;
     this.server = http.createServer((req, res) => {
-      this.route(req, res).catch((err: unknown) => this.fail(res, err));
+      this.route(req, res).catch((err: unknown) => {
+        if (!req.complete) {
+          // Let the client finish sending so it reads our answer (curl, fetch) instead of a reset.
+          res.shouldKeepAlive = false;
+          req.resume();
+        }
+        this.fail(res, err);
+      });
     });
     this.server.requestTimeout = 0; // large uploads take as long as they take
     this.server.headersTimeout = 30_000;
