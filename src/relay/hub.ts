@@ -72,6 +72,8 @@ export class Hub extends EventEmitter {
   private readonly byLink = new Map<Link, Peer>();
   private readonly now: () => number;
   private closed = false;
+  /** Bytes of each file written into a stream so far, until it is received (to report re-sends). */
+  private readonly progress = new Map<string, number>();
 
   constructor(o: HubOptions) {
     super();
@@ -334,6 +336,7 @@ export class Hub extends EventEmitter {
       }
       const detail = result ? pickDetail(result) : undefined;
       const [applied] = await store.setStatus([{ id, status, at, ...(detail ? { detail } : {}), ...(result ? { result } : {}) }]);
+      if (status !== 'sent') this.progress.delete(id);
       if (applied) {
         log.info({ id, device: p.device, status, ...(result?.code ? { code: result.code } : {}) }, `message ${status}`);
         this.emit('status', { id, to: msg.to, from: msg.from, status, at, ...(detail ? { detail } : {}) } satisfies StatusEvent);
@@ -413,12 +416,20 @@ export class Hub extends EventEmitter {
         })
         .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
     }
-    log.debug({ id: m.id, device: p.device, offset: from, size: m.size }, 'sending file');
+    const before = this.progress.get(m.id);
+    if (before !== undefined) {
+      // A second attempt at this file: say how much of what had gone out is sent again.
+      log.info({ id: m.id, device: p.device, offset: from, sentBefore: before, resent: Math.max(0, before - from), size: m.size }, 'file transfer resumed');
+    } else {
+      log.debug({ id: m.id, device: p.device, offset: from, size: m.size }, 'sending file');
+    }
+    this.progress.set(m.id, from);
     if (m.inline) {
       const body = await store.readInlineBody(m.id);
       if (!body) throw new Error(`inline body of ${m.id} missing`);
       if (from < body.length) {
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, body.subarray(from));
+        this.progress.set(m.id, body.length);
         if (!ok) await this.drained(p, gen);
       }
       return;
@@ -432,6 +443,7 @@ export class Hub extends EventEmitter {
         if (bytesRead <= 0) throw new Error(`body file of ${m.id} is shorter than its size`);
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, buf.subarray(0, bytesRead));
         pos += bytesRead;
+        this.progress.set(m.id, pos);
         if (!ok) await this.drained(p, gen);
       }
     } finally {

@@ -112,9 +112,9 @@ export async function waitFor<T>(fn: () => T | undefined | Promise<T | undefined
 }
 
 /** `relay start` on loopback with port 0; resolves once relay.json names the ports. */
-export async function startRelay(data: string, extra: string[] = []): Promise<{ proc: Proc; info: RelayInfo }> {
+export async function startRelay(data: string, extra: string[] = [], listen = '127.0.0.1:0'): Promise<{ proc: Proc; info: RelayInfo }> {
   fs.rmSync(path.join(data, 'relay.json'), { force: true });
-  const proc = spawnCli(['relay', 'start', '--data', data, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', ...extra]);
+  const proc = spawnCli(['relay', 'start', '--data', data, '--listen', listen, '--http', '127.0.0.1:0', ...extra]);
   const info = await waitFor(() => {
     try {
       const i = JSON.parse(fs.readFileSync(path.join(data, 'relay.json'), 'utf8')) as RelayInfo;
@@ -201,7 +201,9 @@ export function recordingHandler(dir: string): { rule: unknown; runs: () => { id
     script,
     `import fs from 'node:fs'; import { createHash } from 'node:crypto';
 const [file, id, name] = process.argv.slice(2);
-const sha = createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+const h = createHash('sha256');
+for await (const c of fs.createReadStream(file)) h.update(c);
+const sha = h.digest('hex');
 fs.appendFileSync(${JSON.stringify(log)}, id + ' ' + sha + ' ' + JSON.stringify(name) + '\\n');\n`,
   );
   return {
