@@ -150,7 +150,7 @@ export class Agent {
           for (let m = this.decoder.next(); m; m = this.decoder.next()) this.onMessage(m);
         } catch (err) {
           log.error({ err }, 'bad data from the relay; starting a new session');
-          this.session.close();
+          this.link?.close((err as { code?: string }).code ?? 'DW_BAD_MESSAGE');
           this.session.reset();
           this.dialer.redial();
         }
@@ -220,7 +220,8 @@ export class Agent {
         }
         if (h.offset > 0) log.info({ id: h.id, offset: h.offset, size: h.size }, 'transfer resumed from the bytes on disk');
         this.incoming = { from: h.from, filename: h.filename };
-        if (h.size === 0) this.complete();
+        // All bytes may already be on disk (a stop between the last write and the rename).
+        if (this.transfer.complete) this.complete();
         return;
       }
       case MessageType.CHUNK: {

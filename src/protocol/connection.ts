@@ -193,6 +193,8 @@ export class Connection {
     const result = resumed ? HelloResult.RESUMED : h.kind === HelloKind.RESUME ? HelloResult.LOST : HelloResult.NEW;
     const peerReceived = resumed ? h.received : 0;
     if (!resumed && session.established) throw new ProtocolError(ProtocolCode.PROTOCOL, 'a new session must not be established already');
+    // Checked before anything is written: the caller must pass a session that can continue (or a new one).
+    if (!session.canResume(peerReceived)) throw new ProtocolError(ProtocolCode.PROTOCOL, 'accept() with a session that cannot resume from the peer position');
     const msg2 = this.handshake.writeMessage(encodeServerHello({ result, sessionId: session.id, received: session.received })); // <- e, ee, se
     this.emitWrite(encodeFrame(msg2), now);
     this.session = session;
@@ -332,8 +334,8 @@ export class Connection {
     }
     if (s.overrun) {
       this.outputs.push({ type: 'lost', code: ProtocolCode.SESSION_LOST });
+      this.close(ProtocolCode.SESSION_LOST); // CLOSE record first: the peer must drop the session too
       s.close();
-      this.close(ProtocolCode.SESSION_LOST);
       return true;
     }
     if (now >= this.lastReceived + this.timers.idleTimeout) {

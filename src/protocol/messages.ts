@@ -21,7 +21,7 @@ export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
 /** Headers, by type (PROTOCOL 7). */
 export interface Headers {
-  /** Agent → relay, first on every new stream: what the agent already holds. */
+  /** Agent → relay on every new stream, after re-sending unconfirmed reports: the partial files it holds. */
   [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[] };
   /** Relay → agent: a file follows from `offset` in CHUNKs. */
   [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number };

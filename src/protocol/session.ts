@@ -71,7 +71,8 @@ export class Session {
 
   /** True when a peer that has delivered `peerReceived` bytes of our stream can continue it. */
   canResume(peerReceived: number): boolean {
-    return !this.overrun && !this.closed && peerReceived >= this.out.base && peerReceived <= this.out.end;
+    // The peer cannot hold more than was put on the wire, nor less than we still keep.
+    return !this.overrun && !this.closed && peerReceived >= this.out.base && peerReceived <= this.wire;
   }
 
   /** PROTOCOL 5.4: the peer acknowledges having delivered `received` bytes of our stream. */
@@ -128,6 +129,7 @@ export class Session {
     this.epoch = 0;
     this.overrun = false;
     this.wantDrain = false;
+    this.closed = false;
   }
 
   /** Ends the session for good; its current connection is told to close. */

@@ -270,12 +270,12 @@ export class Hub extends EventEmitter {
     clearTimeout(p.linger);
     const link = p.link;
     p.link = undefined;
-    p.session.close();
-    for (const w of p.drainWaiters.splice(0)) w();
     if (link) {
       this.byLink.delete(link);
-      link.close(code);
+      link.close(code); // sends CLOSE with the reason before the session goes
     }
+    p.session.close();
+    for (const w of p.drainWaiters.splice(0)) w();
     this.forget(p);
   }
 

@@ -192,6 +192,27 @@ describe('replay buffer (PROTOCOL 5.6)', () => {
     expect(joined(p.server!.delivered).length).toBe(0);
   });
 
+  it('an overrun while connected tells the peer (CLOSE), and the agent can start a new session after', () => {
+    const p = new Pair({ limits: { replayCapacity: 32 * 1024, highWater: 16 * 1024, lowWater: 8 * 1024 } });
+    p.connect();
+    p.settle();
+    // Written faster than acknowledged (nothing crosses the wire meanwhile): the oldest unsent bytes go.
+    for (let i = 0; i < 40; i++) p.client.session.write(new Uint8Array(1024).fill(i));
+    p.drainOutputs();
+    p.transfer();
+    p.drainOutputs();
+    expect(closeCodes(p.client.events)).toContain(ProtocolCode.SESSION_LOST);
+    expect(closeCodes(p.server!.events)).toContain(ProtocolCode.SESSION_LOST);
+    expect(p.server!.session.closed).toBe(true);
+    // The agent resets its session and dials again: a new session, not a dead end.
+    p.client.session.reset();
+    p.client.session.write(new Uint8Array([42]));
+    p.connect();
+    p.settle();
+    expect(p.client.events.filter((e) => e.type === 'established').map((e) => (e as { resumed: boolean }).resumed)).toEqual([false, false]);
+    expect(Buffer.from(joined(p.server!.delivered))).toEqual(Buffer.from([42]));
+  });
+
   it('a relay that forgot the session answers LOST and both start over', () => {
     const p = new Pair({ serverScript: [new Uint8Array([1, 2, 3])] });
     p.client.session.write(new Uint8Array([9]));

@@ -36,7 +36,7 @@ export interface DeviceRecord {
   createdAt: number;
   /** Epoch ms of the last sign of life (handshake, record, ping). */
   lastSeen?: number;
-  /** Highest handshake timestamp accepted from this device (replay guard, PROTOCOL 5.4). */
+  /** Highest handshake timestamp accepted from this device (replay guard, PROTOCOL 3.7). */
   lastHandshakeTs?: number;
 }
 
