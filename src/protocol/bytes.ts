@@ -107,9 +107,14 @@ export class ByteQueue {
   }
 }
 
-/** Bytes received in arbitrary chunks, taken off the front in exact amounts (parsers' input buffer). */
+/**
+ * Bytes received in arbitrary chunks, taken off the front in exact amounts (parsers' input buffer).
+ * Consumed chunks are skipped by index and compacted in bulk, so taking across many tiny chunks stays
+ * linear (a peer sending one byte at a time cannot make it quadratic).
+ */
 export class ChunkReader {
   private chunks: Uint8Array[] = [];
+  private head = 0; // index of the first chunk still holding bytes
   length = 0;
 
   push(bytes: Uint8Array): void {
@@ -121,32 +126,40 @@ export class ChunkReader {
   /** Takes `n` bytes (n <= length), as a view when they lie in one chunk. */
   take(n: number): Uint8Array {
     if (n === 0) return new Uint8Array(0);
-    const first = this.chunks[0]!;
+    const first = this.chunks[this.head]!;
     let out: Uint8Array;
     if (first.length >= n) {
       out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
+      if (first.length === n) this.head++;
+      else this.chunks[this.head] = first.subarray(n);
     } else {
       out = new Uint8Array(n);
       let o = 0;
       while (o < n) {
-        const c = this.chunks[0]!;
+        const c = this.chunks[this.head]!;
         const k = Math.min(c.length, n - o);
-        out.set(c.subarray(0, k), o);
+        out.set(k === c.length ? c : c.subarray(0, k), o);
         o += k;
-        if (k === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(k);
+        if (k === c.length) this.head++;
+        else this.chunks[this.head] = c.subarray(k);
       }
     }
     this.length -= n;
+    if (this.head === this.chunks.length) {
+      this.chunks = [];
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head);
+      this.head = 0;
+    }
     return out;
   }
 
   /** Hands over everything held. */
   drain(): Uint8Array[] {
-    const out = this.chunks;
+    const out = this.chunks.slice(this.head);
     this.chunks = [];
+    this.head = 0;
     this.length = 0;
     return out;
   }

@@ -33,7 +33,7 @@ export interface ServerHello {
 const CLIENT_FIXED = 1 + 1 + 8 + SESSION_ID_LENGTH + 8;
 const SERVER_FIXED = 1 + 1 + SESSION_ID_LENGTH + 8;
 const enc = new TextEncoder();
-const dec = new TextDecoder('utf-8', { fatal: true });
+const dec = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }); // a leading U+FEFF is part of the field
 
 function bad(msg: string, cause?: unknown): ProtocolError {
   return new ProtocolError(ProtocolCode.BAD_HELLO, msg, { cause });

@@ -27,6 +27,9 @@ export interface HttpOptions {
 export const DEFAULT_DEADLINE_S = 120;
 export const MAX_WAIT_S = 60;
 const MAX_FILENAME_BYTES = 1024;
+/** After an error mid-upload, at most this much more of the body is read (and dropped) before answering. */
+const DRAIN_BYTES = 64 * 1024 * 1024;
+const DRAIN_MS = 10_000;
 
 class HttpError extends DropwireError {
   readonly status: number;
@@ -61,12 +64,29 @@ export class HttpApi {
     this.now = o.now ?? Date.now;
     this.server = http.createServer((req, res) => {
       this.route(req, res).catch((err: unknown) => {
-        if (!req.complete) {
-          // Let the client finish sending so it reads our answer (curl, fetch) instead of a reset.
-          res.shouldKeepAlive = false;
-          req.resume();
-        }
-        this.fail(res, err);
+        if (req.complete) return this.fail(res, err);
+        // Answer only once the client has finished sending (up to a bound), so curl and fetch read the
+        // error instead of a reset; the bytes are discarded.
+        res.shouldKeepAlive = false;
+        let extra = 0;
+        const answer = () => {
+          clearTimeout(timer);
+          req.off('end', answer);
+          this.fail(res, err);
+        };
+        const timer = setTimeout(() => {
+          answer();
+          req.destroy();
+        }, DRAIN_MS);
+        req.on('data', (c: Buffer) => {
+          extra += c.length;
+          if (extra > DRAIN_BYTES) {
+            answer();
+            req.destroy();
+          }
+        });
+        req.once('end', answer);
+        req.resume();
       });
     });
     this.server.requestTimeout = 0; // large uploads take as long as they take
