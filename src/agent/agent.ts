@@ -104,6 +104,17 @@ export class Agent {
     o.signal?.addEventListener('abort', () => void this.close(), { once: true });
   }
 
+  /** What `dropwire status` shows: connection, counters, queue, the last message and its outcome. */
+  snapshot(): AgentStatus & { device: string; handlersRunning: number; lastMessage?: { id: string; filename: string; status?: string; code?: string; at: number } } {
+    const last = this.journal.lastDone();
+    return {
+      ...this.status,
+      device: this.config.name,
+      handlersRunning: this.running.size,
+      ...(last ? { lastMessage: { id: last.id, filename: last.filename, ...(last.status ? { status: last.status } : {}), ...(last.code ? { code: last.code } : {}), at: last.receivedAt } } : {}),
+    };
+  }
+
   start(): void {
     const { log } = this.o;
     for (const id of this.journal.recoverInterrupted(Date.now())) log.warn({ id }, 'handler was interrupted by a stop; reported failed, not run again');

@@ -1,5 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
+import { registerRuleCommands } from './rule-commands.js';
+import { registerServiceCommands } from './service-commands.js';
 
 /**
  * The one `dropwire` program. Commands parse options and call their feature, imported lazily; this file
@@ -116,6 +118,10 @@ program
     const { runUp } = await import('./up.js');
     await runUp(o);
   });
+
+// Command groups declared in their own files.
+registerRuleCommands(program);
+registerServiceCommands(program);
 
 async function main(argv: string[]): Promise<number> {
   try {
