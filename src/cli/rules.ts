@@ -1,0 +1,133 @@
+import path from 'node:path';
+import { agentHome, openConfigStore, paths } from '../agent/config.js';
+import { listPrinters } from '../agent/handlers/index.js';
+import { lpArgs } from '../agent/handlers/print.js';
+import { checkName, safeName } from '../agent/names.js';
+import { describeRule, matchRule, planCommand, validateRules, type Rule } from '../agent/rules.js';
+import { DropwireError } from '../shared/errors.js';
+
+/** Reads the rules as they are in the file (validated: a broken file is reported, never overwritten). */
+function load(home?: string): { home: string; rules: Rule[]; save: (rules: Rule[]) => void } {
+  const h = agentHome(home);
+  const conf = openConfigStore(h);
+  if (!conf.has('relay')) throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${h}: run 'dropwire init TOKEN' first`);
+  const rules = validateRules(conf.get('rules') ?? []);
+  return {
+    home: h,
+    rules,
+    save: (next) => {
+      validateRules(next); // refuse before writing
+      conf.set('rules', next as unknown as Record<string, unknown>[]);
+    },
+  };
+}
+
+function position(n: number, count: number, what: string): number {
+  if (!Number.isInteger(n) || n < 1 || n > count) throw new DropwireError('DW_BAD_ARGUMENT', `${what} must be a rule number from 1 to ${count}`);
+  return n - 1;
+}
+
+export async function addRule(glob: string, type: string, command: string[], o: Record<string, unknown>): Promise<string> {
+  const { rules, save } = load(o.home as string | undefined);
+  let action: Record<string, unknown>;
+  switch (type) {
+    case 'save':
+      if (typeof o.dir !== 'string') throw new DropwireError('DW_BAD_ARGUMENT', 'save needs --dir DIR');
+      action = { type, dir: path.resolve(o.dir), ifExists: o.ifExists };
+      break;
+    case 'exec': {
+      const [cmd, ...args] = command;
+      if (!cmd) throw new DropwireError('DW_BAD_ARGUMENT', 'exec needs the command after --, e.g. exec -- /usr/local/bin/import {file}');
+      action = { type, command: cmd, args, ...(o.timeout !== undefined ? { timeoutS: o.timeout } : {}), ...(typeof o.cwd === 'string' ? { cwd: path.resolve(o.cwd) } : {}) };
+      break;
+    }
+    case 'print': {
+      const options: Record<string, string> = {};
+      for (const kv of (o.option as string[] | undefined) ?? []) {
+        const i = kv.indexOf('=');
+        if (i <= 0) throw new DropwireError('DW_BAD_ARGUMENT', `--option must be KEY=VALUE, got '${kv}'`);
+        options[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      action = {
+        type,
+        ...(typeof o.printer === 'string' ? { printer: o.printer } : {}),
+        ...(o.copies !== undefined ? { copies: o.copies } : {}),
+        ...(Object.keys(options).length ? { options } : {}),
+      };
+      break;
+    }
+    case 'open':
+      action = { type };
+      break;
+    default:
+      throw new DropwireError('DW_BAD_ARGUMENT', `unknown action '${type}': use save, exec, print or open`);
+  }
+  if (type !== 'exec' && command.length > 0) throw new DropwireError('DW_BAD_ARGUMENT', `${type} takes no command`);
+  const rule = { match: glob, ...(typeof o.from === 'string' ? { from: o.from } : {}), action, ...(o.parallel !== undefined ? { parallel: o.parallel } : {}) };
+  const [checked] = validateRules([rule]);
+  // By default a new rule goes before a final catch-all (like the `*` save rule `init` adds), else last.
+  const last = rules[rules.length - 1];
+  const defaultAt = last && last.match === '*' && last.from === undefined ? rules.length - 1 : rules.length;
+  const at = o.at !== undefined ? position(o.at as number, rules.length + 1, '--at') : defaultAt;
+  const next = [...rules.slice(0, at), checked!, ...rules.slice(at)];
+  save(next);
+  return `rule ${at + 1}: ${describeRule(checked!)}`;
+}
+
+export function listRules(o: { home?: string; json?: boolean }): string {
+  const { rules } = load(o.home);
+  if (o.json) return JSON.stringify(rules.map((r, i) => ({ n: i + 1, ...r })));
+  if (rules.length === 0) return 'no rules: every file would be rejected';
+  return rules.map((r, i) => `${String(i + 1).padStart(3)}  ${describeRule(r)}`).join('\n');
+}
+
+export async function removeRule(n: number, o: { home?: string }): Promise<string> {
+  const { rules, save } = load(o.home);
+  const i = position(n, rules.length, 'N');
+  const [gone] = rules.splice(i, 1);
+  save(rules);
+  return `removed rule ${n}: ${describeRule(gone!)}`;
+}
+
+export function moveRule(n: number, m: number, o: { home?: string }): string {
+  const { rules, save } = load(o.home);
+  const from = position(n, rules.length, 'N');
+  const to = position(m, rules.length, 'M');
+  const [r] = rules.splice(from, 1);
+  rules.splice(to, 0, r!);
+  save(rules);
+  return `rule ${n} is now rule ${m}: ${describeRule(r!)}`;
+}
+
+const quote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+
+export function testRule(filename: string, o: { home?: string; from: string }): string {
+  const { home, rules } = load(o.home);
+  const bad = checkName(filename);
+  if (bad) throw Object.assign(bad, { message: `${bad.message}: the message would be rejected` });
+  const name = safeName(filename);
+  const hit = matchRule(rules, { name, from: o.from });
+  if (!hit) throw new DropwireError('DW_NO_RULE', `no rule matches '${name}' from '${o.from}': the message would be rejected`);
+  const file = path.join(paths(home).spool, '<id>');
+  const lines = [`rule ${hit.index + 1}: ${describeRule(hit.rule)}`];
+  if (name !== filename) lines.push(`file name on this host: ${name}`);
+  const a = hit.rule.action;
+  if (a.type === 'exec') {
+    const plan = planCommand(a, { name, from: o.from, id: '<id>', file });
+    lines.push(`would run: ${[plan.command, ...plan.args].map(quote).join(' ')}`);
+  } else if (a.type === 'print') {
+    lines.push(`would run: ${['lp', ...lpArgs(a, file, name)].map(quote).join(' ')}`);
+  } else if (a.type === 'save') {
+    lines.push(`would save as: ${path.join(a.dir, name)} (if it exists: ${a.ifExists})`);
+  } else {
+    lines.push(`would open ${file} with the desktop's default application`);
+  }
+  return lines.join('\n');
+}
+
+export async function printPrinters(json: boolean): Promise<string> {
+  const printers = await listPrinters();
+  if (json) return JSON.stringify(printers);
+  if (printers.length === 0) return 'no printers';
+  return printers.map((p) => `${p.isDefault ? '*' : ' '} ${p.name}\t${p.state}`).join('\n');
+}
