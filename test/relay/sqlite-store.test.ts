@@ -6,10 +6,11 @@ import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { openMemoryStore } from '../../src/relay/store/memory.js';
 import { openSqliteStore, SCAN_SQL, SCHEMA_VERSION, type SqliteStore } from '../../src/relay/store/sqlite.js';
-import { newMessage, storeContract } from './store-contract.js';
+import { eventContract, newMessage, storeContract } from './store-contract.js';
 
 storeContract('sqlite', (dir) => openSqliteStore({ path: join(dir, 'relay.db') }));
 storeContract('sqlite in memory', () => openMemoryStore(), { persistent: false });
+eventContract('sqlite', (dir) => openSqliteStore({ path: join(dir, 'relay.db') }));
 
 function tempDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'dropwire-sqlite-'));

@@ -567,3 +567,59 @@ export function storeContract(
     });
   });
 }
+
+/** The event log and webhook cursors: part of the contract every backend passes. */
+export function eventContract(name: string, makeStore: (dir: string) => Promise<Store>): void {
+  describe(`${name}: events`, () => {
+    it('writes message events with their status changes, in order, and presence events on request', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'dw-events-'));
+      onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+      const store = await makeStore(dir);
+      onTestFinished(() => store.close());
+      await store.createDevice({ name: 'shop', createdAt: 1 });
+      const m = newMessage({ id: 'ev1', to: 'shop', from: 'web' });
+      await store.enqueue(m);
+      await store.setStatus([{ id: 'ev1', status: 'sent', at: 10 }]);
+      await store.setStatus([{ id: 'ev1', status: 'queued' as never, at: 11 }]).catch(() => []);
+      await store.setStatus([{ id: 'ev1', status: 'received', at: 12 }]);
+      await store.setStatus([{ id: 'ev1', status: 'sent', at: 13 }]); // refused: no event
+      expect(await store.markOverdue('ev1', 14)).toBe(false); // already received
+      await store.setStatus([{ id: 'ev1', status: 'failed', at: 15, detail: { code: 'DW_EXEC_FAILED', exitCode: 3 } }]);
+      await store.appendEvents([{ type: 'device.offline', device: 'shop', at: 16, data: { device: { name: 'shop', online: false } } }]);
+      const events = await store.eventsAfter(0, 100);
+      expect(events.map((e) => e.type)).toEqual(['message.queued', 'message.sent', 'message.received', 'message.failed', 'device.offline']);
+      expect(events.map((e) => e.seq)).toEqual([...events.map((e) => e.seq)].sort((a, b) => a - b));
+      expect(events[3]).toMatchObject({ device: 'shop', messageId: 'ev1', sender: 'web', at: 15, data: { message: { id: 'ev1', status: 'failed', detail: { exitCode: 3 } } } });
+      expect(await store.eventsAfter(events[2]!.seq, 1)).toEqual([events[3]]);
+      expect(await store.lastEventSeq()).toBe(events[4]!.seq);
+    });
+
+    it('overdue is an event once; webhook cursors move only on success or abandonment', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'dw-events-'));
+      onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+      const store = await makeStore(dir);
+      onTestFinished(() => store.close());
+      await store.createDevice({ name: 'shop', createdAt: 1 });
+      await store.enqueue(newMessage({ id: 'ev2', to: 'shop', from: 'web', deadlineAt: 5 }));
+      expect(await store.markOverdue('ev2', 6)).toBe(true);
+      expect(await store.markOverdue('ev2', 7)).toBe(false);
+      const events = await store.eventsAfter(0, 100);
+      expect(events.map((e) => e.type)).toEqual(['message.queued', 'message.overdue']);
+      expect(await store.webhookCursor('web')).toBe(0);
+      await store.recordWebhookAttempt({ token: 'web', seq: events[0]!.seq, at: 8, ok: false, status: 503 });
+      expect(await store.webhookCursor('web')).toBe(0);
+      await store.recordWebhookAttempt({ token: 'web', seq: events[0]!.seq, at: 9, ok: true, status: 200 });
+      expect(await store.webhookCursor('web')).toBe(events[0]!.seq);
+      await store.recordWebhookAttempt({ token: 'web', seq: events[1]!.seq, at: 10, ok: false, error: 'ECONNREFUSED', abandoned: true });
+      expect(await store.webhookCursor('web')).toBe(events[1]!.seq);
+      await store.skipWebhookEvents('other', events[1]!.seq);
+      expect(await store.webhookCursor('other')).toBe(events[1]!.seq);
+      const attempts = await store.webhookAttempts('web', 10);
+      expect(attempts.map((a) => [a.ok, a.status ?? a.error, a.abandoned ?? false])).toEqual([
+        [false, 'ECONNREFUSED', true],
+        [true, 200, false],
+        [false, 503, false],
+      ]);
+    });
+  });
+}

@@ -14,9 +14,12 @@ import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { DropwireError } from '../../shared/errors.js';
 import {
   ALLOWED_FROM,
+  EventType,
   MessageStatus,
   StoreErrorCode,
   type DeviceRecord,
+  type RelayEvent,
+  type WebhookAttempt,
   type HistoryEntry,
   type MessageRecord,
   type NewMessage,
@@ -144,6 +147,37 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX history_message ON history (message_id, n);
   `,
+  `
+  ALTER TABLE tokens ADD COLUMN webhook_secret TEXT;
+
+  -- The event log behind webhooks and GET /v1/events; message events are written with their status change.
+  CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    type       TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    message_id TEXT,
+    sender     TEXT,
+    at         INTEGER NOT NULL,
+    data       TEXT NOT NULL
+  ) STRICT;
+
+  CREATE TABLE webhook_cursors (
+    token TEXT PRIMARY KEY,
+    seq   INTEGER NOT NULL
+  ) STRICT;
+
+  CREATE TABLE webhook_attempts (
+    n         INTEGER PRIMARY KEY,
+    token     TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    at        INTEGER NOT NULL,
+    ok        INTEGER NOT NULL CHECK (ok IN (0, 1)),
+    status    INTEGER,
+    error     TEXT,
+    abandoned INTEGER NOT NULL DEFAULT 0 CHECK (abandoned IN (0, 1))
+  ) STRICT;
+  CREATE INDEX webhook_attempts_token ON webhook_attempts (token, n);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -167,7 +201,30 @@ interface TokenRow {
   hash: string;
   to_glob: string;
   webhook: string | null;
+  webhook_secret: string | null;
   created_at: number;
+}
+
+interface EventRow {
+  seq: number;
+  type: string;
+  device: string;
+  message_id: string | null;
+  sender: string | null;
+  at: number;
+  data: string;
+}
+
+function eventFromRow(r: EventRow): RelayEvent {
+  return {
+    seq: r.seq,
+    type: r.type as EventType,
+    device: r.device,
+    ...(r.message_id !== null ? { messageId: r.message_id } : {}),
+    ...(r.sender !== null ? { sender: r.sender } : {}),
+    at: r.at,
+    data: JSON.parse(r.data) as Record<string, unknown>,
+  };
 }
 
 interface MessageRow {
@@ -217,7 +274,7 @@ function toDevice(r: DeviceRow): DeviceRecord {
 }
 
 function toToken(r: TokenRow): TokenRecord {
-  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), createdAt: r.created_at };
+  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), createdAt: r.created_at };
 }
 
 function toMessage(r: MessageRow): MessageRecord {
@@ -386,7 +443,16 @@ function prepareStatements(db: DatabaseSync) {
       WHERE name = :name`),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
-    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, created_at) VALUES (?, ?, ?, ?, ?)'),
+    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),
+    insertEvent: p('INSERT INTO events (type, device, message_id, sender, at, data) VALUES (?, ?, ?, ?, ?, ?)'),
+    eventsAfter: p('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?'),
+    lastEvent: p('SELECT coalesce(max(seq), 0) AS seq FROM events'),
+    messageForEvent: p('SELECT id, to_device, from_sender, filename, size FROM messages WHERE id = ?'),
+    webhookCursor: p('SELECT seq FROM webhook_cursors WHERE token = ?'),
+    setWebhookCursor: p(`INSERT INTO webhook_cursors (token, seq) VALUES (?, ?)
+      ON CONFLICT (token) DO UPDATE SET seq = max(seq, excluded.seq)`),
+    insertAttempt: p('INSERT INTO webhook_attempts (token, seq, at, ok, status, error, abandoned) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+    attempts: p('SELECT * FROM webhook_attempts WHERE token = ? ORDER BY n DESC LIMIT ?'),
     tokenByHash: p('SELECT * FROM tokens WHERE hash = ?'),
     listTokens: p('SELECT * FROM tokens ORDER BY name'),
     deleteToken: p('DELETE FROM tokens WHERE name = ?'),
@@ -741,6 +807,7 @@ class SqliteStoreImpl implements SqliteStore {
       const detail = JSON.stringify({ reason: 'device removed' });
       for (const row of this.sql.cancelForDevice.all({ name, at }) as unknown as Array<{ id: string }>) {
         this.sql.insertHistory.run(row.id, 'cancelled', at, detail);
+        this.messageEvent(row.id, 'cancelled', at, { reason: 'device removed' });
       }
       return existed;
     });
@@ -755,7 +822,7 @@ class SqliteStoreImpl implements SqliteStore {
 
   createToken(token: TokenRecord): Promise<void> {
     return this.write(`createToken ${token.name}`, StoreErrorCode.TOKEN_EXISTS, () => {
-      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.createdAt);
+      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.createdAt);
     });
   }
 
@@ -800,6 +867,7 @@ class SqliteStoreImpl implements SqliteStore {
         expiresAt: message.expiresAt ?? null,
       }) as { seq: number };
       this.sql.insertHistory.run(message.id, 'queued', message.createdAt, null);
+      this.messageEvent(message.id, 'queued', message.createdAt, undefined);
       return { message: insertedMessage(message, seq), created: true };
     });
   }
@@ -829,13 +897,71 @@ class SqliteStoreImpl implements SqliteStore {
         const applied = update.run({ id: change.id, status: change.status, at: change.at, result }).changes;
         if (Number(applied) === 0) return false;
         this.sql.insertHistory.run(change.id, change.status, change.at, detail);
+        this.messageEvent(change.id, change.status, change.at, change.detail);
         return true;
       }),
     );
   }
 
   markOverdue(id: string, at: number): Promise<boolean> {
-    return this.write(`markOverdue ${id}`, undefined, () => Number(this.sql.markOverdue.run(at, id).changes) > 0);
+    return this.write(`markOverdue ${id}`, undefined, () => {
+      const done = Number(this.sql.markOverdue.run(at, id).changes) > 0;
+      if (done) this.messageEvent(id, 'overdue', at, undefined);
+      return done;
+    });
+  }
+
+  /** Inside a write: the event for a message's status change (or overdue flag), in the same transaction. */
+  private messageEvent(id: string, what: MessageStatus | 'overdue', at: number, detail: Record<string, unknown> | undefined): void {
+    const m = this.sql.messageForEvent.get(id) as { id: string; to_device: string; from_sender: string; filename: string; size: number } | undefined;
+    if (!m) return;
+    const data = { message: { id, to: m.to_device, from: m.from_sender, filename: m.filename, size: m.size, status: what, ...(detail ? { detail } : {}) } };
+    this.sql.insertEvent.run(EventType[what], m.to_device, id, m.from_sender, at, JSON.stringify(data));
+  }
+
+  appendEvents(events: Omit<RelayEvent, 'seq'>[]): Promise<void> {
+    return this.write('appendEvents', undefined, () => {
+      for (const e of events) this.sql.insertEvent.run(e.type, e.device, e.messageId ?? null, e.sender ?? null, e.at, JSON.stringify(e.data));
+    });
+  }
+
+  eventsAfter(seq: number, limit: number): Promise<RelayEvent[]> {
+    return this.read('eventsAfter', () => (this.sql.eventsAfter.all(seq, limit) as unknown as EventRow[]).map(eventFromRow));
+  }
+
+  lastEventSeq(): Promise<number> {
+    return this.read('lastEventSeq', () => (this.sql.lastEvent.get() as { seq: number }).seq);
+  }
+
+  webhookCursor(token: string): Promise<number> {
+    return this.read('webhookCursor', () => (this.sql.webhookCursor.get(token) as { seq: number } | undefined)?.seq ?? 0);
+  }
+
+  recordWebhookAttempt(a: WebhookAttempt): Promise<void> {
+    return this.write(`webhookAttempt ${a.token}`, undefined, () => {
+      this.sql.insertAttempt.run(a.token, a.seq, a.at, a.ok ? 1 : 0, a.status ?? null, a.error ?? null, a.abandoned ? 1 : 0);
+      if (a.ok || a.abandoned) this.sql.setWebhookCursor.run(a.token, a.seq);
+    });
+  }
+
+  skipWebhookEvents(token: string, toSeq: number): Promise<void> {
+    return this.write(`webhookSkip ${token}`, undefined, () => {
+      this.sql.setWebhookCursor.run(token, toSeq);
+    });
+  }
+
+  webhookAttempts(token: string, limit: number): Promise<WebhookAttempt[]> {
+    return this.read('webhookAttempts', () =>
+      (this.sql.attempts.all(token, limit) as { token: string; seq: number; at: number; ok: number; status: number | null; error: string | null; abandoned: number }[]).map((r) => ({
+        token: r.token,
+        seq: r.seq,
+        at: r.at,
+        ok: r.ok === 1,
+        ...(r.status !== null ? { status: r.status } : {}),
+        ...(r.error !== null ? { error: r.error } : {}),
+        ...(r.abandoned === 1 ? { abandoned: true } : {}),
+      })),
+    );
   }
 
   /** Stops taking work, commits every write already queued, then closes the file. Idempotent. */

@@ -47,7 +47,53 @@ export interface TokenRecord {
   /** Glob of device names this token may send to (default '*'). */
   to: string;
   webhook?: string;
+  /** Key for the webhook signatures (HMAC-SHA256); printed once when the token is made. */
+  webhookSecret?: string;
   createdAt: number;
+}
+
+/** Event types (webhooks and the live event stream). */
+export const EventType = {
+  queued: 'message.queued',
+  sent: 'message.sent',
+  received: 'message.received',
+  handled: 'message.handled',
+  failed: 'message.failed',
+  rejected: 'message.rejected',
+  expired: 'message.expired',
+  cancelled: 'message.cancelled',
+  overdue: 'message.overdue',
+  online: 'device.online',
+  offline: 'device.offline',
+} as const;
+export type EventType = (typeof EventType)[keyof typeof EventType];
+
+/**
+ * One entry of the relay's event log. Message events are written in the same transaction as the status
+ * change they report, so an event is never lost nor told for a change that did not happen.
+ */
+export interface RelayEvent {
+  /** Monotonic; the SSE event id and the webhook cursor. */
+  seq: number;
+  type: EventType;
+  device: string;
+  messageId?: string;
+  /** The message's sender (token or device name). */
+  sender?: string;
+  at: number;
+  data: Record<string, unknown>;
+}
+
+export interface WebhookAttempt {
+  token: string;
+  seq: number;
+  at: number;
+  ok: boolean;
+  /** HTTP status, when there was an answer. */
+  status?: number;
+  error?: string;
+  /** The event was given up after the retry horizon. */
+  abandoned?: boolean;
 }
 
 export interface HistoryEntry {
@@ -147,6 +193,20 @@ export interface Store {
   setStatus(changes: StatusChange[]): Promise<boolean[]>;
   /** Flags a message overdue (once). Resolves false if it already was, or is past `received`. */
   markOverdue(id: string, at: number): Promise<boolean>;
+  /** Appends events that do not come with a status change (presence). */
+  appendEvents(events: Omit<RelayEvent, 'seq'>[]): Promise<void>;
+  /** Events after `seq`, oldest first. */
+  eventsAfter(seq: number, limit: number): Promise<RelayEvent[]>;
+  /** The newest event's seq (0 when there is none). */
+  lastEventSeq(): Promise<number>;
+  /** Where a token's webhook delivery stands: every event up to this seq is done (delivered or given up). */
+  webhookCursor(token: string): Promise<number>;
+  /** Records one delivery attempt; when it succeeded or was abandoned, the cursor moves to `seq`. */
+  recordWebhookAttempt(attempt: WebhookAttempt): Promise<void>;
+  /** Moves a token's cursor over events it does not see (no attempt recorded). */
+  skipWebhookEvents(token: string, toSeq: number): Promise<void>;
+  webhookAttempts(token: string, limit: number): Promise<WebhookAttempt[]>;
+
   /** Messages whose deadline or expiry has passed at `now` and that still need attention. */
   dueForDeadline(now: number, limit: number): Promise<MessageRecord[]>;
   dueForExpiry(now: number, limit: number): Promise<MessageRecord[]>;
