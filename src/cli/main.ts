@@ -68,7 +68,9 @@ token
   .option('--webhook <url>', 'where status events are posted')
   .action(async (name: string, o: { data: string; to: string; webhook?: string }) => {
     const { addToken } = await import('../relay/admin.js');
-    console.log(await addToken(o.data, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) }));
+    const t = await addToken(o.data, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    console.log(t.token);
+    if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
   });
 token
   .command('list')
@@ -117,6 +119,17 @@ program
   .action(async (o: { dir: string; http: string }) => {
     const { runUp } = await import('./up.js');
     await runUp(o);
+  });
+
+program
+  .command('online <device>')
+  .description('is DEVICE connected? exit 0 online, 1 offline (asks the relay with a sender token)')
+  .option('--api <url>', 'relay HTTP API (default: DROPWIRE_API)')
+  .option('--token <token>', 'sender token (default: DROPWIRE_TOKEN)')
+  .option('--json', 'JSON output')
+  .action(async (name: string, o: { api?: string; token?: string; json?: boolean }) => {
+    const { runOnline } = await import('./online.js');
+    await runOnline(name, o);
   });
 
 // Command groups declared in their own files.

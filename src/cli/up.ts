@@ -39,11 +39,11 @@ export async function runUp(o: { dir: string; http: string }): Promise<void> {
   let secret = fs.existsSync(tokenFile) ? fs.readFileSync(tokenFile, 'utf8').trim() : '';
   if (!secret) {
     try {
-      secret = await addToken(relayDir, 'local');
+      secret = (await addToken(relayDir, 'local')).token;
     } catch (err) {
       if (!isDropwireError(err, 'DW_TOKEN_EXISTS')) throw err;
       await relay.store.removeToken('local');
-      secret = await addToken(relayDir, 'local');
+      secret = (await addToken(relayDir, 'local')).token;
     }
     writeFileAtomic(tokenFile, secret + '\n', 0o600);
   }

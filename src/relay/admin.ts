@@ -70,13 +70,26 @@ export async function removeDevice(dataDir: string, name: string): Promise<void>
   }
 }
 
-export async function addToken(dataDir: string, name: string, o: { to?: string; webhook?: string } = {}): Promise<string> {
+/** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
+export async function addToken(dataDir: string, name: string, o: { to?: string; webhook?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
   checkName('token', name);
+  if (o.webhook !== undefined) {
+    let u: URL;
+    try {
+      u = new URL(o.webhook);
+    } catch {
+      throw new DropwireError('DW_BAD_ARGUMENT', `--webhook must be an http(s) URL, got '${o.webhook}'`);
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new DropwireError('DW_BAD_ARGUMENT', '--webhook must be an http(s) URL');
+  }
   const secret = `dwt_${randomBytes(24).toString('base64url')}`;
-  await withStore(dataDir, (s) =>
-    s.createToken({ name, hash: tokenHash(secret), to: o.to ?? '*', ...(o.webhook ? { webhook: o.webhook } : {}), createdAt: Date.now() }),
-  );
-  return secret;
+  const webhookSecret = o.webhook ? `whsec_${randomBytes(24).toString('base64url')}` : undefined;
+  await withStore(dataDir, async (s) => {
+    await s.createToken({ name, hash: tokenHash(secret), to: o.to ?? '*', ...(o.webhook ? { webhook: o.webhook, webhookSecret } : {}), createdAt: Date.now() });
+    // A new webhook starts with the events from now on, not the relay's whole history.
+    if (o.webhook) await s.skipWebhookEvents(name, await s.lastEventSeq());
+  });
+  return { token: secret, ...(webhookSecret ? { webhookSecret } : {}) };
 }
 
 export function listTokens(dataDir: string): Promise<TokenRecord[]> {

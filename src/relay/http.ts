@@ -6,6 +6,7 @@ import busboy from 'busboy';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { Blobs } from './blobs.js';
+import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
 
@@ -15,6 +16,7 @@ export interface HttpOptions {
   store: Store;
   hub: Hub;
   blobs: Blobs;
+  feed: EventFeed;
   log: Logger;
   /** Largest body accepted (413 beyond). */
   maxBody: number;
@@ -30,6 +32,7 @@ const MAX_FILENAME_BYTES = 1024;
 /** After an error mid-upload, at most this much more of the body is read (and dropped) before answering. */
 const DRAIN_BYTES = 64 * 1024 * 1024;
 const DRAIN_MS = 10_000;
+const SSE_KEEPALIVE_MS = 15_000;
 
 class HttpError extends DropwireError {
   readonly status: number;
@@ -47,11 +50,6 @@ export function tokenHash(secret: string): string {
   return createHash('sha256').update(secret).digest('hex');
 }
 
-/** `*` and `?` globs on device names, for token scopes. */
-export function scopeAllows(scope: string, device: string): boolean {
-  const re = new RegExp(`^${scope.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
-  return re.test(device);
-}
 
 /** The sender HTTP API (README "HTTP API"). */
 export class HttpApi {
@@ -122,6 +120,7 @@ export class HttpApi {
     const token = await this.authenticate(req);
     if (parts[1] === 'messages' && parts.length === 2 && method === 'POST') return this.postMessage(req, res, url, token);
     if (parts[1] === 'messages' && parts.length === 3 && method === 'GET') return this.getMessage(res, url, token, parts[2]!);
+    if (parts[1] === 'events' && parts.length === 2 && method === 'GET') return this.events(req, res, url, token);
     if (parts[1] === 'devices' && parts.length === 2 && method === 'GET') return this.listDevices(res, token);
     if (parts[1] === 'devices' && parts.length === 3 && method === 'GET') return this.getDevice(res, token, parts[2]!);
     throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
@@ -194,6 +193,7 @@ export class HttpApi {
     if (created) {
       log.info({ id, to, from: token.name, filename, size: received.size }, 'message queued');
       hub.notify(to);
+      this.o.feed.notify();
     }
     send(res, created ? 202 : 200, { id: message.id, status: message.status, to: message.to, filename: message.filename, size: message.size, sha256: message.sha256 });
   }
@@ -260,6 +260,47 @@ export class HttpApi {
     const d = await this.o.store.getDevice(name);
     if (!d || !scopeAllows(token.to, name)) throw new HttpError(404, 'DW_UNKNOWN_DEVICE', `no device named '${name}'`);
     send(res, 200, await this.deviceView(d.name, d.lastSeen));
+  }
+
+  /**
+   * Server-sent events: the event log as the token sees it, live. `Last-Event-ID` (or `?after=N`) resumes
+   * after that event; without it the stream starts with the next event.
+   */
+  private async events(req: http.IncomingMessage, res: http.ServerResponse, url: URL, token: TokenRecord): Promise<void> {
+    const { store, feed } = this.o;
+    const from = req.headers['last-event-id'] ?? url.searchParams.get('after');
+    let cursor = typeof from === 'string' && /^\d+$/.test(from) ? Number(from) : await store.lastEventSeq();
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    res.write(': dropwire events\n\n');
+    let open = true;
+    let wake: (() => void) | undefined;
+    const onAppended = () => wake?.();
+    feed.on('appended', onAppended);
+    const keepalive = setInterval(() => res.write(': keepalive\n\n'), SSE_KEEPALIVE_MS);
+    res.on('close', () => {
+      open = false;
+      wake?.();
+    });
+    try {
+      while (open) {
+        const batch = await store.eventsAfter(cursor, 500);
+        for (const e of batch) {
+          cursor = e.seq;
+          if (!visibleTo(token, e)) continue;
+          res.write(`id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify(eventBody(e))}\n\n`);
+        }
+        if (batch.length === 500) continue;
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          setTimeout(resolve, SSE_KEEPALIVE_MS).unref();
+        });
+        wake = undefined;
+      }
+    } finally {
+      clearInterval(keepalive);
+      feed.off('appended', onAppended);
+      res.end();
+    }
   }
 
   /** Local operator actions the CLI asks a running relay to apply at once. */

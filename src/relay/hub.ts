@@ -12,6 +12,7 @@ import { Session } from '../protocol/session.js';
 import type { Link } from '../transport/link.js';
 import { random } from '../transport/identity.js';
 import type { Logger } from '../shared/log.js';
+import type { EventFeed } from './events.js';
 import type { MessageRecord, MessageStatus, Store } from './store/types.js';
 
 /** Bytes of a file per CHUNK message. */
@@ -29,8 +30,14 @@ export interface StatusEvent {
   detail?: Record<string, unknown>;
 }
 
+/** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
+export const OFFLINE_GRACE_MS = 1_500;
+
 export interface HubOptions {
   store: Store;
+  /** Told whenever events were appended (status changes, presence). */
+  feed?: EventFeed;
+  offlineGraceMs?: number;
   keys: KeyPair;
   crypto: CryptoBackend;
   log: Logger;
@@ -59,6 +66,8 @@ interface Peer {
   drainWaiters: (() => void)[];
   linger: NodeJS.Timeout | undefined;
   onlineSince: number | undefined;
+  /** Messages expired or cancelled while this peer streams: stop sending them. */
+  cancelled: Set<string>;
 }
 
 /**
@@ -112,6 +121,7 @@ export class Hub extends EventEmitter {
 
   close(): void {
     this.closed = true;
+    for (const t of this.offlineTimers.values()) clearTimeout(t);
     for (const p of [...this.peers.values()]) this.retire(p, ProtocolCode.CLOSED);
   }
 
@@ -134,7 +144,7 @@ export class Hub extends EventEmitter {
         p.onlineSince = this.now();
         if (!out.resumed) this.newStream(p);
         this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote }, out.resumed ? 'session resumed' : 'session started');
-        this.emit('presence', { device: p.device, online: true, at: this.now() });
+        this.presence(p.device, true);
         return;
       }
       case 'data': {
@@ -170,7 +180,7 @@ export class Hub extends EventEmitter {
     const at = this.now();
     this.o.store.touchDevice(p.device, at).catch(() => {});
     this.o.log.info({ device: p.device, code }, 'agent disconnected');
-    this.emit('presence', { device: p.device, online: false, at });
+    this.presence(p.device, false);
     if (p.session.closed) {
       this.forget(p);
       return;
@@ -180,6 +190,46 @@ export class Hub extends EventEmitter {
       if (!p.link) this.retire(p, ProtocolCode.SESSION_LOST);
     }, SESSION_LINGER_MS);
     p.linger.unref();
+  }
+
+  // --- presence -------------------------------------------------------------------------------
+
+  private readonly announced = new Map<string, boolean>();
+  private readonly offlineTimers = new Map<string, NodeJS.Timeout>();
+
+  /** device.online at once; device.offline only if no link is back within the grace time. */
+  private presence(device: string, online: boolean): void {
+    clearTimeout(this.offlineTimers.get(device));
+    this.offlineTimers.delete(device);
+    if (online) {
+      if (this.announced.get(device) !== true) this.announce(device, true);
+      return;
+    }
+    const t = setTimeout(() => {
+      this.offlineTimers.delete(device);
+      if (!this.isOnline(device) && this.announced.get(device) === true) this.announce(device, false);
+    }, this.o.offlineGraceMs ?? OFFLINE_GRACE_MS);
+    t.unref();
+    this.offlineTimers.set(device, t);
+  }
+
+  private announce(device: string, online: boolean): void {
+    this.announced.set(device, online);
+    const at = this.now();
+    this.o.log.info({ device, online }, online ? 'device online' : 'device offline');
+    this.emit('presence', { device, online, at });
+    this.o.store
+      .appendEvents([{ type: online ? 'device.online' : 'device.offline', device, at, data: { device: { name: device, online, lastSeen: new Date(at).toISOString() } } }])
+      .then(() => this.o.feed?.notify())
+      .catch((err: unknown) => this.o.log.error({ err, device }, 'could not store a presence event'));
+  }
+
+  /** Stops sending a message that expired or was cancelled; the agent drops what it spooled. */
+  cancel(device: string, id: string): void {
+    const p = this.peers.get(device);
+    if (!p) return;
+    p.cancelled.add(id);
+    if (p.ready) this.send(p, MessageType.CANCEL, { id });
   }
 
   // --- handshake ------------------------------------------------------------------------------
@@ -249,6 +299,7 @@ export class Hub extends EventEmitter {
       drainWaiters: [],
       linger: undefined,
       onlineSince: undefined,
+      cancelled: new Set(),
     };
     this.peers.set(device, p);
     return p;
@@ -338,6 +389,7 @@ export class Hub extends EventEmitter {
       const [applied] = await store.setStatus([{ id, status, at, ...(detail ? { detail } : {}), ...(result ? { result } : {}) }]);
       if (status !== 'sent') this.progress.delete(id);
       if (applied) {
+        this.o.feed?.notify();
         log.info({ id, device: p.device, status, ...(result?.code ? { code: result.code } : {}) }, `message ${status}`);
         this.emit('status', { id, to: msg.to, from: msg.from, status, at, ...(detail ? { detail } : {}) } satisfies StatusEvent);
       }
@@ -391,7 +443,7 @@ export class Hub extends EventEmitter {
       }
       for (const m of batch) {
         if (!live()) return;
-        if (m.expiresAt !== undefined && m.expiresAt <= this.now()) {
+        if (p.cancelled.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
           continue; // the deadline sweeper marks it expired
         }
@@ -412,7 +464,9 @@ export class Hub extends EventEmitter {
       store
         .setStatus([{ id: m.id, status: 'sent', at, ...(from > 0 ? { detail: { offset: from } } : {}) }])
         .then(([applied]) => {
-          if (applied) this.emit('status', { id: m.id, to: m.to, from: m.from, status: 'sent', at } satisfies StatusEvent);
+          if (!applied) return;
+          this.o.feed?.notify();
+          this.emit('status', { id: m.id, to: m.to, from: m.from, status: 'sent', at } satisfies StatusEvent);
         })
         .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
     }
@@ -437,7 +491,7 @@ export class Hub extends EventEmitter {
     const fh = await fs.open(m.bodyPath!, 'r');
     try {
       for (let pos = from; pos < m.size; ) {
-        if (p.gen !== gen || p.session.closed) return;
+        if (p.gen !== gen || p.session.closed || p.cancelled.has(m.id)) return;
         const buf = new Uint8Array(Math.min(CHUNK_SIZE, m.size - pos));
         const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
         if (bytesRead <= 0) throw new Error(`body file of ${m.id} is shorter than its size`);

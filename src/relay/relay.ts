@@ -10,6 +10,9 @@ import type { Logger } from '../shared/log.js';
 import { loadOrCreateKeyPair, writeFileAtomic } from '../transport/identity.js';
 import { Listener } from '../transport/listener.js';
 import { Blobs } from './blobs.js';
+import { DeadlineSweeper } from './deadlines.js';
+import { EventFeed } from './events.js';
+import { Webhooks } from './webhooks.js';
 import { HttpApi } from './http.js';
 import { Hub } from './hub.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
@@ -66,8 +69,11 @@ export class Relay {
   private readonly o: RelayOptions;
   private closed = false;
 
-  private constructor(o: RelayOptions, info: RelayInfo, store: SqliteStore, hub: Hub, listener: Listener, http: HttpApi) {
+  private readonly stopBackground: () => void;
+
+  private constructor(o: RelayOptions, info: RelayInfo, store: SqliteStore, hub: Hub, listener: Listener, http: HttpApi, stopBackground: () => void) {
     this.o = o;
+    this.stopBackground = stopBackground;
     this.info = info;
     this.store = store;
     this.hub = hub;
@@ -82,14 +88,16 @@ export class Relay {
     const keys = loadOrCreateKeyPair(p.key, crypto);
     const store = await openSqliteStore({ path: p.db });
     const blobs = new Blobs(p.blobs);
-    const hub = new Hub({ store, keys, crypto, log: o.log, ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
+    const feed = new EventFeed();
+    feed.setMaxListeners(0);
+    const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
     const listener = new Listener({
       host: o.listen.host,
       port: o.listen.port,
       connection: () => hub.connection(),
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
     });
-    const http = new HttpApi({ host: o.http.host, port: o.http.port, store, hub, blobs, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
+    const http = new HttpApi({ host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
     const agents = await listener.listen();
     const api = await http.listen();
     const info: RelayInfo = {
@@ -100,13 +108,20 @@ export class Relay {
       pid: process.pid,
     };
     writeFileAtomic(p.info, JSON.stringify(info, null, 2) + '\n');
+    const webhooks = new Webhooks({ store, feed, log: o.log });
+    const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
+    webhooks.kick(); // deliver what is still owed from before a restart
     o.log.info(info, 'relay listening');
-    return new Relay(o, info, store, hub, listener, http);
+    return new Relay(o, info, store, hub, listener, http, () => {
+      webhooks.close();
+      sweeper.close();
+    });
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.stopBackground();
     this.hub.close();
     await Promise.all([this.listener.close(), this.http.close()]);
     await this.store.close();

@@ -1,0 +1,55 @@
+import type { Logger } from '../shared/log.js';
+import type { EventFeed } from './events.js';
+import type { Hub } from './hub.js';
+import type { Store } from './store/types.js';
+
+export const SWEEP_MS = 500;
+
+/**
+ * Flags messages not `received` by their deadline as overdue (an event; they stay queued), and expires
+ * those past their time to live (never delivered after it).
+ */
+export class DeadlineSweeper {
+  private readonly timer: NodeJS.Timeout;
+  private busy = false;
+  private readonly o: { store: Store; hub: Hub; feed: EventFeed; log: Logger; now?: () => number; intervalMs?: number };
+
+  constructor(o: { store: Store; hub: Hub; feed: EventFeed; log: Logger; now?: () => number; intervalMs?: number }) {
+    this.o = o;
+    this.timer = setInterval(() => void this.sweep(), o.intervalMs ?? SWEEP_MS);
+    this.timer.unref();
+  }
+
+  async sweep(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    const { store, hub, feed, log } = this.o;
+    const now = (this.o.now ?? Date.now)();
+    try {
+      let changed = false;
+      for (const m of await store.dueForDeadline(now, 500)) {
+        if (await store.markOverdue(m.id, now)) {
+          changed = true;
+          log.warn({ id: m.id, to: m.to }, 'message overdue: not received by its deadline');
+        }
+      }
+      for (const m of await store.dueForExpiry(now, 500)) {
+        const [applied] = await store.setStatus([{ id: m.id, status: 'expired', at: now }]);
+        if (applied) {
+          changed = true;
+          hub.cancel(m.to, m.id);
+          log.warn({ id: m.id, to: m.to }, 'message expired: its time to live passed before delivery');
+        }
+      }
+      if (changed) feed.notify();
+    } catch (err) {
+      log.error({ err }, 'deadline sweep failed');
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+}
