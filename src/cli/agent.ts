@@ -1,8 +1,14 @@
 import { Agent } from '../agent/agent.js';
-import { agentHome } from '../agent/config.js';
+import { agentHome, paths } from '../agent/config.js';
+import { agentAnswers, ControlServer } from '../agent/control.js';
+import { DropwireError, isDropwireError } from '../shared/errors.js';
 import { enroll } from '../agent/enroll.js';
-import { createLogger } from '../shared/log.js';
+import { chooseLogTarget, createLogger, destinationOf } from '../shared/log.js';
 import { untilSignal } from './signals.js';
+
+/** `dropwire agent` exits with this (sysexits EX_CONFIG) when its config is missing or wrong: the unit's
+ * `RestartPreventExitStatus=78` keeps systemd from restarting it in a loop until someone fixes the file. */
+export const EXIT_CONFIG = 78;
 
 export async function runInit(token: string, o: { home?: string; name?: string; relay?: string }): Promise<void> {
   const home = agentHome(o.home);
@@ -12,9 +18,34 @@ export async function runInit(token: string, o: { home?: string; name?: string; 
 
 export async function runAgent(o: { home?: string; relay?: string }): Promise<void> {
   const home = agentHome(o.home);
-  const log = createLogger('agent');
-  const agent = new Agent({ home, log, ...(o.relay ? { relay: o.relay } : {}) });
+  // Before anything opens the journal or writes the log: one agent per folder.
+  if (await agentAnswers(home)) throw new DropwireError('DW_AGENT_RUNNING', `another agent is already running with the folder ${home}`);
+  const target = chooseLogTarget(paths(home).log);
+  const log = createLogger('agent', destinationOf(target));
+  const startedAt = Date.now();
+  let agent: Agent;
+  try {
+    agent = new Agent({ home, log, ...(o.relay ? { relay: o.relay } : {}) });
+  } catch (err) {
+    if (isDropwireError(err, 'DW_BAD_CONFIG') || isDropwireError(err, 'DW_NOT_ENROLLED')) {
+      log.fatal({ code: err.code }, `refusing to start: ${err.message}`);
+      throw Object.assign(err, { exitCode: EXIT_CONFIG });
+    }
+    throw err;
+  }
+  let control: ControlServer;
+  try {
+    control = await ControlServer.listen({
+      home,
+      log,
+      status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: '0.1.0', log: target }),
+    });
+  } catch (err) {
+    await agent.close();
+    throw err;
+  }
   agent.start();
   await untilSignal();
+  await control.close();
   await agent.close();
 }
