@@ -59,7 +59,8 @@ export class Agent {
   private skipping: string | undefined;
   private link: Link | undefined;
   private readonly queues = new Map<string, Promise<void>>();
-  private lane = 0;
+  /** Round-robin lane per rule: a rule with `parallel: N` has N queues, each in arrival order. */
+  private readonly lanes = new Map<number, number>();
   private readonly running = new Set<Promise<void>>();
   private readonly abort = new AbortController();
   private configWatcher: fs.StatWatcher | undefined;
@@ -302,7 +303,9 @@ export class Agent {
       if (this.closed && outcome.code === 'DW_CANCELLED') return; // left `running`: reported interrupted on restart
       this.finish(id, outcome);
     };
-    const key = `${match.index}:${this.lane++ % (match.rule.parallel ?? 1)}`;
+    const lane = this.lanes.get(match.index) ?? 0;
+    this.lanes.set(match.index, lane + 1);
+    const key = `${match.index}:${lane % (match.rule.parallel ?? 1)}`;
     const prev = this.queues.get(key) ?? Promise.resolve();
     const next = prev.then(run).catch((err: unknown) => this.o.log.error({ err, id }, 'handler crashed'));
     this.queues.set(key, next);

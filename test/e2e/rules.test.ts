@@ -192,3 +192,36 @@ describe.skipIf(cupsSkip !== undefined)('print with a real CUPS server', () => {
     await agent.kill();
   });
 });
+
+describe('handler concurrency', () => {
+  it('one at a time in arrival order by default; --parallel N runs up to N at once; spool emptied after', async () => {
+    const dir = tempDir();
+    const log = path.join(dir, 'spans.jsonl');
+    const script = path.join(dir, 'slow.mjs');
+    fs.writeFileSync(script, `import fs from 'node:fs'; const start = Date.now(); await new Promise((r) => setTimeout(r, 600));
+fs.appendFileSync(${JSON.stringify(log)}, JSON.stringify({ name: process.argv[2], start, end: Date.now() }) + '\\n');\n`);
+    const s = await setup({ rules: [] });
+    await cliOk(['rule', 'add', 'one-*', 'exec', '--home', s.home, '--', process.execPath, script, '{name}']);
+    await cliOk(['rule', 'add', 'two-*', 'exec', '--home', s.home, '--parallel', '2', '--', process.execPath, script, '{name}']);
+    const agent = spawnCli(['agent', '--home', s.home]);
+    const ids: string[] = [];
+    for (const prefix of ['one', 'two']) for (let i = 0; i < 4; i++) ids.push((await s.api.send(s.device, `${prefix}-${i}`, 'x')).json.id as string);
+    for (const id of ids) await s.api.until(id, ['handled']);
+    const spans = fs.readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { name: string; start: number; end: number });
+    /** Most handlers of this rule running at one moment (a sweep over start and end times). */
+    const most = (prefix: string) => {
+      const edges = spans.filter((x) => x.name.startsWith(prefix)).flatMap((x) => [[x.start, 1] as const, [x.end, -1] as const]);
+      edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      let now = 0;
+      let peak = 0;
+      for (const [, d] of edges) peak = Math.max(peak, (now += d));
+      return peak;
+    };
+    expect(most('one-')).toBe(1);
+    expect(spans.filter((x) => x.name.startsWith('one-')).map((x) => x.name)).toEqual(['one-0', 'one-1', 'one-2', 'one-3']);
+    expect(most('two-')).toBe(2);
+    // Retention 'remove' (the default): nothing left in the spool once handled.
+    expect(fs.readdirSync(path.join(s.home, 'spool'))).toEqual([]);
+    await agent.kill();
+  });
+});
