@@ -240,7 +240,7 @@ export class Agent {
         if (this.skipping === m.header.id) return;
         const t = this.transfer;
         if (!t || t.id !== m.header.id) throw Object.assign(new Error('CHUNK without its FILE'), { code: 'DW_BAD_MESSAGE' });
-        t.write(m.body);
+        for (const part of m.parts) t.write(part);
         if (t.complete) this.complete();
         return;
       }

@@ -1,6 +1,6 @@
 import os from 'node:os';
 import path from 'node:path';
-import Conf from 'conf';
+import fs from 'node:fs';
 import { DropwireError } from '../shared/errors.js';
 import { validateRules, type Rule } from './rules.js';
 
@@ -35,20 +35,18 @@ export const paths = (home: string) => ({
   log: path.join(home, 'agent.log'),
 });
 
-/** The config file through `conf` (atomic writes; an unreadable file is never cleared). */
-export function openConfigStore(home: string): Conf<Record<string, unknown>> {
-  try {
-    return new Conf<Record<string, unknown>>({ cwd: home, configName: 'config', clearInvalidConfig: false, configFileMode: 0o600 });
-  } catch (err) {
-    throw new DropwireError('DW_BAD_CONFIG', `${paths(home).config}: not valid JSON (${(err as Error).message}); the file was left as it is`, { cause: err });
-  }
-}
-
 /** Reads and checks the whole config; a bad field is named (DW_BAD_CONFIG) and nothing is changed. */
 export function loadAgentConfig(home: string): AgentConfig {
-  const store = openConfigStore(home);
-  const raw = store.store;
+  // Read plainly (writes go through `conf`, see config-store.ts); a broken file is reported, never touched.
   const file = paths(home).config;
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') raw = {};
+    else throw new DropwireError('DW_BAD_CONFIG', `${file}: not valid JSON (${(err as Error).message}); the file was left as it is`, { cause: err });
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new DropwireError('DW_BAD_CONFIG', `${file}: must be a JSON object`);
   const bad = (field: string, why: string) => new DropwireError('DW_BAD_CONFIG', `${file}: field '${field}' ${why}`);
   if (raw.name === undefined && raw.relay === undefined) {
     throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${home}: run 'dropwire init TOKEN' first`);

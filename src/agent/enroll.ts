@@ -8,7 +8,8 @@ import { decodeEnrollmentToken, parseHostPort } from '../shared/enrollment.js';
 import { DropwireError } from '../shared/errors.js';
 import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import { Link } from '../transport/link.js';
-import { openConfigStore, paths } from './config.js';
+import { paths } from './config.js';
+import { openConfigStore } from './config-store.js';
 import { Journal } from './journal.js';
 
 export interface EnrollResult {

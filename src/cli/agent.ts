@@ -2,7 +2,6 @@ import { Agent } from '../agent/agent.js';
 import { agentHome, paths } from '../agent/config.js';
 import { agentAnswers, ControlServer } from '../agent/control.js';
 import { DropwireError, isDropwireError } from '../shared/errors.js';
-import { enroll } from '../agent/enroll.js';
 import { chooseLogTarget, createLogger, destinationOf } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
@@ -12,7 +11,7 @@ export const EXIT_CONFIG = 78;
 
 export async function runInit(token: string, o: { home?: string; name?: string; relay?: string }): Promise<void> {
   const home = agentHome(o.home);
-  const r = await enroll({ home, token, ...(o.name ? { name: o.name } : {}), ...(o.relay ? { relay: o.relay } : {}) });
+  const r = await (await import('../agent/enroll.js')).enroll({ home, token, ...(o.name ? { name: o.name } : {}), ...(o.relay ? { relay: o.relay } : {}) });
   console.log(`enrolled as '${r.name}' with the relay at ${r.relay}; agent folder ${r.home}`);
 }
 

@@ -1,5 +1,6 @@
 import path from 'node:path';
-import { agentHome, openConfigStore, paths } from '../agent/config.js';
+import { agentHome, paths } from '../agent/config.js';
+import { openConfigStore } from '../agent/config-store.js';
 import { listPrinters } from '../agent/handlers/index.js';
 import { lpArgs } from '../agent/handlers/print.js';
 import { checkName, safeName } from '../agent/names.js';

@@ -145,6 +145,32 @@ export class ChunkReader {
       }
     }
     this.length -= n;
+    this.compact();
+    return out;
+  }
+
+  /** Takes `n` bytes as views of the chunks they lie in (no copy). */
+  takeParts(n: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    let left = n;
+    while (left > 0) {
+      const c = this.chunks[this.head]!;
+      if (c.length <= left) {
+        out.push(c);
+        this.head++;
+        left -= c.length;
+      } else {
+        out.push(c.subarray(0, left));
+        this.chunks[this.head] = c.subarray(left);
+        left = 0;
+      }
+    }
+    this.length -= n;
+    this.compact();
+    return out;
+  }
+
+  private compact(): void {
     if (this.head === this.chunks.length) {
       this.chunks = [];
       this.head = 0;
@@ -152,7 +178,6 @@ export class ChunkReader {
       this.chunks = this.chunks.slice(this.head);
       this.head = 0;
     }
-    return out;
   }
 
   /** Hands over everything held. */

@@ -1,4 +1,4 @@
-import { ChunkReader } from './bytes.js';
+import { ChunkReader, concat } from './bytes.js';
 import { ProtocolCode, ProtocolError } from './errors.js';
 import { MAX_MESSAGE_BODY, MAX_MESSAGE_HEADER } from './limits.js';
 
@@ -39,7 +39,11 @@ export interface Headers {
   [MessageType.CANCEL]: { id: string };
 }
 
-export type Message = { [T in MessageType]: { type: T; header: Headers[T]; body: Uint8Array } }[MessageType];
+/**
+ * A decoded message. `parts` is the body as it arrived (views of the received records, no copy: a
+ * receiver writes them in order); `body` joins them (a copy only when there is more than one part).
+ */
+export type Message = { [T in MessageType]: { type: T; header: Headers[T]; readonly body: Uint8Array; parts: Uint8Array[] } }[MessageType];
 
 const PREFIX = 7;
 const enc = new TextEncoder();
@@ -105,7 +109,15 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
     default:
       throw bad(`unknown message type ${type}`);
   }
-  return { type, header: h, body: EMPTY } as unknown as Message;
+  return {
+    type,
+    header: h,
+    parts: [],
+    get body(): Uint8Array {
+      const parts = (this as { parts: Uint8Array[] }).parts;
+      return parts.length === 1 ? parts[0]! : concat(parts);
+    },
+  } as unknown as Message;
 }
 
 /** Resumable parser of a message stream; limits are checked on the 7-byte prefix, before buffering. */
@@ -138,7 +150,7 @@ export class MessageDecoder {
     if (this.input.length < headerLength + bodyLength) return undefined;
     this.prefix = undefined;
     const headerBytes = this.input.take(headerLength);
-    const body = this.input.take(bodyLength);
+    const parts = this.input.takeParts(bodyLength);
     let header: unknown;
     try {
       header = JSON.parse(dec.decode(headerBytes));
@@ -147,7 +159,7 @@ export class MessageDecoder {
     }
     if (typeof header !== 'object' || header === null || Array.isArray(header)) throw bad(`message type ${type}: header is not an object`);
     const m = checkHeader(type, header as Record<string, unknown>);
-    m.body = body;
+    m.parts = parts;
     return m;
   }
 }

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Connection, Output } from '../protocol/connection.js';
 import { ProtocolCode, type ProtocolError } from '../protocol/errors.js';
+import { transferred } from './memory.js';
 
 /** How much encrypted data may wait in the socket before the link stops pulling more from the session. */
 export const SOCKET_HIGH_WATER = 1024 * 1024;
@@ -32,6 +33,7 @@ export class Link {
     this.now = now;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
+      transferred(chunk.length);
       this.connection.receive(chunk, this.now());
       this.pump();
     });
@@ -55,7 +57,10 @@ export class Link {
       for (;;) {
         const out = this.connection.poll(this.now(), socket.writableLength < SOCKET_HIGH_WATER);
         if (!out) break;
-        if (out.type === 'write') socket.write(out.bytes);
+        if (out.type === 'write') {
+          socket.write(out.bytes);
+          transferred(out.bytes.length);
+        }
         else if (out.type === 'close') {
           this.finish(out.error);
           break;

@@ -1,5 +1,4 @@
 import { stat } from 'node:fs/promises';
-import { execa } from 'execa';
 import { planCommand, type Action } from '../rules.js';
 import type { HandlerContext, Outcome } from './index.js';
 
@@ -97,6 +96,8 @@ export async function runProcess(
   opts: { env: NodeJS.ProcessEnv; timeoutMs: number; cwd?: string; signal?: AbortSignal },
 ): Promise<ProcessRun> {
   const tail = new OutputTail();
+  // Loaded on first use: an agent that only saves files never pays for it.
+  const { execa } = await import('execa');
   const subprocess = execa(command, args, {
     shell: false,
     reject: false,
