@@ -294,7 +294,7 @@ export class Agent {
     const run = async () => {
       if (this.closed || !this.journal.running(id)) return;
       const action = match.rule.action;
-      this.o.log.info({ id, rule: match.index, action: action.type, name }, 'handler started');
+      this.o.log.info({ id, rule: match.index + 1, action: action.type, file: name }, 'handler started');
       const outcome = await runAction(action, {
         facts: { name, from, id, file: this.spool.filePath(id) },
         signal: this.abort.signal,

@@ -1,5 +1,6 @@
 import { Agent } from '../agent/agent.js';
 import { agentHome, paths } from '../agent/config.js';
+import { resolveAgentHome } from '../service/locations.js';
 import { agentAnswers, ControlServer } from '../agent/control.js';
 import { DropwireError, isDropwireError } from '../shared/errors.js';
 import { chooseLogTarget, createLogger, destinationOf } from '../shared/log.js';
@@ -16,7 +17,7 @@ export async function runInit(token: string, o: { home?: string; name?: string; 
 }
 
 export async function runAgent(o: { home?: string; relay?: string }): Promise<void> {
-  const home = agentHome(o.home);
+  const home = resolveAgentHome(o.home);
   // Before anything opens the journal or writes the log: one agent per folder.
   if (await agentAnswers(home)) throw new DropwireError('DW_AGENT_RUNNING', `another agent is already running with the folder ${home}`);
   const target = chooseLogTarget(paths(home).log);

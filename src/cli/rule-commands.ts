@@ -46,7 +46,7 @@ export function registerRuleCommands(program: Command): void {
     .addOption(homeOpt())
     .action(async (n: string, m: string, o: { home?: string }) => {
       const { moveRule } = await import('./rules.js');
-      console.log(moveRule(Number(n), Number(m), o));
+      console.log(await moveRule(Number(n), Number(m), o));
     });
   rule
     .command('test <filename>')

@@ -1,24 +1,29 @@
 import path from 'node:path';
-import { agentHome, paths } from '../agent/config.js';
+import { paths } from '../agent/config.js';
 import { openConfigStore } from '../agent/config-store.js';
 import { listPrinters } from '../agent/handlers/index.js';
 import { lpArgs } from '../agent/handlers/print.js';
 import { checkName, safeName } from '../agent/names.js';
 import { describeRule, matchRule, planCommand, validateRules, type Rule } from '../agent/rules.js';
 import { DropwireError } from '../shared/errors.js';
+import { updateSaveDirsDropIn } from '../service/dropin.js';
+import { resolveAgentHome } from '../service/locations.js';
 
 /** Reads the rules as they are in the file (validated: a broken file is reported, never overwritten). */
-function load(home?: string): { home: string; rules: Rule[]; save: (rules: Rule[]) => void } {
-  const h = agentHome(home);
+function load(home?: string): { home: string; rules: Rule[]; save: (rules: Rule[]) => Promise<string[]> } {
+  const h = resolveAgentHome(home);
   const conf = openConfigStore(h);
   if (!conf.has('relay')) throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${h}: run 'dropwire init TOKEN' first`);
   const rules = validateRules(conf.get('rules') ?? []);
   return {
     home: h,
     rules,
-    save: (next) => {
+    save: async (next) => {
       validateRules(next); // refuse before writing
       conf.set('rules', next as unknown as Record<string, unknown>[]);
+      // A sandboxed system service may write only the save folders its drop-in names: keep it in step.
+      const r = await updateSaveDirsDropIn(h, next.flatMap((x) => (x.action.type === 'save' ? [x.action.dir] : [])));
+      return [...(r.changed && r.file ? [`service drop-in updated: ${r.file}`] : []), ...(r.hint ? [r.hint] : [])];
     },
   };
 }
@@ -71,8 +76,8 @@ export async function addRule(glob: string, type: string, command: string[], o: 
   const defaultAt = last && last.match === '*' && last.from === undefined ? rules.length - 1 : rules.length;
   const at = o.at !== undefined ? position(o.at as number, rules.length + 1, '--at') : defaultAt;
   const next = [...rules.slice(0, at), checked!, ...rules.slice(at)];
-  save(next);
-  return `rule ${at + 1}: ${describeRule(checked!)}`;
+  const notes = await save(next);
+  return [`rule ${at + 1}: ${describeRule(checked!)}`, ...notes].join('\n');
 }
 
 export function listRules(o: { home?: string; json?: boolean }): string {
@@ -86,17 +91,17 @@ export async function removeRule(n: number, o: { home?: string }): Promise<strin
   const { rules, save } = load(o.home);
   const i = position(n, rules.length, 'N');
   const [gone] = rules.splice(i, 1);
-  save(rules);
-  return `removed rule ${n}: ${describeRule(gone!)}`;
+  const notes = await save(rules);
+  return [`removed rule ${n}: ${describeRule(gone!)}`, ...notes].join('\n');
 }
 
-export function moveRule(n: number, m: number, o: { home?: string }): string {
+export async function moveRule(n: number, m: number, o: { home?: string }): Promise<string> {
   const { rules, save } = load(o.home);
   const from = position(n, rules.length, 'N');
   const to = position(m, rules.length, 'M');
   const [r] = rules.splice(from, 1);
   rules.splice(to, 0, r!);
-  save(rules);
+  await save(rules);
   return `rule ${n} is now rule ${m}: ${describeRule(r!)}`;
 }
 
