@@ -105,6 +105,26 @@ export class Agent {
     o.signal?.addEventListener('abort', () => void this.close(), { once: true });
   }
 
+  private readonly queries = new Map<number, (answer: Headers[typeof MessageType.PRESENCE]) => void>();
+  private nextQuery = 1;
+
+  /** Asks the relay whether `device` is online (for `dropwire online` on this host). */
+  presence(device: string, timeoutMs = 5_000): Promise<Headers[typeof MessageType.PRESENCE]> {
+    if (!this.status.connected) return Promise.reject(Object.assign(new Error('not connected to the relay'), { code: 'DW_NOT_CONNECTED' }));
+    const qid = this.nextQuery++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.queries.delete(qid);
+        reject(Object.assign(new Error('the relay did not answer'), { code: 'DW_TIMEOUT' }));
+      }, timeoutMs);
+      this.queries.set(qid, (a) => {
+        clearTimeout(timer);
+        resolve(a);
+      });
+      this.send(MessageType.PRESENCE_QUERY, { qid, device });
+    });
+  }
+
   /** What `dropwire status` shows: connection, counters, queue, the last message and its outcome. */
   snapshot(): AgentStatus & { device: string; handlersRunning: number; lastMessage?: { id: string; filename: string; status?: string; code?: string; at: number } } {
     const last = this.journal.lastDone();
@@ -247,6 +267,14 @@ export class Agent {
       case MessageType.CONFIRM:
         this.journal.confirm(m.header.ids);
         return;
+      case MessageType.PRESENCE: {
+        const q = this.queries.get(m.header.qid);
+        if (q) {
+          this.queries.delete(m.header.qid);
+          q(m.header);
+        }
+        return;
+      }
       case MessageType.CANCEL:
         if (this.transfer?.id === m.header.id) {
           this.transfer.abandon();

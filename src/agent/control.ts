@@ -26,7 +26,7 @@ export class AgentNotRunning extends DropwireError {
   }
 }
 
-export type ControlRequest = { op: 'status' };
+export type ControlRequest = { op: 'status' } | { op: 'online'; device: string };
 export type ControlAnswer = { ok: true; status: Record<string, unknown> } | { ok: false; error: { code: string; message: string } };
 
 /** Where the agent with this home listens. */
@@ -51,11 +51,11 @@ export class ControlServer {
    * Listens for `dropwire status`. Throws DW_AGENT_RUNNING when another agent already answers on this
    * home's socket; a stale socket file (an agent that was killed) is removed first.
    */
-  static async listen(o: { home: string; status: () => Record<string, unknown>; log: Logger }): Promise<ControlServer> {
+  static async listen(o: { home: string; status: () => Record<string, unknown>; online?: (device: string) => Promise<Record<string, unknown>>; log: Logger }): Promise<ControlServer> {
     const p = controlPath(o.home);
     if (await answers(p)) throw new DropwireError('DW_AGENT_RUNNING', `another agent is already running with the folder ${o.home} (it answers on ${p})`);
     if (process.platform !== 'win32') fs.rmSync(p, { force: true });
-    const server = net.createServer({ allowHalfOpen: false }, (sock) => serve(sock, o.status, o.log));
+    const server = net.createServer({ allowHalfOpen: false }, (sock) => serve(sock, o.status, o.online, o.log));
     // The socket is created with the process umask: make it 0600 from the first moment, not after a chmod.
     const umask = process.platform === 'win32' ? undefined : process.umask(0o177);
     try {
@@ -87,7 +87,7 @@ export class ControlServer {
   }
 }
 
-function serve(sock: net.Socket, status: () => Record<string, unknown>, log: Logger): void {
+function serve(sock: net.Socket, status: () => Record<string, unknown>, online: ((device: string) => Promise<Record<string, unknown>>) | undefined, log: Logger): void {
   let buf = '';
   sock.setEncoding('utf8');
   sock.setTimeout(CONTROL_TIMEOUT_MS, () => sock.destroy());
@@ -103,6 +103,13 @@ function serve(sock: net.Socket, status: () => Record<string, unknown>, log: Log
       req = JSON.parse(buf.slice(0, nl)) as Partial<ControlRequest>;
     } catch {
       return answer({ ok: false, error: { code: 'DW_BAD_REQUEST', message: 'not JSON' } });
+    }
+    if (req.op === 'online' && online && typeof req.device === 'string' && req.device.length > 0 && req.device.length <= 64) {
+      online(req.device).then(
+        (st) => answer({ ok: true, status: st }),
+        (err: unknown) => answer({ ok: false, error: { code: (err as { code?: string }).code ?? 'DW_INTERNAL', message: (err as Error).message } }),
+      );
+      return;
     }
     if (req.op !== 'status') return answer({ ok: false, error: { code: 'DW_BAD_REQUEST', message: `unknown op ${JSON.stringify(req.op)}` } });
     try {

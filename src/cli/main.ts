@@ -123,11 +123,12 @@ program
 
 program
   .command('online <device>')
-  .description('is DEVICE connected? exit 0 online, 1 offline (asks the relay with a sender token)')
+  .description('is DEVICE connected? exit 0 online, 1 offline (asks the relay with a sender token, or through this host\'s agent)')
+  .option('--home <dir>', 'agent folder, when asking through this host\'s agent')
   .option('--api <url>', 'relay HTTP API (default: DROPWIRE_API)')
   .option('--token <token>', 'sender token (default: DROPWIRE_TOKEN)')
   .option('--json', 'JSON output')
-  .action(async (name: string, o: { api?: string; token?: string; json?: boolean }) => {
+  .action(async (name: string, o: { api?: string; token?: string; json?: boolean; home?: string }) => {
     const { runOnline } = await import('./online.js');
     await runOnline(name, o);
   });

@@ -16,6 +16,8 @@ export const MessageType = {
   CONFIRM: 6,
   RESTART: 7,
   CANCEL: 8,
+  PRESENCE_QUERY: 9,
+  PRESENCE: 10,
 } as const;
 export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
@@ -37,6 +39,10 @@ export interface Headers {
   [MessageType.RESTART]: { id: string; offset: number; code: string };
   /** Relay → agent: stop the transfer of `id` and drop what was spooled. */
   [MessageType.CANCEL]: { id: string };
+  /** Agent → relay: is `device` connected? (`dropwire online` on a host) */
+  [MessageType.PRESENCE_QUERY]: { qid: number; device: string };
+  /** Relay → agent: the answer to PRESENCE_QUERY `qid`; `known` false for a device that does not exist. */
+  [MessageType.PRESENCE]: { qid: number; device: string; known: boolean; online: boolean; lastSeen: number | null };
 }
 
 /**
@@ -101,6 +107,17 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
     case MessageType.CONFIRM:
       if (!Array.isArray(h.ids) || !h.ids.every(isStr)) throw fail('ids');
       break;
+    case MessageType.PRESENCE_QUERY:
+      if (!isCount(h.qid)) throw fail('qid');
+      if (!isStr(h.device)) throw fail('device');
+      break;
+    case MessageType.PRESENCE:
+      if (!isCount(h.qid)) throw fail('qid');
+      if (!isStr(h.device)) throw fail('device');
+      if (typeof h.known !== 'boolean') throw fail('known');
+      if (typeof h.online !== 'boolean') throw fail('online');
+      if (h.lastSeen !== null && !isCount(h.lastSeen)) throw fail('lastSeen');
+      break;
     case MessageType.RESTART:
       if (!isStr(h.id)) throw fail('id');
       if (!isCount(h.offset)) throw fail('offset');
@@ -141,7 +158,7 @@ export class MessageDecoder {
       const type = p[0]!;
       const headerLength = v.getUint16(1);
       const bodyLength = v.getUint32(3);
-      if (type < MessageType.HELLO || type > MessageType.CANCEL) throw bad(`unknown message type ${type}`);
+      if (type < MessageType.HELLO || type > MessageType.PRESENCE) throw bad(`unknown message type ${type}`);
       if (headerLength > MAX_MESSAGE_HEADER) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `header ${headerLength} > ${MAX_MESSAGE_HEADER}`);
       if (bodyLength > MAX_MESSAGE_BODY) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `body ${bodyLength} > ${MAX_MESSAGE_BODY}`);
       this.prefix = { type, headerLength, bodyLength };

@@ -356,6 +356,14 @@ export class Hub extends EventEmitter {
         this.report(p, id, status, result, () => this.send(p, MessageType.CONFIRM, { ids: [id] }));
         return;
       }
+      case MessageType.PRESENCE_QUERY: {
+        const { qid, device } = m.header;
+        void this.o.store.getDevice(device).then(
+          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null }),
+          () => this.send(p, MessageType.PRESENCE, { qid, device, known: false, online: false, lastSeen: null }),
+        );
+        return;
+      }
       case MessageType.RESTART:
         this.o.log.warn({ device: p.device, id: m.header.id, code: m.header.code }, 'agent asked for a file again');
         p.resend.set(m.header.id, m.header.offset);

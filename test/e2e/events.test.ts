@@ -38,28 +38,40 @@ describe('presence', () => {
     await waitFor(async () => ((await s.api.get(`/v1/devices/${s.device}`)).json.online === true ? true : undefined), 20_000, 'online');
     const api = `http://${s.relay.info.http}`;
     expect((await cli(['online', s.device, '--api', api, '--token', s.api.token])).code).toBe(0);
+    // On an enrolled host, without a token: through the local agent and its session.
+    const other = await cliOk(['relay', 'device', 'add', 'kiosk', '--data', s.data]);
+    const kioskHome = path.join(tempDir(), 'kiosk');
+    await cliOk(['init', other, '--home', kioskHome]);
+    const kiosk = spawnCli(['agent', '--home', kioskHome]);
+    await kiosk.waitLog((l) => l.msg === 'session started');
+    const fromHost = await cli(['online', s.device, '--home', kioskHome, '--json']);
+    expect(fromHost.code).toBe(0);
+    expect(JSON.parse(fromHost.stdout)).toMatchObject({ name: s.device, online: true });
     const stoppedAt = Date.now();
     process.kill(agent.pid, 'SIGSTOP');
     try {
-      await waitFor(() => (hook.of('device.offline').length === 1 ? true : undefined), 35_000, 'device.offline');
-      const offlineAfter = hook.of('device.offline')[0]!.at - stoppedAt;
+      await waitFor(() => (hook.of('device.offline', s.device).length === 1 ? true : undefined), 35_000, 'device.offline');
+      const offlineAfter = hook.of('device.offline', s.device)[0]!.at - stoppedAt;
       console.log(`device.offline ${(offlineAfter / 1000).toFixed(1)} s after SIGSTOP`);
       expect(offlineAfter).toBeLessThan(30_000);
       expect((await s.api.get(`/v1/devices/${s.device}`)).json).toMatchObject({ online: false });
       const r = await cli(['online', s.device, '--api', api, '--token', s.api.token]);
       expect(r.code).toBe(1);
       expect(r.stdout).toContain('offline');
+      expect((await cli(['online', s.device, '--home', kioskHome])).code).toBe(1);
+      expect((await cli(['online', 'nobody', '--home', kioskHome])).code).toBe(3);
       const queued = await s.api.send(s.device, 'while-stopped.xml', '<q/>');
       expect(queued.status).toBe(202);
       process.kill(agent.pid, 'SIGCONT');
-      await waitFor(() => (hook.of('device.online').length === 1 ? true : undefined), 30_000, 'device.online again');
-      expect(hook.of('device.online')[0]!.body.id).toBeGreaterThan(hook.of('device.offline')[0]!.body.id);
+      await waitFor(() => (hook.of('device.online', s.device).length === 1 ? true : undefined), 30_000, 'device.online again');
+      expect(hook.of('device.online', s.device)[0]!.body.id).toBeGreaterThan(hook.of('device.offline', s.device)[0]!.body.id);
       await s.api.until(queued.json.id as string, ['handled'], 30_000);
       await waitFor(() => (hook.of('message.handled', queued.json.id as string).length === 1 ? true : undefined), 10_000, 'message.handled');
     } finally {
       process.kill(agent.pid, 'SIGCONT');
     }
     await agent.kill();
+    await kiosk.kill();
   });
 });
 

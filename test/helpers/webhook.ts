@@ -41,7 +41,10 @@ export class WebhookReceiver {
     return `http://127.0.0.1:${this.port}/hook`;
   }
 
-  of(type: string, messageId?: string): Received[] {
-    return this.received.filter((r) => r.body.type === type && (messageId === undefined || r.body.message?.id === messageId));
+  /** Events of `type`; for message events of one message, for device events of one device. */
+  of(type: string, id?: string): Received[] {
+    return this.received.filter(
+      (r) => r.body.type === type && (id === undefined || (r.body.message ? r.body.message.id === id : (r.body.device as unknown as { name?: string })?.name === id || r.body.device === id)),
+    );
   }
 }

@@ -133,6 +133,8 @@ const headerArbs: { [T in MessageType]: fc.Arbitrary<Record<string, unknown>> } 
   [MessageType.CONFIRM]: fc.record({ ids: fc.array(idArb, { maxLength: 4 }) }),
   [MessageType.RESTART]: fc.record({ id: idArb, offset: countArb, code: fc.string() }),
   [MessageType.CANCEL]: fc.record({ id: idArb }),
+  [MessageType.PRESENCE_QUERY]: fc.record({ qid: countArb, device: idArb }),
+  [MessageType.PRESENCE]: fc.record({ qid: countArb, device: idArb, known: fc.boolean(), online: fc.boolean(), lastSeen: fc.option(countArb, { nil: null }) }),
 };
 
 const messageArb = fc
@@ -355,6 +357,8 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
     [MessageType.CONFIRM]: { ids: ['f1', 'f2'] },
     [MessageType.RESTART]: { id: 'f1', offset: 0, code: 'DW_BAD_HASH' },
     [MessageType.CANCEL]: { id: 'f1' },
+    [MessageType.PRESENCE_QUERY]: { qid: 1, device: 'shop' },
+    [MessageType.PRESENCE]: { qid: 1, device: 'shop', known: true, online: false, lastSeen: null },
   };
   const notString = [undefined, null, 1, true, [], {}];
   const notId = [...notString, '', 'x'.repeat(1025)];
@@ -376,6 +380,13 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
     [MessageType.RESTART, 'id', notId],
     [MessageType.RESTART, 'offset', notCount],
     [MessageType.RESTART, 'code', notString],
+    [MessageType.PRESENCE_QUERY, 'qid', notCount],
+    [MessageType.PRESENCE_QUERY, 'device', notId],
+    [MessageType.PRESENCE, 'qid', notCount],
+    [MessageType.PRESENCE, 'device', notId],
+    [MessageType.PRESENCE, 'known', [undefined, null, 1, 'true']],
+    [MessageType.PRESENCE, 'online', [undefined, null, 1, 'true']],
+    [MessageType.PRESENCE, 'lastSeen', [undefined, -1, 1.5, '1']],
   ];
 
   const decodeOne = (type: number, header: Uint8Array, body = new Uint8Array(0)) => {
@@ -408,7 +419,7 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
 
   it('refuses an unknown type on its prefix, before the header arrives', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 255 }).filter((t) => t < MessageType.HELLO || t > MessageType.CANCEL), fc.nat({ max: 100 }), (type, hl) => {
+      fc.property(fc.integer({ min: 0, max: 255 }).filter((t) => t < MessageType.HELLO || t > MessageType.PRESENCE), fc.nat({ max: 100 }), (type, hl) => {
         const d = new MessageDecoder();
         d.push(prefix(type, hl, 0));
         expect(codeOf(() => d.next())).toBe(ProtocolCode.BAD_MESSAGE);
