@@ -568,6 +568,10 @@ function randomHeader(rng: Prng, type: MessageType): { [k: string]: unknown } {
       return { ids: Array.from({ length: rng.int(5) }, id) };
     case MessageType.RESTART:
       return { id: id(), offset: randomCount(rng), code: 'DW_' + randomString(rng, 8) };
+    case MessageType.PRESENCE_QUERY:
+      return { qid: randomCount(rng), device: id() };
+    case MessageType.PRESENCE:
+      return { qid: randomCount(rng), device: id(), known: rng.chance(0.5), online: rng.chance(0.5), lastSeen: rng.chance(0.5) ? null : randomCount(rng) };
     default:
       return { id: id() };
   }
@@ -749,7 +753,7 @@ function messageErrorPoint(bytes: Uint8Array, consumed: number): number {
   const type = bytes[consumed]!;
   const hl = v.getUint16(consumed + 1);
   const bl = v.getUint32(consumed + 3);
-  const prefixBad = type < MessageType.HELLO || type > MessageType.CANCEL || hl > MAX_MESSAGE_HEADER || bl > MAX_MESSAGE_BODY;
+  const prefixBad = type < MessageType.HELLO || type > MessageType.PRESENCE || hl > MAX_MESSAGE_HEADER || bl > MAX_MESSAGE_BODY;
   return consumed + 7 + (prefixBad ? 0 : hl + bl);
 }
 
