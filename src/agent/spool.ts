@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DropwireError } from '../shared/errors.js';
-import { fsyncDir } from '../transport/identity.js';
+import { fsyncDir } from '../shared/files.js';
 
 const ID = /^[0-9a-z]{1,64}$/;
 

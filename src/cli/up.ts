@@ -7,7 +7,7 @@ import { Relay } from '../relay/relay.js';
 import { parseHostPort } from '../shared/enrollment.js';
 import { isDropwireError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
-import { writeFileAtomic } from '../transport/identity.js';
+import { writeFileAtomic } from '../shared/files.js';
 import { untilSignal } from './signals.js';
 
 const DEVICE = 'local';

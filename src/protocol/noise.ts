@@ -14,6 +14,7 @@
  * handshake cannot complete for the attacker (it lacks the initiator's e and s), but the session layer
  * must not act on message 1's payload as if it proved freshness.
  */
+import { concat } from './bytes.js';
 import { DropwireError } from '../shared/errors.js';
 import {
   checkKeyLength,
@@ -343,7 +344,7 @@ export class HandshakeState {
     // ss
     ss.mixKey(this.#crypto.dh(this.#s.privateKey, rs));
     const encryptedPayload = ss.encryptAndHash(payload);
-    return join(e.publicKey, encryptedS, encryptedPayload);
+    return concat([e.publicKey, encryptedS, encryptedPayload]);
   }
 
   // -> e, es, s, ss   (responder)
@@ -376,7 +377,7 @@ export class HandshakeState {
     // se
     ss.mixKey(this.#crypto.dh(e.privateKey, this.#rs!));
     const encryptedPayload = ss.encryptAndHash(payload);
-    return join(e.publicKey, encryptedPayload);
+    return concat([e.publicKey, encryptedPayload]);
   }
 
   // <- e, ee, se   (initiator)
@@ -436,14 +437,3 @@ function checkLength(message: Uint8Array, min: number): void {
   if (message.length > MAX_NOISE_MESSAGE) throw tooLarge('message', message.length, MAX_NOISE_MESSAGE);
 }
 
-function join(...parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}

@@ -4,7 +4,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { DropwireError } from '../shared/errors.js';
-import { fsyncDir } from '../transport/identity.js';
+import { fsyncDir } from '../shared/files.js';
 
 /** Bodies up to this size are kept inline in the store (one group commit covers them). */
 export const INLINE_MAX = 64 * 1024;

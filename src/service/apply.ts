@@ -1,5 +1,5 @@
+import { writeFileAtomic } from '../shared/files.js';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DropwireError } from '../shared/errors.js';
@@ -95,15 +95,5 @@ function removeIfEmpty(dir: string): void {
 
 /** Temporary file, fsync, rename: a service manager never reads half a unit. */
 export function writeAtomic(file: string, content: string, mode: number): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
-  const fd = fs.openSync(tmp, 'w', mode);
-  try {
-    fs.writeFileSync(fd, content);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  if (process.platform !== 'win32') fs.chmodSync(tmp, mode);
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, content, mode);
 }

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import { fromHex, toHex } from '../protocol/bytes.js';
 import { generateKeyPair, type CryptoBackend, type KeyPair } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
 import { DropwireError } from '../shared/errors.js';
+import { writeFileAtomic } from '../shared/files.js';
 
 export const random = (n: number): Uint8Array => new Uint8Array(randomBytes(n));
 
@@ -25,29 +25,4 @@ export function loadOrCreateKeyPair(file: string, crypto: CryptoBackend = nodeCr
   const pair = generateKeyPair(crypto, random);
   writeFileAtomic(file, JSON.stringify({ publicKey: toHex(pair.publicKey), privateKey: toHex(pair.privateKey) }) + '\n', 0o600);
   return pair;
-}
-
-/** Temporary file, fsync, rename, fsync of the folder: readers see the old or the new file, never half. */
-export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  const fd = fs.openSync(tmp, 'w', mode);
-  try {
-    fs.writeFileSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  fsyncDir(path.dirname(file));
-}
-
-export function fsyncDir(dir: string): void {
-  if (process.platform === 'win32') return;
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
