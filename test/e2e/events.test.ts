@@ -98,6 +98,29 @@ describe('deadlines', () => {
   });
 });
 
+describe('long poll', () => {
+  it('GET /v1/messages/ID?wait=S answers as soon as the status is final', async () => {
+    const dir = tempDir();
+    const script = path.join(dir, 'slow.mjs');
+    fs.writeFileSync(script, `await new Promise((r) => setTimeout(r, 1500));\n`);
+    const s = await setup({ rules: [{ match: '*', action: { type: 'exec', command: process.execPath, args: [script] } }] });
+    const agent = spawnCli(['agent', '--home', s.home]);
+    const r = await s.api.send(s.device, 'slow.xml', '<s/>');
+    const asked = Date.now();
+    const m = await s.api.message(r.json.id as string, 30);
+    const took = Date.now() - asked;
+    console.log(`long poll answered after ${took} ms (handler takes 1.5 s, wait=30)`);
+    expect(m.status).toBe('handled');
+    expect(took).toBeGreaterThanOrEqual(1_000);
+    expect(took).toBeLessThan(15_000);
+    // A final message answers at once even with a long wait.
+    const again = Date.now();
+    expect((await s.api.message(r.json.id as string, 30)).status).toBe('handled');
+    expect(Date.now() - again).toBeLessThan(5_000);
+    await agent.kill();
+  });
+});
+
 describe('webhooks', () => {
   it('a failing exec handler: message.failed with the exit code within 1 s of the exit', async () => {
     const dir = tempDir();
