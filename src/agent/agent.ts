@@ -220,8 +220,16 @@ export class Agent {
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {
     for (const part of encodeMessage(type, header)) this.session.write(part);
-    this.link?.pump();
+    if (this.pumpScheduled) return;
+    // One pump per turn of the event loop: reports written meanwhile share records.
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.link?.pump();
+    });
   }
+
+  private pumpScheduled = false;
 
   private onMessage(m: Message): void {
     const { log } = this.o;

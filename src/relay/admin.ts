@@ -60,14 +60,19 @@ export function listDevices(dataDir: string): Promise<DeviceRecord[]> {
 export async function removeDevice(dataDir: string, name: string): Promise<void> {
   const removed = await withStore(dataDir, (s) => s.removeDevice(name, Date.now()));
   if (!removed) throw new DropwireError('DW_UNKNOWN_DEVICE', `no device named '${name}'`);
+  // Drop its live session at once.
+  await tellRunningRelay(dataDir, `/v1/admin/devices/${encodeURIComponent(name)}/drop`);
+}
+
+/** Tells a running relay (if any) about a change made to its store from here. */
+async function tellRunningRelay(dataDir: string, path: string): Promise<void> {
   const info = runningRelay(dataDir);
-  if (info) {
-    // Drop its live session at once.
-    await fetch(`http://${info.http}/v1/admin/devices/${encodeURIComponent(name)}/drop`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${adminToken(dataDir)}` },
-    }).catch(() => undefined);
-  }
+  if (!info) return;
+  await fetch(`http://${info.http}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${adminToken(dataDir)}` },
+    signal: AbortSignal.timeout(5_000),
+  }).catch(() => undefined);
 }
 
 /** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
@@ -89,6 +94,7 @@ export async function addToken(dataDir: string, name: string, o: { to?: string; 
     // A new webhook starts with the events from now on, not the relay's whole history.
     if (o.webhook) await s.skipWebhookEvents(name, await s.lastEventSeq());
   });
+  await tellRunningRelay(dataDir, '/v1/admin/tokens/changed');
   return { token: secret, ...(webhookSecret ? { webhookSecret } : {}) };
 }
 
@@ -99,4 +105,5 @@ export function listTokens(dataDir: string): Promise<TokenRecord[]> {
 export async function removeToken(dataDir: string, name: string): Promise<void> {
   const removed = await withStore(dataDir, (s) => s.removeToken(name));
   if (!removed) throw new DropwireError('DW_UNKNOWN_TOKEN', `no token named '${name}'`);
+  await tellRunningRelay(dataDir, '/v1/admin/tokens/changed'); // stops working at once
 }

@@ -22,6 +22,8 @@ export interface HttpOptions {
   maxBody: number;
   /** Secret for /v1/admin (read by the CLI from the data folder). */
   adminToken: string;
+  /** Tokens were added or removed by the CLI (webhooks re-read them). */
+  onTokensChanged?: () => void;
   now?: () => number;
 }
 
@@ -33,6 +35,7 @@ const MAX_FILENAME_BYTES = 1024;
 const DRAIN_BYTES = 64 * 1024 * 1024;
 const DRAIN_MS = 10_000;
 const SSE_KEEPALIVE_MS = 15_000;
+const TOKEN_CACHE_MS = 2_000;
 
 class HttpError extends DropwireError {
   readonly status: number;
@@ -126,11 +129,23 @@ export class HttpApi {
     throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
   }
 
+  /** Tokens recently seen, by hash: a removed token stops working within TOKEN_CACHE_MS. */
+  private readonly tokens = new Map<string, { token: TokenRecord; at: number }>();
+
   private async authenticate(req: http.IncomingMessage): Promise<TokenRecord> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     if (!m) throw new HttpError(401, 'DW_UNAUTHORIZED', 'missing Authorization: Bearer TOKEN');
-    const token = await this.o.store.getTokenByHash(tokenHash(m[1]!));
-    if (!token) throw new HttpError(401, 'DW_UNAUTHORIZED', 'unknown token');
+    const hash = tokenHash(m[1]!);
+    const now = this.now();
+    const cached = this.tokens.get(hash);
+    if (cached && now - cached.at < TOKEN_CACHE_MS) return cached.token;
+    const token = await this.o.store.getTokenByHash(hash);
+    if (!token) {
+      this.tokens.delete(hash);
+      throw new HttpError(401, 'DW_UNAUTHORIZED', 'unknown token');
+    }
+    if (this.tokens.size >= 10_000) this.tokens.clear();
+    this.tokens.set(hash, { token, at: now });
     return token;
   }
 
@@ -192,7 +207,7 @@ export class HttpApi {
     if (!created && received.bodyPath) await blobs.remove(received.bodyPath);
     if (created) {
       log.info({ id, to, from: token.name, filename, size: received.size }, 'message queued');
-      hub.notify(to);
+      hub.notify(to, message);
       this.o.feed.notify();
     }
     send(res, created ? 202 : 200, { id: message.id, status: message.status, to: message.to, filename: message.filename, size: message.size, sha256: message.sha256 });
@@ -307,6 +322,11 @@ export class HttpApi {
   private async admin(req: http.IncomingMessage, res: http.ServerResponse, method: string, parts: string[]): Promise<void> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     if (!m || m[1] !== this.o.adminToken) throw new HttpError(401, 'DW_UNAUTHORIZED', 'admin token required');
+    if (method === 'POST' && parts[0] === 'tokens' && parts[1] === 'changed' && parts.length === 2) {
+      this.tokens.clear();
+      this.o.onTokensChanged?.();
+      return send(res, 200, { ok: true });
+    }
     if (method === 'POST' && parts[0] === 'devices' && parts.length === 3 && parts[2] === 'drop') {
       this.o.hub.drop(parts[1]!);
       return send(res, 200, { dropped: parts[1] });

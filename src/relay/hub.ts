@@ -68,6 +68,10 @@ interface Peer {
   onlineSince: number | undefined;
   /** Messages expired or cancelled while this peer streams: stop sending them. */
   cancelled: Set<string>;
+  /** The delivery loop has sent everything the store had: new messages are handed over without a query. */
+  caughtUp: boolean;
+  handoff: MessageRecord[];
+  pumpScheduled: boolean;
 }
 
 /**
@@ -105,11 +109,15 @@ export class Hub extends EventEmitter {
     return n;
   }
 
-  /** New work for `device` (a message was stored for it). */
-  notify(device: string): void {
+  /** New work for `device`: a message was stored for it (handed straight to a caught-up delivery loop). */
+  notify(device: string, message?: MessageRecord): void {
     const p = this.peers.get(device);
     if (!p) return;
-    p.dirty = true;
+    if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push(message);
+    else {
+      p.dirty = true;
+      p.caughtUp = false;
+    }
     this.deliver(p);
   }
 
@@ -300,6 +308,9 @@ export class Hub extends EventEmitter {
       linger: undefined,
       onlineSince: undefined,
       cancelled: new Set(),
+      caughtUp: false,
+      handoff: [],
+      pumpScheduled: false,
     };
     this.peers.set(device, p);
     return p;
@@ -309,6 +320,8 @@ export class Hub extends EventEmitter {
     p.gen++;
     p.ready = false;
     p.cursor = 0;
+    p.caughtUp = false;
+    p.handoff = [];
     p.partial.clear();
     p.resend.clear();
     p.decoder = new MessageDecoder();
@@ -415,8 +428,18 @@ export class Hub extends EventEmitter {
   private send<T extends MessageType>(p: Peer, type: T, header: Parameters<typeof encodeMessage<T>>[1], body?: Uint8Array): boolean {
     let ok = true;
     for (const part of encodeMessage(type, header, body)) ok = p.session.write(part);
-    p.link?.pump();
+    this.schedulePump(p);
     return ok;
+  }
+
+  /** One pump per peer per turn of the event loop: what was written meanwhile goes out in full records. */
+  private schedulePump(p: Peer): void {
+    if (p.pumpScheduled) return;
+    p.pumpScheduled = true;
+    setImmediate(() => {
+      p.pumpScheduled = false;
+      p.link?.pump();
+    });
   }
 
   private deliver(p: Peer): void {
@@ -428,7 +451,7 @@ export class Hub extends EventEmitter {
       .finally(() => {
         p.delivering = false;
         // New work, or a new stream whose HELLO came while this loop was finishing.
-        if (p.ready && (p.dirty || p.gen !== gen)) this.deliver(p);
+        if (p.ready && (p.dirty || p.handoff.length > 0 || p.resend.size > 0 || p.gen !== gen)) this.deliver(p);
       });
   }
 
@@ -436,7 +459,6 @@ export class Hub extends EventEmitter {
     const { store } = this.o;
     const live = () => p.gen === gen && !p.session.closed && !this.closed;
     while (live()) {
-      p.dirty = false;
       if (p.resend.size > 0) {
         const [id, offset] = p.resend.entries().next().value as [string, number];
         p.resend.delete(id);
@@ -444,12 +466,23 @@ export class Hub extends EventEmitter {
         if (m && m.to === p.device && (m.status === 'queued' || m.status === 'sent')) await this.stream(p, gen, m, offset);
         continue;
       }
-      const batch = await store.pending(p.device, p.cursor, PAGE);
-      if (batch.length === 0) {
-        if (!p.dirty) return;
-        continue;
+      let batch: MessageRecord[];
+      let short = false;
+      if (p.handoff.length > 0) {
+        batch = p.handoff.splice(0);
+      } else {
+        if (p.caughtUp && !p.dirty) return;
+        p.dirty = false;
+        batch = await store.pending(p.device, p.cursor, PAGE);
+        short = batch.length < PAGE;
+        if (batch.length === 0) {
+          if (p.gen === gen && !p.dirty) p.caughtUp = true;
+          if (!p.dirty) return;
+          continue;
+        }
       }
       for (const m of batch) {
+        if (m.seq <= p.cursor) continue; // handed over and also found by a query
         if (!live()) return;
         if (p.cancelled.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
@@ -459,6 +492,8 @@ export class Hub extends EventEmitter {
         p.partial.delete(m.id);
         if (p.gen === gen) p.cursor = m.seq;
       }
+      // A short page means the store had nothing more; unless new work arrived meanwhile, we are caught up.
+      if (short && p.gen === gen && !p.dirty) p.caughtUp = true;
     }
   }
 

@@ -98,7 +98,8 @@ export class Relay {
       connection: () => hub.connection(),
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
     });
-    const http = new HttpApi({ host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
+    const webhooks = new Webhooks({ store, feed, log: o.log });
+    const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
     const agents = await listener.listen();
     const api = await http.listen();
     const info: RelayInfo = {
@@ -109,9 +110,8 @@ export class Relay {
       pid: process.pid,
     };
     writeFileAtomic(p.info, JSON.stringify(info, null, 2) + '\n');
-    const webhooks = new Webhooks({ store, feed, log: o.log });
     const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
-    webhooks.kick(); // deliver what is still owed from before a restart
+    webhooks.refresh(); // deliver what is still owed from before a restart
     o.log.info(info, 'relay listening');
     return new Relay(o, info, store, hub, listener, http, () => {
       webhooks.close();

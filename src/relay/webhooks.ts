@@ -59,19 +59,29 @@ export class Webhooks {
     this.o = { initialDelayMs: 500, maxDelayMs: 10_000, horizonMs: DEFAULT_HORIZON_MS, timeoutMs: 10_000, now: Date.now, ...o };
     o.feed.on('appended', this.onAppended);
     // Tokens are added by the CLI from another process: look for new ones now and then.
-    this.poll = setInterval(() => this.kick(), TOKEN_POLL_MS);
+    this.poll = setInterval(() => this.refresh(), TOKEN_POLL_MS);
     this.poll.unref();
   }
 
-  /** Starts (or wakes) a worker for every token with a webhook. */
-  kick(): void {
+  /** Tokens with a webhook, as last read (refreshed every TOKEN_POLL_MS; tokens are added by the CLI). */
+  private hooks: TokenRecord[] = [];
+
+  /** Re-reads the tokens, then wakes every webhook worker. */
+  refresh(): void {
     if (this.closed) return;
     void this.o.store.listTokens().then(
       (tokens) => {
-        for (const t of tokens) if (t.webhook && t.webhookSecret) this.run(t);
+        this.hooks = tokens.filter((t) => t.webhook && t.webhookSecret);
+        this.kick();
       },
       () => {},
     );
+  }
+
+  /** Wakes the worker of every token with a webhook (new events were appended). */
+  kick(): void {
+    if (this.closed) return;
+    for (const t of this.hooks) this.run(t);
   }
 
   close(): void {

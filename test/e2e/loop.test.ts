@@ -94,6 +94,10 @@ describe('bad input', () => {
     const other = await fetch(`${s.api.base}/v1/messages?to=${s.device}&filename=a.xml`, { method: 'POST', body: 'x', headers: { authorization: `Bearer ${scoped}` } });
     expect(other.status).toBe(403);
     expect(((await other.json()) as { error: { code: string } }).error.code).toBe('DW_FORBIDDEN');
+    // A removed token stops working at once (the running relay is told).
+    await cliOk(['relay', 'token', 'remove', 'other', '--data', s.data]);
+    const removed = await fetch(`${s.api.base}/v1/devices`, { headers: { authorization: `Bearer ${scoped}` } });
+    expect(removed.status).toBe(401);
     r = await s.api.send(s.device, 'big.pdf', randomData(1024 * 1024 + 1));
     expect([r.status, err(r)]).toEqual([413, 'DW_TOO_LARGE']);
     // Streamed without a length: refused the same way.
