@@ -710,6 +710,42 @@ class SqliteStoreImpl implements SqliteStore {
       for (const w of batch) fail(w, failed(`${w.label}: begin transaction`, err));
       return;
     }
+    // Fast path: the whole batch without savepoints (two statements fewer per write). If any write fails,
+    // it is all rolled back and done again below, each write in its own savepoint.
+    if (batch.length > 1) {
+      const settles: Array<() => void> = [];
+      let whole = true;
+      for (const w of batch) {
+        try {
+          settles.push(w.apply());
+        } catch {
+          whole = false;
+          break;
+        }
+      }
+      if (whole) {
+        try {
+          this.sql.commit.run();
+        } catch (err) {
+          if (this.db.isTransaction) this.rollbackQuietly();
+          for (const w of batch) fail(w, failed(`${w.label}: commit`, err));
+          return;
+        }
+        this.counters.commits++;
+        this.counters.writes += batch.length;
+        this.counters.largestBatch = Math.max(this.counters.largestBatch, batch.length);
+        this.lastCommitAt = this.now();
+        for (const settle of settles) settle();
+        return;
+      }
+      this.rollbackQuietly();
+      try {
+        this.sql.begin.run();
+      } catch (err) {
+        for (const w of batch) fail(w, failed(`${w.label}: begin transaction`, err));
+        return;
+      }
+    }
     // A lone write needs no savepoint: if it fails, the whole (one-write) transaction is rolled back.
     const isolate = batch.length > 1;
     const applied: Write[] = [];
