@@ -75,7 +75,8 @@ export class Connection {
   private readonly timers: ConnectionTimers;
   private readonly frames = new FrameDecoder(MAX_HANDSHAKE_MESSAGE);
   private readonly outputs: Output[] = [];
-  private readonly handshake: HandshakeState;
+  /** Dropped once the keys are split: an idle connection keeps only its two cipher states. */
+  private hs: HandshakeState | undefined;
   private send: CipherState | undefined;
   private recv: CipherState | undefined;
   private session: Session | undefined;
@@ -92,7 +93,7 @@ export class Connection {
     this.role = role;
     this.crypto = o.crypto;
     this.timers = { ...DEFAULT_TIMERS, ...o.timers };
-    this.handshake = handshake;
+    this.hs = handshake;
     this.startedAt = this.lastReceived = this.lastSent = o.now;
     this.state = role === 'responder' ? 'magic' : 'handshake';
   }
@@ -313,6 +314,7 @@ export class Connection {
 
   private splitKeys(): void {
     const { send, recv } = this.handshake.split();
+    this.hs = undefined;
     this.send = send;
     this.recv = recv;
     this.frames.maxBody = MAX_FRAME;
@@ -432,6 +434,11 @@ export class Connection {
     this.frames.drain();
     this.closeAfterWrite = error;
     this.outputs.push({ type: 'close', error });
+  }
+
+  private get handshake(): HandshakeState {
+    if (!this.hs) throw new ProtocolError(ProtocolCode.PROTOCOL, 'the handshake is over');
+    return this.hs;
   }
 
   /** The error this connection closed with, if it did. */
