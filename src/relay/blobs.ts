@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -40,7 +40,7 @@ export class Blobs {
     const small: Buffer[] = [];
     let size = 0;
     let fh: fsp.FileHandle | undefined;
-    const tmpPath = path.join(this.tmp, `${id}.${randomBytes(4).toString('hex')}`);
+    const tmpPath = path.join(this.tmp, id); // message ids are unique
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         size += chunk.length;

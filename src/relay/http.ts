@@ -45,8 +45,18 @@ class HttpError extends DropwireError {
   }
 }
 
+/** Random bytes drawn 4 KiB at a time: one system call per 512 message ids instead of one each. */
+let entropy = Buffer.alloc(0);
+let entropyAt = 0;
+
+/** Time-ordered and unguessable: base-36 milliseconds, then 16 random hex digits. */
 export function messageId(now: number): string {
-  return `${now.toString(36)}${randomBytes(8).toString('hex')}`;
+  if (entropyAt + 8 > entropy.length) {
+    entropy = randomBytes(4096);
+    entropyAt = 0;
+  }
+  entropyAt += 8;
+  return `${now.toString(36)}${entropy.toString('hex', entropyAt - 8, entropyAt)}`;
 }
 
 export function tokenHash(secret: string): string {
