@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { alive } from '../helpers/process.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,18 +23,6 @@ const exec = (command: string, args: string[], extra: Partial<Extract<Action, { 
 });
 
 /** Alive means signalable and, where /proc tells, not a zombie waiting for a reaper. */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/su.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
 
 async function waitGone(pids: number[], ms = 3000): Promise<void> {
   const deadline = Date.now() + ms;

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { alive } from '../helpers/process.js';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,18 +7,6 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { runAction, type HandlerContext } from '../../src/agent/handlers/index.js';
 import type { FileFacts } from '../../src/agent/rules.js';
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/su.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
 
 /**
  * A folder with stand-in openers (`xdg-open`, `open`, `powershell.exe`) that record their argv (NUL

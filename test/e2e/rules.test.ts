@@ -3,6 +3,7 @@ import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { safeName } from '../../src/agent/names.js';
+import { alive } from '../helpers/process.js';
 import { cupsUnavailableReason, startCups } from '../helpers/cups.js';
 import { cli, cliOk, recordingHandler, setup, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
 
@@ -103,14 +104,6 @@ setInterval(() => {}, 1000);\n`,
     expect(hang.status).toBe('failed');
     expect(hang.result).toMatchObject({ code: 'DW_EXEC_TIMEOUT', timedOut: true });
     const [parent, child] = fs.readFileSync(pids, 'utf8').split(' ').map(Number);
-    const alive = (pid: number) => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    };
     await waitFor(() => (!alive(parent!) && !alive(child!) ? true : undefined), 5_000, 'process tree gone');
     await agent.kill();
   });

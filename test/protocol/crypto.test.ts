@@ -1,3 +1,4 @@
+import { LOW_ORDER_HEX } from '../fixtures/low-order.js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { generateKeyPair, MAX_NONCE, TAGLEN, type CryptoBackend } from '../../src/protocol/crypto.js';
@@ -30,15 +31,7 @@ const small = (max: number) => fc.uint8Array({ minLength: 0, maxLength: max });
  * Points of small order on curve25519 (u-coordinates), as listed in libsodium's and others' blocklists;
  * X25519 with any of them yields all zeros.
  */
-const LOW_ORDER = [
-  '0000000000000000000000000000000000000000000000000000000000000000',
-  '0100000000000000000000000000000000000000000000000000000000000000',
-  'e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800',
-  '5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157',
-  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
-  'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
-  'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
-];
+const LOW_ORDER = LOW_ORDER_HEX;
 
 describe('the two backends agree byte for byte', () => {
   it('keyPairFromPrivate', () => {

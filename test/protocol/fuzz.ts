@@ -10,6 +10,7 @@
  * per case with the samples' fixed ephemeral keys, so a captured message 2 or record stream is valid for
  * them and mutations reach every stage: magic, handshake frames, Noise, hellos, records, counters.
  */
+import { LOW_ORDER_HEX } from '../fixtures/low-order.js';
 import { concat, equal, toHex } from '../../src/protocol/bytes.js';
 import { Connection, type Output } from '../../src/protocol/connection.js';
 import { generateKeyPair, type KeyPair } from '../../src/protocol/crypto.js';
@@ -184,15 +185,7 @@ const U8 = [0, 1, 0x7f, 0x80, 0xfe, 0xff];
 const U16 = [0, 1, 2, 7, 8, 9, 16, 17, 32, 33, 47, 48, 49, 64, 80, 96, 97, 1023, 1024, 1025, 0x7fff, 0x8000, 0xffef, 0xfff0, 0xfffe, 0xffff];
 const U32 = [0, 1, 0xff, 0x3fff, 0x4000, 0x4001, 0xffff, 0x10000, 0xfffff, 0x100000, 0x100001, 0x7fffffff, 0x80000000, 0xffffffff];
 /** X25519 public keys of small order (and non-canonical encodings): DH with them must fail cleanly. */
-const LOW_ORDER = [
-  '0000000000000000000000000000000000000000000000000000000000000000',
-  '0100000000000000000000000000000000000000000000000000000000000000',
-  'e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800',
-  '5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157',
-  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
-  'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
-  'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
-].map((h) => Uint8Array.from(h.match(/../g)!, (x) => parseInt(x, 16)));
+const LOW_ORDER = LOW_ORDER_HEX.map((h) => Uint8Array.from(h.match(/../g)!, (x) => parseInt(x, 16)));
 const JSON_ODDITIES: unknown[] = [null, true, false, 0, -1, 1.5, 2 ** 53, -0, 1e308, '', 'x'.repeat(1025), [], {}, [1], { a: 1 }, '🙂'];
 const HEADER_ODDITIES = ['', '{', '[]', 'null', '1', '"s"', '{}', '{"__proto__":{"id":"x"}}', '\ufeff{}', '{"id":"\\ud800"}'];
 const ALPHABET = ['a', 'Z', '0', '-', '_', '.', ' ', 'é', '€', '🙂', '"', '\\', '\n', '\u0000', '\ufeff'];
