@@ -126,7 +126,7 @@ describe('webhooks', () => {
     const dir = tempDir();
     const stamp = path.join(dir, 'exit-at');
     const script = path.join(dir, 'fail.mjs');
-    fs.writeFileSync(script, `import fs from 'node:fs'; console.error('printer on fire'); fs.writeFileSync(${JSON.stringify(stamp)}, String(Date.now())); process.exit(7);\n`);
+    fs.writeFileSync(script, `import fs from 'node:fs'; console.error('printer on fire'); fs.writeFileSync(${JSON.stringify(stamp)}, String(Date.now())); process.exitCode = 7;\n`);
     const hook = new WebhookReceiver();
     await hook.start();
     const s = await withWebhook(hook, [{ match: '*', action: { type: 'exec', command: process.execPath, args: [script, '{file}'] } }]);

@@ -76,11 +76,14 @@ describe('exec', () => {
       script,
       `import { spawn } from 'node:child_process'; import fs from 'node:fs';
 const [mode, file] = process.argv.slice(2);
-if (mode === 'ok') { console.log('imported', fs.readFileSync(file, 'utf8').length, 'bytes'); process.exit(0); }
-if (mode === 'fail') { for (let i = 0; i < 200; i++) console.log('line', i, 'x'.repeat(40)); console.error('bad order'); process.exit(3); }
-const child = spawn('sleep', ['60'], { stdio: 'ignore' });
-fs.writeFileSync(${JSON.stringify(pids)}, process.pid + ' ' + child.pid);
-setInterval(() => {}, 1000);\n`,
+// process.exitCode, not process.exit(): exit() drops what node has not yet written to a full pipe.
+if (mode === 'ok') { console.log('imported', fs.readFileSync(file, 'utf8').length, 'bytes'); process.exitCode = 0; }
+else if (mode === 'fail') { for (let i = 0; i < 200; i++) console.log('line', i, 'x'.repeat(40)); console.error('bad order'); process.exitCode = 3; }
+else {
+  const child = spawn('sleep', ['60'], { stdio: 'ignore' });
+  fs.writeFileSync(${JSON.stringify(pids)}, process.pid + ' ' + child.pid);
+  setInterval(() => {}, 1000);
+}\n`,
     );
     const s = await setup({ rules: [] });
     for (const mode of ['ok', 'fail', 'hang']) {

@@ -101,7 +101,6 @@ export async function runProcess(
   const subprocess = execa(command, args, {
     shell: false,
     reject: false,
-    all: true,
     buffer: false, // the tail is all we keep
     stdin: 'ignore',
     env: definedOnly(opts.env),
@@ -115,7 +114,12 @@ export async function runProcess(
     ...(opts.signal ? { cancelSignal: opts.signal } : {}),
     windowsHide: true,
   });
-  subprocess.all?.on('data', (chunk: Buffer) => tail.write(chunk));
+  // Read from stdout and stderr themselves, not from execa's merged `all` stream: execa settles once the
+  // process and these two streams have ended, while the merged stream may still hold chunks it has not
+  // emitted yet, and a tail read then would lose the last lines.
+  const keep = (chunk: Buffer): void => tail.write(chunk);
+  subprocess.stdout?.on('data', keep);
+  subprocess.stderr?.on('data', keep);
   const result = await subprocess;
   const started = result.exitCode !== undefined || result.signal !== undefined;
   return {
