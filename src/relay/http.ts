@@ -159,12 +159,31 @@ export class HttpApi {
     return token;
   }
 
+  /**
+   * Device names recently found in the store: a POST does not read the device row each time. A removed
+   * device is forgotten at once when the relay is told (`devices/NAME/drop`), else within TOKEN_CACHE_MS.
+   */
+  private readonly devices = new Map<string, number>();
+
+  private async deviceExists(name: string): Promise<boolean> {
+    const now = this.now();
+    const at = this.devices.get(name);
+    if (at !== undefined && now - at < TOKEN_CACHE_MS) return true;
+    const found = (await this.o.store.getDevice(name)) !== undefined;
+    if (!found) {
+      this.devices.delete(name);
+      return false;
+    }
+    if (this.devices.size >= 100_000) this.devices.clear();
+    this.devices.set(name, now);
+    return true;
+  }
+
   private async postMessage(req: http.IncomingMessage, res: http.ServerResponse, url: URL, token: TokenRecord): Promise<void> {
     const { store, hub, blobs, log, maxBody } = this.o;
     const to = url.searchParams.get('to') ?? '';
     if (!to) throw new HttpError(400, 'DW_BAD_REQUEST', 'query parameter "to" is required');
-    const device = await store.getDevice(to);
-    if (!device) throw new HttpError(404, 'DW_UNKNOWN_DEVICE', `no device named '${to}'`);
+    if (!(await this.deviceExists(to))) throw new HttpError(404, 'DW_UNKNOWN_DEVICE', `no device named '${to}'`);
     if (!scopeAllows(token.to, to)) throw new HttpError(403, 'DW_FORBIDDEN', `this token may not send to '${to}'`);
     const declared = Number(req.headers['content-length'] ?? NaN);
     if (Number.isFinite(declared) && declared > maxBody + 64 * 1024) {
@@ -217,7 +236,7 @@ export class HttpApi {
     if (!created && received.bodyPath) await blobs.remove(received.bodyPath);
     if (created) {
       log.info({ id, to, from: token.name, filename, size: received.size }, 'message queued');
-      hub.notify(to, message);
+      hub.notify(to, message, received.body);
       this.o.feed.notify();
     }
     send(res, created ? 202 : 200, { id: message.id, status: message.status, to: message.to, filename: message.filename, size: message.size, sha256: message.sha256 });
@@ -338,6 +357,7 @@ export class HttpApi {
       return send(res, 200, { ok: true });
     }
     if (method === 'POST' && parts[0] === 'devices' && parts.length === 3 && parts[2] === 'drop') {
+      this.devices.delete(parts[1]!);
       this.o.hub.drop(parts[1]!);
       return send(res, 200, { dropped: parts[1] });
     }

@@ -13,7 +13,7 @@ import type { Link } from '../transport/link.js';
 import { random } from '../transport/identity.js';
 import type { Logger } from '../shared/log.js';
 import type { EventFeed } from './events.js';
-import type { MessageRecord, MessageStatus, Store } from './store/types.js';
+import { FINAL_STATUSES, type MessageRecord, type MessageStatus, type Store } from './store/types.js';
 
 /** Bytes of a file per CHUNK message. */
 export const CHUNK_SIZE = 256 * 1024;
@@ -70,9 +70,23 @@ interface Peer {
   cancelled: Set<string>;
   /** The delivery loop has sent everything the store had: new messages are handed over without a query. */
   caughtUp: boolean;
-  handoff: MessageRecord[];
+  handoff: Handoff[];
   pumpScheduled: boolean;
+  /**
+   * Messages streamed to this device and not yet final, with their sender: what the agent reports about
+   * them is checked and applied without reading the message back from the store.
+   */
+  sentTo: Map<string, string>;
 }
+
+/** A message handed straight to a caught-up delivery loop, with its inline body when the caller has it. */
+interface Handoff {
+  message: MessageRecord;
+  body?: Uint8Array | undefined;
+}
+
+/** A peer remembers at most this many streamed, unfinished messages (beyond, reports read the store). */
+const SENT_TO_MAX = 4_096;
 
 /**
  * The relay's live side: decides handshakes (enrollment, known keys, replay guard, resume), keeps one
@@ -109,11 +123,14 @@ export class Hub extends EventEmitter {
     return n;
   }
 
-  /** New work for `device`: a message was stored for it (handed straight to a caught-up delivery loop). */
-  notify(device: string, message?: MessageRecord): void {
+  /**
+   * New work for `device`: a message was stored for it (handed straight to a caught-up delivery loop,
+   * with its inline body when the caller has it in memory, so that delivery does not read it back).
+   */
+  notify(device: string, message?: MessageRecord, body?: Uint8Array): void {
     const p = this.peers.get(device);
     if (!p) return;
-    if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push(message);
+    if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
     else {
       p.dirty = true;
       p.caughtUp = false;
@@ -311,6 +328,7 @@ export class Hub extends EventEmitter {
       caughtUp: false,
       handoff: [],
       pumpScheduled: false,
+      sentTo: new Map(),
     };
     this.peers.set(device, p);
     return p;
@@ -401,18 +419,24 @@ export class Hub extends EventEmitter {
     const at = this.now();
     const prev = this.pendingWrites.get(p) ?? Promise.resolve();
     const work = prev.then(async () => {
-      const msg = await store.getMessage(id);
-      if (!msg || msg.to !== p.device) {
-        log.warn({ device: p.device, id }, 'agent reported a message that is not its own');
-        return;
+      let from = p.sentTo.get(id);
+      if (from === undefined) {
+        // Streamed by an earlier relay process or session: ask the store whose it is.
+        const msg = await store.getMessage(id);
+        if (!msg || msg.to !== p.device) {
+          log.warn({ device: p.device, id }, 'agent reported a message that is not its own');
+          return;
+        }
+        from = msg.from;
       }
       const detail = result ? pickDetail(result) : undefined;
       const [applied] = await store.setStatus([{ id, status, at, ...(detail ? { detail } : {}), ...(result ? { result } : {}) }]);
       if (status !== 'sent') this.progress.delete(id);
+      if (FINAL_STATUSES.has(status)) p.sentTo.delete(id);
       if (applied) {
         this.o.feed?.notify();
         log.info({ id, device: p.device, status, ...(result?.code ? { code: result.code } : {}) }, `message ${status}`);
-        this.emit('status', { id, to: msg.to, from: msg.from, status, at, ...(detail ? { detail } : {}) } satisfies StatusEvent);
+        this.emit('status', { id, to: p.device, from, status, at, ...(detail ? { detail } : {}) } satisfies StatusEvent);
       }
       then?.();
     });
@@ -466,14 +490,14 @@ export class Hub extends EventEmitter {
         if (m && m.to === p.device && (m.status === 'queued' || m.status === 'sent')) await this.stream(p, gen, m, offset);
         continue;
       }
-      let batch: MessageRecord[];
+      let batch: Handoff[];
       let short = false;
       if (p.handoff.length > 0) {
         batch = p.handoff.splice(0);
       } else {
         if (p.caughtUp && !p.dirty) return;
         p.dirty = false;
-        batch = await store.pending(p.device, p.cursor, PAGE);
+        batch = (await store.pending(p.device, p.cursor, PAGE)).map((message) => ({ message }));
         short = batch.length < PAGE;
         if (batch.length === 0) {
           if (p.gen === gen && !p.dirty) p.caughtUp = true;
@@ -481,14 +505,14 @@ export class Hub extends EventEmitter {
           continue;
         }
       }
-      for (const m of batch) {
+      for (const { message: m, body } of batch) {
         if (m.seq <= p.cursor) continue; // handed over and also found by a query
         if (!live()) return;
         if (p.cancelled.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
           continue; // the deadline sweeper marks it expired
         }
-        await this.stream(p, gen, m, p.partial.get(m.id) ?? 0);
+        await this.stream(p, gen, m, p.partial.get(m.id) ?? 0, body);
         p.partial.delete(m.id);
         if (p.gen === gen) p.cursor = m.seq;
       }
@@ -498,9 +522,11 @@ export class Hub extends EventEmitter {
   }
 
   /** Writes one FILE and its CHUNKs into the session, waiting for drain when the replay buffer is full. */
-  private async stream(p: Peer, gen: number, m: MessageRecord, offset: number): Promise<void> {
+  private async stream(p: Peer, gen: number, m: MessageRecord, offset: number, inlineBody?: Uint8Array): Promise<void> {
     const { store, log } = this.o;
     const from = Math.min(offset, m.size);
+    if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
+    p.sentTo.set(m.id, m.from);
     this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
     if (m.status === 'queued' || from > 0) {
       const at = this.now();
@@ -522,7 +548,7 @@ export class Hub extends EventEmitter {
     }
     this.progress.set(m.id, from);
     if (m.inline) {
-      const body = await store.readInlineBody(m.id);
+      const body = inlineBody ?? (await store.readInlineBody(m.id));
       if (!body) throw new Error(`inline body of ${m.id} missing`);
       if (from < body.length) {
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, body.subarray(from));

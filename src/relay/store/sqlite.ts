@@ -15,6 +15,7 @@ import { DropwireError } from '../../shared/errors.js';
 import {
   ALLOWED_FROM,
   EventType,
+  FINAL_STATUSES,
   MessageStatus,
   StoreErrorCode,
   type DeviceRecord,
@@ -521,6 +522,16 @@ function migrate(db: DatabaseSync): void {
   }
 }
 
+interface EventMeta {
+  to: string;
+  from: string;
+  filename: string;
+  size: number;
+}
+
+/** Messages whose event facts are kept in memory (see `eventMeta`); ~100 bytes each. */
+const EVENT_META_MAX = 50_000;
+
 class SqliteStoreImpl implements SqliteStore {
   readonly path: string;
   private readonly db: DatabaseSync;
@@ -533,6 +544,12 @@ class SqliteStoreImpl implements SqliteStore {
   private closing: Promise<void> | undefined;
   private readonly counters = { commits: 0, writes: 0, failedWrites: 0, largestBatch: 0 };
   private lastCommitAt: number | undefined;
+  /**
+   * What an event says of a message that is still moving (to, from, filename, size: never changed once
+   * stored), so that a status change does not read the row back. Filled on enqueue and on a miss, emptied
+   * when a message reaches a final status; bounded, oldest first out.
+   */
+  private readonly eventMeta = new Map<string, EventMeta>();
 
   static open(options: SqliteStoreOptions): SqliteStoreImpl {
     const maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
@@ -903,6 +920,7 @@ class SqliteStoreImpl implements SqliteStore {
         expiresAt: message.expiresAt ?? null,
       }) as { seq: number };
       this.sql.insertHistory.run(message.id, 'queued', message.createdAt, null);
+      this.rememberMeta(message.id, { to: message.to, from: message.from, filename: message.filename, size: message.size });
       this.messageEvent(message.id, 'queued', message.createdAt, undefined);
       return { message: insertedMessage(message, seq), created: true };
     });
@@ -949,10 +967,28 @@ class SqliteStoreImpl implements SqliteStore {
 
   /** Inside a write: the event for a message's status change (or overdue flag), in the same transaction. */
   private messageEvent(id: string, what: MessageStatus | 'overdue', at: number, detail: Record<string, unknown> | undefined): void {
-    const m = this.sql.messageForEvent.get(id) as { id: string; to_device: string; from_sender: string; filename: string; size: number } | undefined;
-    if (!m) return;
-    const data = { message: { id, to: m.to_device, from: m.from_sender, filename: m.filename, size: m.size, status: what, ...(detail ? { detail } : {}) } };
-    this.sql.insertEvent.run(EventType[what], m.to_device, id, m.from_sender, at, JSON.stringify(data));
+    let m = this.eventMeta.get(id);
+    if (!m) {
+      const row = this.sql.messageForEvent.get(id) as { to_device: string; from_sender: string; filename: string; size: number } | undefined;
+      if (!row) return;
+      m = { to: row.to_device, from: row.from_sender, filename: row.filename, size: row.size };
+      if (what !== 'overdue' && !FINAL_STATUSES.has(what)) this.rememberMeta(id, m);
+    }
+    if (what !== 'overdue' && FINAL_STATUSES.has(what)) this.eventMeta.delete(id);
+    const data = { message: { id, to: m.to, from: m.from, filename: m.filename, size: m.size, status: what, ...(detail ? { detail } : {}) } };
+    this.sql.insertEvent.run(EventType[what], m.to, id, m.from, at, JSON.stringify(data));
+  }
+
+  /**
+   * Only facts that never change go in, so an entry left by a rolled-back enqueue is harmless: events are
+   * written only after an UPDATE found the row, and a later enqueue of the same id replaces the entry.
+   */
+  private rememberMeta(id: string, meta: EventMeta): void {
+    if (this.eventMeta.size >= EVENT_META_MAX) {
+      const oldest = this.eventMeta.keys().next().value;
+      if (oldest !== undefined) this.eventMeta.delete(oldest);
+    }
+    this.eventMeta.set(id, meta);
   }
 
   appendEvents(events: Omit<RelayEvent, 'seq'>[]): Promise<void> {
