@@ -1,9 +1,18 @@
 import { EventEmitter } from 'node:events';
 import type { RelayEvent, TokenRecord } from './store/types.js';
 
+/** Compiled scopes: every POST and every event shown to a stream or webhook asks, with a handful of scopes. */
+const compiled = new Map<string, RegExp>();
+
 /** `*` and `?` globs on device names, for token scopes. */
 export function scopeAllows(scope: string, device: string): boolean {
-  const re = new RegExp(`^${scope.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  if (scope === '*') return true;
+  let re = compiled.get(scope);
+  if (!re) {
+    re = new RegExp(`^${scope.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+    if (compiled.size >= 1_000) compiled.clear();
+    compiled.set(scope, re);
+  }
   return re.test(device);
 }
 
