@@ -497,7 +497,7 @@ export class Hub extends EventEmitter {
       } else {
         if (p.caughtUp && !p.dirty) return;
         p.dirty = false;
-        batch = (await store.pending(p.device, p.cursor, PAGE)).map((message) => ({ message }));
+        batch = (await store.pending(p.device, p.cursor, PAGE)).map(({ body, ...message }) => ({ message, body }));
         short = batch.length < PAGE;
         if (batch.length === 0) {
           if (p.gen === gen && !p.dirty) p.caughtUp = true;

@@ -227,6 +227,9 @@ export function storeContract(
         expect(await store.readInlineBody(empty.id)).toEqual(new Uint8Array(0));
         expect(await store.getMessage(file.id)).toMatchObject({ inline: false, bodyPath: '/var/lib/dropwire/blobs/ab12' });
         expect(await store.readInlineBody(file.id)).toBeUndefined();
+        const pending = await store.pending(empty.to, 0, 10);
+        expect(pending.find((m) => m.id === empty.id)?.body).toEqual(new Uint8Array(0));
+        expect(pending.find((m) => m.id === file.id)).not.toHaveProperty('body');
       });
 
       it('refuses a message without exactly one body, or with a wrong size, and a reused id', async () => {
@@ -333,6 +336,8 @@ export function storeContract(
           const page1 = await store.pending(d, 0, 4);
           const page2 = await store.pending(d, page1.at(-1)!.seq, 4);
           expect([...page1, ...page2].map((m) => m.id)).toEqual(sent[d]!.slice(0, 8));
+          // Inline messages come with their body, the same bytes readInlineBody gives.
+          for (const m of page1) expect(m.body).toEqual(await store.readInlineBody(m.id));
         }
         expect(await store.pending('nobody', 0, 10)).toEqual([]);
         expect(await store.countPending('nobody')).toBe(0);

@@ -24,6 +24,7 @@ import {
   type HistoryEntry,
   type MessageRecord,
   type NewMessage,
+  type PendingMessage,
   type StatusChange,
   type Store,
   type TokenRecord,
@@ -392,7 +393,7 @@ function writeError(w: Write, err: unknown): DropwireError {
 
 /** The reads that must stay on an index as tables grow (the tests check their query plans). */
 export const SCAN_SQL = {
-  pending: `SELECT ${MESSAGE_COLUMNS} FROM messages
+  pending: `SELECT ${MESSAGE_COLUMNS}, body FROM messages
     WHERE to_device = ? AND ${LIVE} AND seq > ? ORDER BY seq LIMIT ?`,
   countPending: `SELECT count(*) AS n FROM messages WHERE to_device = ? AND ${LIVE}`,
   messageByIdempotency: `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE from_sender = ? AND idempotency_key = ?`,
@@ -652,10 +653,11 @@ class SqliteStoreImpl implements SqliteStore {
     });
   }
 
-  pending(device: string, afterSeq: number, limit: number): Promise<MessageRecord[]> {
+  pending(device: string, afterSeq: number, limit: number): Promise<PendingMessage[]> {
     return this.read('pending', () => {
       if (limit <= 0) return [];
-      return (this.sql.pending.all(device, afterSeq, Math.trunc(limit)) as unknown as MessageRow[]).map(toMessage);
+      const rows = this.sql.pending.all(device, afterSeq, Math.trunc(limit)) as unknown as Array<MessageRow & { body: Uint8Array | null }>;
+      return rows.map((r) => (r.body === null ? toMessage(r) : { ...toMessage(r), body: r.body }));
     });
   }
 

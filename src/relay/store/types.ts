@@ -145,6 +145,9 @@ export interface MessageRecord {
   result?: Record<string, unknown>;
 }
 
+/** A message waiting for delivery, with its body when that is kept inline. */
+export type PendingMessage = MessageRecord & { body?: Uint8Array };
+
 export interface StatusChange {
   id: string;
   status: MessageStatus;
@@ -181,8 +184,11 @@ export interface Store {
   getMessage(id: string): Promise<MessageRecord | undefined>;
   getHistory(id: string): Promise<HistoryEntry[]>;
   readInlineBody(id: string): Promise<Uint8Array | undefined>;
-  /** Messages for `device` that still need delivery (`queued` or `sent`), in `seq` order, after `afterSeq`. */
-  pending(device: string, afterSeq: number, limit: number): Promise<MessageRecord[]>;
+  /**
+   * Messages for `device` that still need delivery (`queued` or `sent`), in `seq` order, after `afterSeq`;
+   * inline messages come with their body (delivery needs it next; no read per message).
+   */
+  pending(device: string, afterSeq: number, limit: number): Promise<PendingMessage[]>;
   /** Counts a device's messages that are `queued` or `sent`. */
   countPending(device: string): Promise<number>;
   /**
