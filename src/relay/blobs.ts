@@ -8,6 +8,8 @@ import { fsyncDir } from '../shared/files.js';
 
 /** Bodies up to this size are kept inline in the store (one group commit covers them). */
 export const INLINE_MAX = 64 * 1024;
+/** A large body is written to disk in pieces of about this size. */
+const WRITE_BATCH = 1024 * 1024;
 
 export interface ReceivedBody {
   size: number;
@@ -37,26 +39,40 @@ export class Blobs {
   /** Reads a body stream to its end, hashing it; refuses (DW_TOO_LARGE) past `limit` bytes, leaving nothing behind. */
   async receive(stream: Readable | AsyncIterable<Uint8Array>, id: string, limit: number): Promise<ReceivedBody> {
     const hash = createHash('sha256');
-    const small: Buffer[] = [];
     let size = 0;
     let fh: fsp.FileHandle | undefined;
     const tmpPath = path.join(this.tmp, id); // message ids are unique
+    // Chunks not yet written, and the one write in flight: the body goes to disk in WRITE_BATCH pieces
+    // (writev) while the next piece arrives, not one awaited write per socket read.
+    let held: Buffer[] = [];
+    let heldBytes = 0;
+    let writing: Promise<unknown> = Promise.resolve();
+    const flush = async (): Promise<void> => {
+      await writing;
+      if (heldBytes === 0) return;
+      const parts = held;
+      held = [];
+      heldBytes = 0;
+      writing = fh!.writev(parts);
+      writing.catch(() => {}); // handled where it is awaited; never an unhandled rejection meanwhile
+    };
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         size += chunk.length;
         if (size > limit) throw new DropwireError('DW_TOO_LARGE', `body larger than the limit of ${limit} bytes`);
         hash.update(chunk);
+        held.push(chunk);
+        heldBytes += chunk.length;
         if (!fh) {
-          small.push(chunk);
           if (size <= INLINE_MAX) continue;
           fh = await fsp.open(tmpPath, 'w', 0o600);
-          for (const c of small.splice(0)) await fh.write(c);
-        } else {
-          await fh.write(chunk);
         }
+        if (heldBytes >= WRITE_BATCH) await flush();
       }
       const sha256 = hash.digest('hex');
-      if (!fh) return { size, sha256, body: new Uint8Array(Buffer.concat(small, size)) };
+      if (!fh) return { size, sha256, body: new Uint8Array(Buffer.concat(held, size)) };
+      await flush();
+      await writing;
       await fh.sync();
       await fh.close();
       fh = undefined;
@@ -65,6 +81,7 @@ export class Blobs {
       fsyncDir(this.dir);
       return { size, sha256, bodyPath: final };
     } catch (err) {
+      await writing.catch(() => {});
       await fh?.close().catch(() => {});
       await fsp.rm(tmpPath, { force: true });
       throw err;
