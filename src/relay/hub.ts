@@ -56,9 +56,13 @@ interface Peer {
   gen: number;
   /** The agent's HELLO arrived on this stream: delivery may start. */
   ready: boolean;
-  partial: Map<string, number>;
+  /**
+   * Files the agent holds part of (its HELLO), by id: where to resume each. This and the other maps and
+   * sets of a peer are made when first needed: most idle peers never need them (memory per connection).
+   */
+  partial: Map<string, number> | undefined;
   /** Messages to send again from an offset (RESTART), before the rest. */
-  resend: Map<string, number>;
+  resend: Map<string, number> | undefined;
   /** Highest seq fully written into the current stream. */
   cursor: number;
   delivering: boolean;
@@ -67,7 +71,7 @@ interface Peer {
   linger: NodeJS.Timeout | undefined;
   onlineSince: number | undefined;
   /** Messages expired or cancelled while this peer streams: stop sending them. */
-  cancelled: Set<string>;
+  cancelled: Set<string> | undefined;
   /** The delivery loop has sent everything the store had: new messages are handed over without a query. */
   caughtUp: boolean;
   handoff: Handoff[];
@@ -76,7 +80,7 @@ interface Peer {
    * Messages streamed to this device and not yet final, with their sender: what the agent reports about
    * them is checked and applied without reading the message back from the store.
    */
-  sentTo: Map<string, string>;
+  sentTo: Map<string, string> | undefined;
 }
 
 /** A message handed straight to a caught-up delivery loop, with its inline body when the caller has it. */
@@ -253,7 +257,7 @@ export class Hub extends EventEmitter {
   cancel(device: string, id: string): void {
     const p = this.peers.get(device);
     if (!p) return;
-    p.cancelled.add(id);
+    (p.cancelled ??= new Set()).add(id);
     if (p.ready) this.send(p, MessageType.CANCEL, { id });
   }
 
@@ -316,19 +320,19 @@ export class Hub extends EventEmitter {
       decoder: new MessageDecoder(),
       gen: 0,
       ready: false,
-      partial: new Map(),
-      resend: new Map(),
+      partial: undefined,
+      resend: undefined,
       cursor: 0,
       delivering: false,
       dirty: false,
       drainWaiters: [],
       linger: undefined,
       onlineSince: undefined,
-      cancelled: new Set(),
+      cancelled: undefined,
       caughtUp: false,
       handoff: [],
       pumpScheduled: false,
-      sentTo: new Map(),
+      sentTo: undefined,
     };
     this.peers.set(device, p);
     return p;
@@ -340,8 +344,8 @@ export class Hub extends EventEmitter {
     p.cursor = 0;
     p.caughtUp = false;
     p.handoff = [];
-    p.partial.clear();
-    p.resend.clear();
+    p.partial = undefined;
+    p.resend = undefined;
     p.decoder = new MessageDecoder();
     for (const w of p.drainWaiters.splice(0)) w();
   }
@@ -370,7 +374,7 @@ export class Hub extends EventEmitter {
   private onMessage(p: Peer, m: Message): void {
     switch (m.type) {
       case MessageType.HELLO:
-        for (const { id, have } of m.header.partial) p.partial.set(id, have);
+        for (const { id, have } of m.header.partial) (p.partial ??= new Map()).set(id, have);
         // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
         this.afterWrites(p, () => {
           p.ready = true;
@@ -397,7 +401,7 @@ export class Hub extends EventEmitter {
       }
       case MessageType.RESTART:
         this.o.log.warn({ device: p.device, id: m.header.id, code: m.header.code }, 'agent asked for a file again');
-        p.resend.set(m.header.id, m.header.offset);
+        (p.resend ??= new Map()).set(m.header.id, m.header.offset);
         p.dirty = true;
         this.deliver(p);
         return;
@@ -419,7 +423,7 @@ export class Hub extends EventEmitter {
     const at = this.now();
     const prev = this.pendingWrites.get(p) ?? Promise.resolve();
     const work = prev.then(async () => {
-      let from = p.sentTo.get(id);
+      let from = p.sentTo?.get(id);
       if (from === undefined) {
         // Streamed by an earlier relay process or session: ask the store whose it is.
         const msg = await store.getMessage(id);
@@ -432,7 +436,7 @@ export class Hub extends EventEmitter {
       const detail = result ? pickDetail(result) : undefined;
       const [applied] = await store.setStatus([{ id, status, at, ...(detail ? { detail } : {}), ...(result ? { result } : {}) }]);
       if (status !== 'sent') this.progress.delete(id);
-      if (FINAL_STATUSES.has(status)) p.sentTo.delete(id);
+      if (FINAL_STATUSES.has(status)) p.sentTo?.delete(id);
       if (applied) {
         this.o.feed?.notify();
         log.info({ id, device: p.device, status, ...(result?.code ? { code: result.code } : {}) }, `message ${status}`);
@@ -475,7 +479,7 @@ export class Hub extends EventEmitter {
       .finally(() => {
         p.delivering = false;
         // New work, or a new stream whose HELLO came while this loop was finishing.
-        if (p.ready && (p.dirty || p.handoff.length > 0 || p.resend.size > 0 || p.gen !== gen)) this.deliver(p);
+        if (p.ready && (p.dirty || p.handoff.length > 0 || (p.resend?.size ?? 0) > 0 || p.gen !== gen)) this.deliver(p);
       });
   }
 
@@ -483,7 +487,7 @@ export class Hub extends EventEmitter {
     const { store } = this.o;
     const live = () => p.gen === gen && !p.session.closed && !this.closed;
     while (live()) {
-      if (p.resend.size > 0) {
+      if (p.resend !== undefined && p.resend.size > 0) {
         const [id, offset] = p.resend.entries().next().value as [string, number];
         p.resend.delete(id);
         const m = await store.getMessage(id);
@@ -508,12 +512,12 @@ export class Hub extends EventEmitter {
       for (const { message: m, body } of batch) {
         if (m.seq <= p.cursor) continue; // handed over and also found by a query
         if (!live()) return;
-        if (p.cancelled.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
+        if (p.cancelled?.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
           continue; // the deadline sweeper marks it expired
         }
-        await this.stream(p, gen, m, p.partial.get(m.id) ?? 0, body);
-        p.partial.delete(m.id);
+        await this.stream(p, gen, m, p.partial?.get(m.id) ?? 0, body);
+        p.partial?.delete(m.id);
         if (p.gen === gen) p.cursor = m.seq;
       }
       // A short page means the store had nothing more; unless new work arrived meanwhile, we are caught up.
@@ -525,6 +529,7 @@ export class Hub extends EventEmitter {
   private async stream(p: Peer, gen: number, m: MessageRecord, offset: number, inlineBody?: Uint8Array): Promise<void> {
     const { store, log } = this.o;
     const from = Math.min(offset, m.size);
+    p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
     p.sentTo.set(m.id, m.from);
     this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
@@ -560,7 +565,7 @@ export class Hub extends EventEmitter {
     const fh = await fs.open(m.bodyPath!, 'r');
     try {
       for (let pos = from; pos < m.size; ) {
-        if (p.gen !== gen || p.session.closed || p.cancelled.has(m.id)) return;
+        if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
         const buf = new Uint8Array(Math.min(CHUNK_SIZE, m.size - pos));
         const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
         if (bytesRead <= 0) throw new Error(`body file of ${m.id} is shorter than its size`);
