@@ -1,7 +1,7 @@
 import { concat, equal } from './bytes.js';
 import type { CryptoBackend, KeyPair } from './crypto.js';
 import { ProtocolCode, ProtocolError } from './errors.js';
-import { encodeFrame, FrameDecoder } from './frame.js';
+import { encodeFrame, encodeFrameParts, FrameDecoder } from './frame.js';
 import {
   decodeClientHello,
   decodeServerHello,
@@ -22,7 +22,7 @@ import {
   type ConnectionTimers,
 } from './limits.js';
 import { CipherState, HandshakeState } from './noise.js';
-import { decodeRecord, encodeRecord, RecordType } from './records.js';
+import { COUNTER_LENGTH, decodeRecordParts, encodeCounter, encodeRecord, RecordType } from './records.js';
 import type { Session } from './session.js';
 
 /** What a connection asks of the code that drives it (PROTOCOL 8: the poll interface). */
@@ -92,7 +92,7 @@ export class Connection {
   private constructor(role: 'initiator' | 'responder', o: ConnectionOptions, handshake: HandshakeState) {
     this.role = role;
     this.crypto = o.crypto;
-    this.timers = { ...DEFAULT_TIMERS, ...o.timers };
+    this.timers = connectionTimers(o.timers);
     this.hs = handshake;
     this.startedAt = this.lastReceived = this.lastSent = o.now;
     this.state = role === 'responder' ? 'magic' : 'handshake';
@@ -199,6 +199,7 @@ export class Connection {
     const msg2 = this.handshake.writeMessage(encodeServerHello({ result, sessionId: session.id, received: session.received })); // <- e, ee, se
     this.emitWrite(encodeFrame(msg2), now);
     this.session = session;
+    this.hello = undefined;
     session.attach(this, peerReceived);
     session.ackSent = session.received;
     this.establish(now, resumed);
@@ -217,7 +218,7 @@ export class Connection {
   /** Orderly close: tells the peer why (CLOSE record) when the handshake is done. */
   close(code: string = ProtocolCode.CLOSED): void {
     if (this.state === 'closed') return;
-    if (this.state === 'established') this.sendRecord(encodeRecord({ type: RecordType.CLOSE, code }), this.lastSent);
+    if (this.state === 'established') this.sendRecord([encodeRecord({ type: RecordType.CLOSE, code })], this.lastSent);
     this.fail(new ProtocolError(code, 'closed'));
   }
 
@@ -344,7 +345,7 @@ export class Connection {
       throw new ProtocolError(ProtocolCode.IDLE_TIMEOUT, `nothing received for ${this.timers.idleTimeout} ms`);
     }
     // Inbound first: one record per step.
-    const frame = this.frames.next();
+    const frame = this.frames.nextParts();
     if (frame) {
       this.onRecord(frame, now);
       return true;
@@ -359,11 +360,9 @@ export class Connection {
       return true;
     }
     if (allowData && s.wire < s.out.end) {
-      const chunk = s.out.read(s.wire, MAX_DATA_PAYLOAD);
-      const plain = new Uint8Array(1 + chunk.length);
-      plain[0] = RecordType.DATA;
-      plain.set(chunk, 1);
-      s.wire += chunk.length;
+      // The type byte, then views of the replay buffer: sealed from where the bytes are, never copied.
+      const plain = [DATA_TYPE];
+      s.wire += s.out.readInto(s.wire, MAX_DATA_PAYLOAD, plain);
       this.sendRecord(plain, now);
       return true;
     }
@@ -378,20 +377,20 @@ export class Connection {
     return false;
   }
 
-  private onRecord(frame: Uint8Array, now: number): void {
-    let plain: Uint8Array;
+  private onRecord(frame: Uint8Array[], now: number): void {
+    let plain: Uint8Array[];
     try {
-      plain = this.recv!.decryptWithAd(EMPTY, frame);
+      plain = this.recv!.decryptParts(EMPTY, frame);
     } catch (err) {
       throw new ProtocolError(ProtocolCode.BAD_MAC, 'record failed authentication', { cause: err });
     }
-    const r = decodeRecord(plain);
+    const r = decodeRecordParts(plain);
     const s = this.session!;
     switch (r.type) {
       case RecordType.DATA:
         if (s.firstUnackedAt === undefined) s.firstUnackedAt = now;
-        s.received += r.bytes.length;
-        this.outputs.push({ type: 'data', bytes: r.bytes });
+        if ('bytes' in r) this.deliver(s, r.bytes);
+        else for (const bytes of r.parts) this.deliver(s, bytes);
         return;
       case RecordType.PING:
         this.pongDue = true;
@@ -411,15 +410,23 @@ export class Connection {
     }
   }
 
+  private deliver(s: Session, bytes: Uint8Array): void {
+    s.received += bytes.length;
+    this.outputs.push({ type: 'data', bytes });
+  }
+
   private sendCounter(type: typeof RecordType.ACK | typeof RecordType.PING | typeof RecordType.PONG, now: number): void {
     const s = this.session!;
-    this.sendRecord(encodeRecord({ type, received: s.received }), now);
+    // The scratch plaintext is sealed before sendRecord returns, so one serves every connection.
+    encodeCounter(COUNTER_SCRATCH[0]!, type, s.received);
+    this.sendRecord(COUNTER_SCRATCH, now);
     s.ackSent = s.received;
     s.firstUnackedAt = undefined;
   }
 
-  private sendRecord(plain: Uint8Array, now: number): void {
-    this.emitWrite(encodeFrame(this.send!.encryptWithAd(EMPTY, plain)), now);
+  /** Seals one record and queues its frame as one write (small records) or a few (PROTOCOL 2.1, 4.1). */
+  private sendRecord(plain: readonly Uint8Array[], now: number): void {
+    for (const bytes of encodeFrameParts(this.send!.encryptParts(EMPTY, plain))) this.emitWrite(bytes, now);
   }
 
   private emitWrite(bytes: Uint8Array, now: number): void {
@@ -448,6 +455,17 @@ export class Connection {
 }
 
 const EMPTY = new Uint8Array(0);
+const DATA_TYPE = Uint8Array.of(RecordType.DATA);
+const COUNTER_SCRATCH = [new Uint8Array(COUNTER_LENGTH)];
+
+/** Connections with the default timers (nearly all) share one object rather than a copy each. */
+const SHARED_TIMERS: ConnectionTimers = Object.freeze({ ...DEFAULT_TIMERS });
+
+function connectionTimers(timers: Partial<ConnectionTimers> | undefined): ConnectionTimers {
+  const merged = { ...DEFAULT_TIMERS, ...timers };
+  for (const k of Object.keys(merged) as (keyof ConnectionTimers)[]) if (merged[k] !== SHARED_TIMERS[k]) return merged;
+  return SHARED_TIMERS;
+}
 
 function asProtocolError(err: unknown): ProtocolError {
   if (err instanceof ProtocolError) return err;

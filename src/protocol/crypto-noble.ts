@@ -7,15 +7,18 @@ import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import { x25519 } from '@noble/curves/ed25519.js';
 import { hmac } from '@noble/hashes/hmac.js';
 import { sha256 } from '@noble/hashes/sha2.js';
+import { concat } from './bytes.js';
 import {
   badKey,
   badMac,
   checkKeyLength,
+  destroyedKey,
   DHLEN,
   isAllZero,
   NONCELEN,
   TAGLEN,
   writeNoiseNonce,
+  type AeadKey,
   type CryptoBackend,
   type KeyPair,
 } from './crypto.js';
@@ -26,8 +29,44 @@ function nonceBytes(nonce: number): Uint8Array {
   return out;
 }
 
+/** The reference: parts are simply joined (noble's AEAD takes one contiguous input). */
+class NobleAeadKey implements AeadKey {
+  #key: Uint8Array | undefined;
+
+  constructor(key: Uint8Array) {
+    checkKeyLength('cipher key', key);
+    this.#key = key.slice();
+  }
+
+  seal(nonce: number, ad: Uint8Array, plaintext: readonly Uint8Array[]): Uint8Array[] {
+    const key = this.#key;
+    if (key === undefined) throw destroyedKey();
+    return [chacha20poly1305(key, nonceBytes(nonce), ad).encrypt(plaintext.length === 1 ? plaintext[0]! : concat(plaintext))];
+  }
+
+  open(nonce: number, ad: Uint8Array, ciphertext: readonly Uint8Array[], tag: Uint8Array): Uint8Array[] {
+    const key = this.#key;
+    if (key === undefined) throw destroyedKey();
+    if (tag.length !== TAGLEN) throw badMac();
+    try {
+      return [chacha20poly1305(key, nonceBytes(nonce), ad).decrypt(concat([...ciphertext, tag]))];
+    } catch (err) {
+      throw badMac(err);
+    }
+  }
+
+  destroy(): void {
+    this.#key?.fill(0);
+    this.#key = undefined;
+  }
+}
+
 export const nobleCrypto: CryptoBackend = {
   name: 'noble',
+
+  aeadKey(key: Uint8Array): AeadKey {
+    return new NobleAeadKey(key);
+  },
 
   keyPairFromPrivate(privateKey: Uint8Array): KeyPair {
     checkKeyLength('X25519 private key', privateKey, DHLEN);

@@ -13,8 +13,32 @@ export interface KeyPair {
   privateKey: Uint8Array;
 }
 
+/**
+ * A ChaCha20-Poly1305 key bound once (a CipherState's key: PROTOCOL 4.1 records, or one step of the
+ * handshake). Binding it once spares every record the key import and checks; the node backend keeps the
+ * key only inside OpenSSL, not in the JavaScript heap. Plaintext and ciphertext travel as lists of parts,
+ * so a record is never copied together from the stream bytes it carries, nor into a frame, only sealed.
+ */
+export interface AeadKey {
+  /**
+   * Seals the concatenation of `plaintext` under the Noise nonce `nonce`. The parts returned, concatenated,
+   * are ciphertext || tag, exactly `encrypt(key, nonce, ad, concat(plaintext))`; how they are cut is the
+   * backend's affair. The inputs are read before it returns (they may be reused afterwards).
+   */
+  seal(nonce: number, ad: Uint8Array, plaintext: readonly Uint8Array[]): Uint8Array[];
+  /**
+   * Opens a ciphertext given as parts (without its tag) and its 16-byte tag. Returns the plaintext as parts,
+   * new arrays the caller owns. A bad tag throws DW_BAD_MAC and no plaintext comes out.
+   */
+  open(nonce: number, ad: Uint8Array, ciphertext: readonly Uint8Array[], tag: Uint8Array): Uint8Array[];
+  /** Forgets the key; any later use throws DW_BAD_KEY. */
+  destroy(): void;
+}
+
 export interface CryptoBackend {
   readonly name: 'node' | 'noble';
+  /** Binds a 32-byte key (copied: the caller may wipe its array) for repeated seal and open. */
+  aeadKey(key: Uint8Array): AeadKey;
   /** 32 raw bytes -> pair. */
   keyPairFromPrivate(privateKey: Uint8Array): KeyPair;
   /** X25519. An all-zero result (low-order public key) throws DW_BAD_KEY. */
@@ -85,6 +109,17 @@ export function writeNoiseNonce(out: Uint8Array, nonce: number): void {
   out[9] = (hi >>> 8) & 0xff;
   out[10] = (hi >>> 16) & 0xff;
   out[11] = hi >>> 24;
+}
+
+/** Total length of `parts`. */
+export function partsLength(parts: readonly Uint8Array[]): number {
+  let n = 0;
+  for (let i = 0; i < parts.length; i++) n += parts[i]!.length;
+  return n;
+}
+
+export function destroyedKey(): DropwireError {
+  return badKey('the cipher key was destroyed');
 }
 
 /** True when every byte is zero; runs over all bytes regardless of content. */

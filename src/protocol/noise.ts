@@ -14,9 +14,10 @@
  * handshake cannot complete for the attacker (it lacks the initiator's e and s), but the session layer
  * must not act on message 1's payload as if it proved freshness.
  */
-import { concat } from './bytes.js';
+import { concat, splitTail } from './bytes.js';
 import { DropwireError } from '../shared/errors.js';
 import {
+  badMac,
   checkKeyLength,
   CryptoCode,
   DHLEN,
@@ -24,7 +25,9 @@ import {
   HASHLEN,
   KEYLEN,
   MAX_NONCE,
+  partsLength,
   TAGLEN,
+  type AeadKey,
   type CryptoBackend,
   type KeyPair,
 } from './crypto.js';
@@ -74,10 +77,15 @@ export function hkdf(crypto: CryptoBackend, chainingKey: Uint8Array, ikm: Uint8A
   return [out1, out2];
 }
 
-/** Noise spec 5.1: a cipher key and its nonce counter. */
+/**
+ * Noise spec 5.1: a cipher key and its nonce counter. The key is bound by the backend (`AeadKey`) at its
+ * first use, and the raw copy wiped then: a key the handshake never uses is never imported, and a
+ * transport state keeps its key only where the backend keeps it.
+ */
 export class CipherState {
   readonly #crypto: CryptoBackend;
-  #k: Uint8Array | undefined;
+  #raw: Uint8Array | undefined;
+  #key: AeadKey | undefined;
   #n = 0;
 
   constructor(crypto: CryptoBackend, key?: Uint8Array) {
@@ -88,13 +96,13 @@ export class CipherState {
   /** Takes a copy of `key` (the state owns and eventually wipes its key) and resets the nonce. */
   initializeKey(key: Uint8Array | undefined): void {
     if (key !== undefined) checkKeyLength('cipher key', key, KEYLEN);
-    this.#k?.fill(0);
-    this.#k = key?.slice();
+    this.#drop();
+    this.#raw = key?.slice();
     this.#n = 0;
   }
 
   hasKey(): boolean {
-    return this.#k !== undefined;
+    return this.#raw !== undefined || this.#key !== undefined;
   }
 
   /** The nonce the next encrypt or decrypt will use. */
@@ -111,33 +119,87 @@ export class CipherState {
   }
 
   encryptWithAd(ad: Uint8Array, plaintext: Uint8Array): Uint8Array {
-    const k = this.#k;
-    if (k === undefined) return plaintext; // spec 5.1: no key yet, no encryption
+    const key = this.#bound();
+    if (key === undefined) return plaintext; // spec 5.1: no key yet, no encryption
     if (plaintext.length > MAX_TRANSPORT_PLAINTEXT) {
       throw tooLarge('plaintext', plaintext.length, MAX_TRANSPORT_PLAINTEXT);
     }
     this.#checkNonce();
-    const ciphertext = this.#crypto.encrypt(k, this.#n, ad, plaintext);
+    const parts = key.seal(this.#n, ad, [plaintext]);
     this.#n++;
-    return ciphertext;
+    return parts.length === 1 ? parts[0]! : concat(parts);
+  }
+
+  /**
+   * `encryptWithAd` over the concatenation of `plaintext`, returning ciphertext || tag as parts
+   * (`AeadKey.seal`): a transport record is sealed from the stream's own bytes and framed without a copy.
+   */
+  encryptParts(ad: Uint8Array, plaintext: readonly Uint8Array[]): Uint8Array[] {
+    const key = this.#bound();
+    if (key === undefined) return plaintext.slice();
+    const n = partsLength(plaintext);
+    if (n > MAX_TRANSPORT_PLAINTEXT) throw tooLarge('plaintext', n, MAX_TRANSPORT_PLAINTEXT);
+    this.#checkNonce();
+    const out = key.seal(this.#n, ad, plaintext);
+    this.#n++;
+    return out;
   }
 
   /** A bad tag throws DW_BAD_MAC and leaves the nonce where it was (spec 5.1). */
   decryptWithAd(ad: Uint8Array, ciphertext: Uint8Array): Uint8Array {
-    const k = this.#k;
-    if (k === undefined) return ciphertext;
+    const key = this.#bound();
+    if (key === undefined) return ciphertext;
     if (ciphertext.length > MAX_NOISE_MESSAGE) throw tooLarge('ciphertext', ciphertext.length, MAX_NOISE_MESSAGE);
     this.#checkNonce();
-    const plaintext = this.#crypto.decrypt(k, this.#n, ad, ciphertext);
+    if (ciphertext.length < TAGLEN) throw badMac();
+    const n = ciphertext.length - TAGLEN;
+    const parts = key.open(this.#n, ad, [ciphertext.subarray(0, n)], ciphertext.subarray(n));
     this.#n++;
-    return plaintext;
+    return parts.length === 1 ? parts[0]! : concat(parts);
+  }
+
+  /**
+   * `decryptWithAd` over a message (ciphertext || tag) given as parts, e.g. a frame as it arrived in
+   * several socket reads; returns the plaintext as parts. Same failures as `decryptWithAd`.
+   */
+  decryptParts(ad: Uint8Array, message: readonly Uint8Array[]): Uint8Array[] {
+    const key = this.#bound();
+    if (key === undefined) return message.slice();
+    const length = partsLength(message);
+    if (length > MAX_NOISE_MESSAGE) throw tooLarge('ciphertext', length, MAX_NOISE_MESSAGE);
+    this.#checkNonce();
+    if (length < TAGLEN) throw badMac();
+    let out: Uint8Array[];
+    const only = message.length === 1 ? message[0]! : undefined;
+    if (only !== undefined) out = key.open(this.#n, ad, [only.subarray(0, length - TAGLEN)], only.subarray(length - TAGLEN));
+    else {
+      const [ciphertext, tag] = splitTail(message, TAGLEN);
+      out = key.open(this.#n, ad, ciphertext, tag);
+    }
+    this.#n++;
+    return out;
   }
 
   /** Overwrites the key; the state is unusable afterwards. */
   clear(): void {
-    this.#k?.fill(0);
-    this.#k = undefined;
+    this.#drop();
     this.#n = MAX_NONCE + 1;
+  }
+
+  #bound(): AeadKey | undefined {
+    if (this.#key === undefined && this.#raw !== undefined) {
+      this.#key = this.#crypto.aeadKey(this.#raw);
+      this.#raw.fill(0);
+      this.#raw = undefined;
+    }
+    return this.#key;
+  }
+
+  #drop(): void {
+    this.#raw?.fill(0);
+    this.#raw = undefined;
+    this.#key?.destroy();
+    this.#key = undefined;
   }
 
   #checkNonce(): void {

@@ -1,4 +1,4 @@
-import { readU64, writeU64 } from './bytes.js';
+import { concat, getU64, setU64 } from './bytes.js';
 import { ProtocolCode, ProtocolError } from './errors.js';
 import { MAX_DATA_PAYLOAD } from './limits.js';
 
@@ -11,6 +11,26 @@ export type Record =
   | { type: typeof RecordType.ACK | typeof RecordType.PING | typeof RecordType.PONG; received: number }
   | { type: typeof RecordType.CLOSE; code: string };
 
+/** ACK, PING and PONG plaintexts: type and a u64be count. */
+export const COUNTER_LENGTH = 9;
+
+/** A DATA record's payload as views of a plaintext that was opened in parts (see `decodeRecordParts`). */
+export interface DataParts {
+  type: typeof RecordType.DATA;
+  parts: Uint8Array[];
+}
+
+/** Writes an ACK, PING or PONG plaintext into `out` (COUNTER_LENGTH bytes) and returns it. */
+export function encodeCounter(
+  out: Uint8Array,
+  type: typeof RecordType.ACK | typeof RecordType.PING | typeof RecordType.PONG,
+  received: number,
+): Uint8Array {
+  out[0] = type;
+  setU64(out, 1, received);
+  return out;
+}
+
 export function encodeRecord(r: Record): Uint8Array {
   switch (r.type) {
     case RecordType.DATA: {
@@ -22,10 +42,7 @@ export function encodeRecord(r: Record): Uint8Array {
     case RecordType.ACK:
     case RecordType.PING:
     case RecordType.PONG: {
-      const out = new Uint8Array(9);
-      out[0] = r.type;
-      writeU64(new DataView(out.buffer), 1, r.received);
-      return out;
+      return encodeCounter(new Uint8Array(COUNTER_LENGTH), r.type, r.received);
     }
     case RecordType.CLOSE: {
       const code = new TextEncoder().encode(r.code.slice(0, 64));
@@ -52,8 +69,8 @@ export function decodeRecord(p: Uint8Array): Record {
     case RecordType.ACK:
     case RecordType.PING:
     case RecordType.PONG: {
-      if (p.length !== 9) throw bad(`record type ${type} must be 9 bytes`);
-      const received = readU64(new DataView(p.buffer, p.byteOffset, p.byteLength), 1);
+      if (p.length !== COUNTER_LENGTH) throw bad(`record type ${type} must be 9 bytes`);
+      const received = getU64(p, 1);
       if (!Number.isFinite(received)) throw bad('counter out of range');
       return { type, received };
     }
@@ -67,4 +84,22 @@ export function decodeRecord(p: Uint8Array): Record {
     default:
       throw bad(`unknown record type ${type}`);
   }
+}
+
+/**
+ * `decodeRecord` over a plaintext opened in parts (a frame that came in several socket reads). A DATA
+ * payload stays as views of the parts; any other record is at most 66 bytes and is joined first.
+ */
+export function decodeRecordParts(parts: readonly Uint8Array[]): Record | DataParts {
+  if (parts.length === 1) return decodeRecord(parts[0]!);
+  const first = parts[0];
+  if (first === undefined || first.length === 0 || first[0] !== RecordType.DATA) return decodeRecord(concat(parts));
+  let n = -1;
+  for (const p of parts) n += p.length;
+  if (n < 1) throw bad('empty DATA record');
+  if (n > MAX_DATA_PAYLOAD) throw bad('DATA record too long');
+  const out: Uint8Array[] = [];
+  if (first.length > 1) out.push(first.subarray(1));
+  for (let i = 1; i < parts.length; i++) if (parts[i]!.length > 0) out.push(parts[i]!);
+  return { type: RecordType.DATA, parts: out };
 }

@@ -35,9 +35,7 @@ export class Session {
 
   constructor(options: { id?: Uint8Array; limits?: Partial<SessionLimits> } = {}) {
     this.id = options.id ?? new Uint8Array(SESSION_ID_LENGTH);
-    this.limits = { ...DEFAULT_SESSION_LIMITS, ...options.limits };
-    if (this.limits.highWater > this.limits.replayCapacity) this.limits.highWater = this.limits.replayCapacity;
-    if (this.limits.lowWater > this.limits.highWater) this.limits.lowWater = this.limits.highWater;
+    this.limits = sessionLimits(options.limits);
   }
 
   /** Unacknowledged outbound bytes held (the replay buffer's size). */
@@ -141,4 +139,15 @@ export class Session {
     if (old) old.superseded();
     this.out.dropTo(this.out.end);
   }
+}
+
+/** Sessions with the default limits (nearly all) share one frozen object rather than a copy each. */
+const SHARED_LIMITS: SessionLimits = Object.freeze({ ...DEFAULT_SESSION_LIMITS });
+
+function sessionLimits(limits: Partial<SessionLimits> | undefined): SessionLimits {
+  const l = { ...DEFAULT_SESSION_LIMITS, ...limits };
+  if (l.highWater > l.replayCapacity) l.highWater = l.replayCapacity;
+  if (l.lowWater > l.highWater) l.lowWater = l.highWater;
+  for (const k of Object.keys(l) as (keyof SessionLimits)[]) if (l[k] !== SHARED_LIMITS[k]) return l;
+  return SHARED_LIMITS;
 }

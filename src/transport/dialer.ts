@@ -46,11 +46,24 @@ export class Dialer {
   private attempt = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The events of every link this dialer makes (the link is passed along). */
+  private readonly events: LinkEvents;
   link: Link | undefined;
 
   constructor(o: DialerOptions) {
     this.o = o;
     this.backoff = { ...DEFAULT_BACKOFF, ...o.backoff };
+    this.events = {
+      onOutput: (out, l) => {
+        if (out.type === 'established') this.attempt = 0;
+        this.o.events.onOutput(out, l);
+      },
+      onClose: (error: ProtocolError, l) => {
+        if (this.link === l) this.link = undefined;
+        this.o.events.onClose(error, l);
+        this.retry(error);
+      },
+    };
     o.signal?.addEventListener('abort', () => this.close(), { once: true });
   }
 
@@ -92,22 +105,7 @@ export class Dialer {
         socket.destroy();
         return;
       }
-      const link = new Link(
-        socket,
-        this.o.connection(),
-        {
-          onOutput: (out, l) => {
-            if (out.type === 'established') this.attempt = 0;
-            this.o.events.onOutput(out, l);
-          },
-          onClose: (error: ProtocolError, l) => {
-            if (this.link === l) this.link = undefined;
-            this.o.events.onClose(error, l);
-            this.retry(error);
-          },
-        },
-        this.o.now,
-      );
+      const link = new Link(socket, this.o.connection(), this.events, this.o.now);
       this.link = link;
       link.pump();
     });

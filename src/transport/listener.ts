@@ -1,6 +1,7 @@
 import net from 'node:net';
 import type { Connection } from '../protocol/connection.js';
 import { Link, type LinkEvents } from './link.js';
+import { BurstCompactor } from './memory.js';
 
 export interface ListenerOptions {
   host: string;
@@ -10,6 +11,8 @@ export interface ListenerOptions {
   events: LinkEvents;
   /** Sockets beyond this many are refused at once (resource limit). */
   maxConnections?: number;
+  /** Give the heap back after a burst of connections (see `BurstCompactor`); default true. */
+  compactAfterBurst?: boolean;
 }
 
 /** Accepts sockets and runs a responder `Connection` on each. */
@@ -17,9 +20,20 @@ export class Listener {
   readonly server: net.Server;
   readonly links = new Set<Link>();
   private readonly o: ListenerOptions;
+  /** One events object for every link (the link is passed along): nothing per socket. */
+  private readonly events: LinkEvents;
+  private readonly burst: BurstCompactor | undefined;
 
   constructor(o: ListenerOptions) {
     this.o = o;
+    this.events = {
+      onOutput: (out, l) => this.o.events.onOutput(out, l),
+      onClose: (err, l) => {
+        this.links.delete(l);
+        this.o.events.onClose(err, l);
+      },
+    };
+    this.burst = o.compactAfterBurst === false ? undefined : new BurstCompactor();
     this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
     if (o.maxConnections) this.server.maxConnections = o.maxConnections;
   }
@@ -37,6 +51,7 @@ export class Listener {
 
   /** Stops accepting and ends every link. Idempotent. */
   async close(): Promise<void> {
+    this.burst?.close();
     if (!this.server.listening) return;
     const done = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const l of this.links) {
@@ -47,15 +62,10 @@ export class Listener {
   }
 
   private accept(socket: net.Socket): void {
-    socket.on('error', () => {}); // reported through the link's close
-    const link = new Link(socket, this.o.connection(), {
-      onOutput: (out, l) => this.o.events.onOutput(out, l),
-      onClose: (err, l) => {
-        this.links.delete(l);
-        this.o.events.onClose(err, l);
-      },
-    });
+    // The link listens for 'error' from here on (its close reports it), so no extra listener is needed.
+    const link = new Link(socket, this.o.connection(), this.events);
     this.links.add(link);
+    this.burst?.connected();
     link.pump();
   }
 }
