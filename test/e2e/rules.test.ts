@@ -147,6 +147,17 @@ describe('exactly once', () => {
     const r = await s.api.send(s.device, 'once.xml', '<once/>');
     const id = r.json.id as string;
     await s.api.until(id, ['handled']);
+    // The relay's CONFIRM must have reached the agent first; else the agent re-reports the outcome to the
+    // new relay (which then has nothing to redeliver) instead of being sent the file again.
+    await waitFor(() => {
+      const journal = new DatabaseSync(path.join(s.home, 'journal.db'), { readOnly: true });
+      try {
+        const row = journal.prepare('SELECT confirmed FROM messages WHERE id = ?').get(id) as { confirmed: number } | undefined;
+        return row?.confirmed === 1 ? true : undefined;
+      } finally {
+        journal.close();
+      }
+    }, 10_000, 'the outcome confirmed to the agent');
     // Force a redelivery: stop the relay and put the message back in the queue, as if the relay had never heard.
     await s.relay.proc.kill('SIGTERM');
     const db = new DatabaseSync(path.join(s.data, 'relay.db'));
