@@ -214,17 +214,39 @@ class HttpPublisher implements Publisher {
         },
         (res) => {
           res.resume();
-          res.once('end', () => resolve(res.statusCode === 202));
-          res.once('error', () => resolve(false));
+          res.once('end', () => {
+            if (res.statusCode !== 202) publishFailure(`HTTP ${res.statusCode}`);
+            resolve(res.statusCode === 202);
+          });
+          res.once('error', (err) => {
+            publishFailure(err.message);
+            resolve(false);
+          });
         },
       );
-      req.once('error', () => resolve(false));
+      req.once('error', (err) => {
+        publishFailure((err as NodeJS.ErrnoException).code ?? err.message);
+        resolve(false);
+      });
       req.end(body);
     });
   }
   async close() {
     this.agent.destroy();
   }
+}
+
+/** Why publishes failed, by reason (printed with the scenario that saw them). */
+const publishFailures = new Map<string, number>();
+function publishFailure(reason: string): void {
+  publishFailures.set(reason, (publishFailures.get(reason) ?? 0) + 1);
+}
+/** `{ 'why publishes failed': 'ECONNRESET × 3' }` when some did since the last call, else `{}`; resets. */
+function takePublishFailures(): Record<string, string> {
+  if (publishFailures.size === 0) return {};
+  const why = [...publishFailures].map(([reason, n]) => `${reason} × ${n}`).join(', ');
+  publishFailures.clear();
+  return { 'why publishes failed': why };
 }
 
 class MqttPublisher implements Publisher {
@@ -517,6 +539,7 @@ async function scenario1(sys: System, dev: Devices, pub: Publisher): Promise<voi
   const facts: Record<string, string | number> = {
     received: r.count,
     failedPublishes: sent.failed,
+    ...takePublishFailures(),
     seconds,
     'acked msg/s': sent.ok / ((acked - t0) / 1000),
     'server CPU%': cpu[String(sys.serverPid)]!,
@@ -592,6 +615,7 @@ async function scenario2(sys: System, dev: Devices, pub: Publisher, o: { rate: n
   detail(`2 latency at ${o.rate} msg/s`, sys.name, {
     received: r.count,
     failedPublishes: failed,
+    ...takePublishFailures(),
     'offered msg/s': i / ((sendEnd - t0) / 1000),
     'max send lag ms': maxLag,
     'p99.9 ms': percentile(lat, 99.9),
@@ -626,6 +650,7 @@ async function scenario3(sys: System, pub: Publisher): Promise<void> {
     detail('3 offline queue', sys.name, {
       received: r.count,
       failedPublishes: sent.failed,
+      ...takePublishFailures(),
       'received while offline': early,
       'queueing took s': queuedS,
       'delivered msg/s': r.count / seconds,
