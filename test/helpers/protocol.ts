@@ -196,3 +196,16 @@ export class Pair {
     this.now += ms;
   }
 }
+
+/** Cuts at `cuts` (taken modulo length + 1; repeats give empty chunks, as an empty read would). */
+export function split(bytes: Uint8Array, cuts: readonly number[]): Uint8Array[] {
+  const at = cuts.map((c) => c % (bytes.length + 1)).sort((a, b) => a - b);
+  const out: Uint8Array[] = [];
+  let from = 0;
+  for (const c of at) {
+    out.push(bytes.subarray(from, c));
+    from = c;
+  }
+  out.push(bytes.subarray(from));
+  return out;
+}

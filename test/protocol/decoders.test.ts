@@ -17,6 +17,7 @@ import { MAX_DATA_PAYLOAD, MAX_FRAME, MAX_MESSAGE_BODY, MAX_MESSAGE_HEADER, SESS
 import { encodeMessage, MessageDecoder, MessageType, type Message } from '../../src/protocol/messages.js';
 import { decodeRecord, encodeRecord, RecordType, type Record as WireRecord } from '../../src/protocol/records.js';
 import { DropwireError } from '../../src/shared/errors.js';
+import { split } from '../helpers/protocol.js';
 
 // --- helpers -----------------------------------------------------------------------------------
 
@@ -32,19 +33,6 @@ function codeOf(fn: () => unknown): string {
     return err.code;
   }
   throw new Error('expected a DW_* error, nothing was thrown');
-}
-
-/** Cuts at `cuts` (taken modulo length + 1; repeats give empty chunks, as an empty read would). */
-function split(bytes: Uint8Array, cuts: readonly number[]): Uint8Array[] {
-  const at = cuts.map((c) => c % (bytes.length + 1)).sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let from = 0;
-  for (const c of at) {
-    out.push(bytes.subarray(from, c));
-    from = c;
-  }
-  out.push(bytes.subarray(from));
-  return out;
 }
 
 const bytewise = (bytes: Uint8Array): Uint8Array[] => Array.from({ length: bytes.length }, (_, i) => bytes.subarray(i, i + 1));

@@ -13,23 +13,11 @@ import { encodeFrame, encodeFrameParts, FrameDecoder } from '../../src/protocol/
 import { MAX_FRAME, MAX_RECORD_PLAINTEXT } from '../../src/protocol/limits.js';
 import { CipherState, MAX_NOISE_MESSAGE } from '../../src/protocol/noise.js';
 import { decodeRecord, decodeRecordParts, encodeRecord, RecordType } from '../../src/protocol/records.js';
+import { split } from '../helpers/protocol.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 const backends: readonly CryptoBackend[] = [nodeCrypto, nobleCrypto];
 const EMPTY = new Uint8Array(0);
-
-/** Cuts at `cuts` (modulo length + 1; repeats give empty parts). */
-function split(bytes: Uint8Array, cuts: readonly number[]): Uint8Array[] {
-  const at = cuts.map((c) => c % (bytes.length + 1)).sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let from = 0;
-  for (const c of at) {
-    out.push(bytes.subarray(from, c));
-    from = c;
-  }
-  out.push(bytes.subarray(from));
-  return out;
-}
 
 function codeOf(fn: () => unknown): string {
   try {
