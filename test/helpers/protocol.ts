@@ -7,6 +7,7 @@ import { HelloKind } from '../../src/protocol/hello.js';
 import type { ConnectionTimers, SessionLimits } from '../../src/protocol/limits.js';
 import { Session } from '../../src/protocol/session.js';
 import { toHex } from '../../src/protocol/bytes.js';
+import { DropwireError } from '../../src/shared/errors.js';
 
 export const random = (n: number): Uint8Array => new Uint8Array(randomBytes(n));
 
@@ -208,4 +209,17 @@ export function split(bytes: Uint8Array, cuts: readonly number[]): Uint8Array[] 
   }
   out.push(bytes.subarray(from));
   return out;
+}
+
+export const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+
+/** The code of what `fn` throws; fails the test when it returns or throws something uncoded. */
+export function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    if (!(err instanceof DropwireError)) throw err;
+    return err.code;
+  }
+  throw new Error('expected a DW_* error, nothing was thrown');
 }

@@ -4,9 +4,9 @@ import { describe, expect, it } from 'vitest';
 import { generateKeyPair, MAX_NONCE, TAGLEN, type CryptoBackend } from '../../src/protocol/crypto.js';
 import { nobleCrypto } from '../../src/protocol/crypto-noble.js';
 import { nodeCrypto } from '../../src/protocol/crypto-node.js';
+import { hex } from '../helpers/protocol.js';
 
 const backends: readonly CryptoBackend[] = [nodeCrypto, nobleCrypto];
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 const bytes = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
 
 function thrown(fn: () => unknown): unknown {

@@ -17,23 +17,12 @@ import { MAX_DATA_PAYLOAD, MAX_FRAME, MAX_MESSAGE_BODY, MAX_MESSAGE_HEADER, SESS
 import { encodeMessage, MessageDecoder, MessageType, type Message } from '../../src/protocol/messages.js';
 import { decodeRecord, encodeRecord, RecordType, type Record as WireRecord } from '../../src/protocol/records.js';
 import { DropwireError } from '../../src/shared/errors.js';
-import { split } from '../helpers/protocol.js';
+import { codeOf, hex, split } from '../helpers/protocol.js';
 
 // --- helpers -----------------------------------------------------------------------------------
 
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 const enc = new TextEncoder();
 
-/** The code of what `fn` throws; fails the test when it returns or throws something uncoded. */
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    if (!(err instanceof DropwireError)) throw err;
-    return err.code;
-  }
-  throw new Error('expected a DW_* error, nothing was thrown');
-}
 
 const bytewise = (bytes: Uint8Array): Uint8Array[] => Array.from({ length: bytes.length }, (_, i) => bytes.subarray(i, i + 1));
 

@@ -15,6 +15,7 @@ import {
   MAX_TRANSPORT_PLAINTEXT,
   PROTOCOL_NAME,
 } from '../../src/protocol/noise.js';
+import { hex } from '../helpers/protocol.js';
 
 interface VectorMessage {
   payload: string;
@@ -41,7 +42,6 @@ const fixture = JSON.parse(
   readFileSync(new URL('../fixtures/noise/ik-25519-chachapoly-sha256.json', import.meta.url), 'utf8'),
 ) as Fixture;
 
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 const bytes = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 const noRandom = (): Uint8Array => {

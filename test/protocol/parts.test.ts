@@ -13,21 +13,11 @@ import { encodeFrame, encodeFrameParts, FrameDecoder } from '../../src/protocol/
 import { MAX_FRAME, MAX_RECORD_PLAINTEXT } from '../../src/protocol/limits.js';
 import { CipherState, MAX_NOISE_MESSAGE } from '../../src/protocol/noise.js';
 import { decodeRecord, decodeRecordParts, encodeRecord, RecordType } from '../../src/protocol/records.js';
-import { split } from '../helpers/protocol.js';
+import { codeOf, hex, split } from '../helpers/protocol.js';
 
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 const backends: readonly CryptoBackend[] = [nodeCrypto, nobleCrypto];
 const EMPTY = new Uint8Array(0);
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    if (!(err instanceof DropwireError)) throw err;
-    return err.code;
-  }
-  throw new Error('expected a DW_* error, nothing was thrown');
-}
 
 const key32 = fc.uint8Array({ minLength: 32, maxLength: 32 });
 const nonce = fc.oneof(fc.nat(1000), fc.integer({ min: 0, max: MAX_NONCE }), fc.constant(MAX_NONCE));

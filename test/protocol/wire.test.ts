@@ -10,8 +10,8 @@ import { nobleCrypto } from '../../src/protocol/crypto-noble.js';
 import { nodeCrypto } from '../../src/protocol/crypto-node.js';
 import { HelloKind } from '../../src/protocol/hello.js';
 import { Session } from '../../src/protocol/session.js';
+import { hex } from '../helpers/protocol.js';
 
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 const unhex = (s: string): string => s.replace(/\s+/g, '');
 const noRandom = (): Uint8Array => {
   throw new Error('the vector fixes every key');
