@@ -64,6 +64,42 @@ export function tokenHash(secret: string): string {
 }
 
 
+/**
+ * What the store answered for a key, kept for `ttlMs`: found entries only (a miss asks again), at most
+ * `max` of them (all dropped when full). Used for tokens and device names, read on every request.
+ */
+class RecentlyFound<V> {
+  private readonly entries = new Map<string, { value: V; at: number }>();
+  private readonly ttlMs: number;
+  private readonly max: number;
+
+  constructor(ttlMs: number, max: number) {
+    this.ttlMs = ttlMs;
+    this.max = max;
+  }
+
+  async get(key: string, now: number, load: (key: string) => Promise<V | undefined>): Promise<V | undefined> {
+    const hit = this.entries.get(key);
+    if (hit && now - hit.at < this.ttlMs) return hit.value;
+    const value = await load(key);
+    if (value === undefined) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    if (this.entries.size >= this.max) this.entries.clear();
+    this.entries.set(key, { value, at: now });
+    return value;
+  }
+
+  delete(key: string): void {
+    this.entries.delete(key);
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+}
+
 /** The sender HTTP API (README "HTTP API"). */
 export class HttpApi {
   readonly server: http.Server;
@@ -140,43 +176,24 @@ export class HttpApi {
   }
 
   /** Tokens recently seen, by hash: a removed token stops working within TOKEN_CACHE_MS. */
-  private readonly tokens = new Map<string, { token: TokenRecord; at: number }>();
+  private readonly tokens = new RecentlyFound<TokenRecord>(TOKEN_CACHE_MS, 10_000);
+  /**
+   * Device names recently found in the store, so a POST does not read the device row each time. A removed
+   * device is forgotten at once when the relay is told (`devices/NAME/drop`), else within TOKEN_CACHE_MS.
+   */
+  private readonly devices = new RecentlyFound<true>(TOKEN_CACHE_MS, 100_000);
 
   private async authenticate(req: http.IncomingMessage): Promise<TokenRecord> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     if (!m) throw new HttpError(401, 'DW_UNAUTHORIZED', 'missing Authorization: Bearer TOKEN');
-    const hash = tokenHash(m[1]!);
-    const now = this.now();
-    const cached = this.tokens.get(hash);
-    if (cached && now - cached.at < TOKEN_CACHE_MS) return cached.token;
-    const token = await this.o.store.getTokenByHash(hash);
-    if (!token) {
-      this.tokens.delete(hash);
-      throw new HttpError(401, 'DW_UNAUTHORIZED', 'unknown token');
-    }
-    if (this.tokens.size >= 10_000) this.tokens.clear();
-    this.tokens.set(hash, { token, at: now });
+    const token = await this.tokens.get(tokenHash(m[1]!), this.now(), (hash) => this.o.store.getTokenByHash(hash));
+    if (!token) throw new HttpError(401, 'DW_UNAUTHORIZED', 'unknown token');
     return token;
   }
 
-  /**
-   * Device names recently found in the store: a POST does not read the device row each time. A removed
-   * device is forgotten at once when the relay is told (`devices/NAME/drop`), else within TOKEN_CACHE_MS.
-   */
-  private readonly devices = new Map<string, number>();
-
   private async deviceExists(name: string): Promise<boolean> {
-    const now = this.now();
-    const at = this.devices.get(name);
-    if (at !== undefined && now - at < TOKEN_CACHE_MS) return true;
-    const found = (await this.o.store.getDevice(name)) !== undefined;
-    if (!found) {
-      this.devices.delete(name);
-      return false;
-    }
-    if (this.devices.size >= 100_000) this.devices.clear();
-    this.devices.set(name, now);
-    return true;
+    const found = await this.devices.get(name, this.now(), async (n) => ((await this.o.store.getDevice(n)) ? true : undefined));
+    return found === true;
   }
 
   private async postMessage(req: http.IncomingMessage, res: http.ServerResponse, url: URL, token: TokenRecord): Promise<void> {
