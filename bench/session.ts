@@ -24,6 +24,7 @@
  * Every loop is bounded by a count or a deadline.
  */
 import { fork } from 'node:child_process';
+import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -434,6 +435,23 @@ async function agentsChild(): Promise<void> {
   process.exit(0);
 }
 
+/** Resident KiB of this process by kind of mapping (/proc/self/smaps): the brk heap, anonymous maps, files. */
+function residentByKind(): Record<string, number> {
+  const out: Record<string, number> = {};
+  let kind = 'other';
+  for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    const m = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (m) {
+      const name = m[1]!;
+      kind = name === '' ? 'anonymous' : name.startsWith('[') ? name : 'files';
+      continue;
+    }
+    const r = /^Rss:\s+(\d+) kB/.exec(line);
+    if (r) out[kind] = (out[kind] ?? 0) + Number(r[1]);
+  }
+  return out;
+}
+
 async function idle(): Promise<void> {
   const n = num('n', 5000);
   const ping = num('ping', 1000);
@@ -445,6 +463,13 @@ async function idle(): Promise<void> {
   gc();
   gc();
   const h0 = process.memoryUsage();
+  const kinds0 = residentByKind();
+  const kinds = (label: string): void => {
+    if (!args.has('smaps')) return;
+    const k = residentByKind();
+    const parts = Object.keys(k).map((name) => `${name} ${(((k[name] ?? 0) - (kinds0[name] ?? 0)) / n).toFixed(2)}`);
+    console.log(`    resident KiB per connection by mapping, ${label}: ${parts.join(', ')}`);
+  };
   const spaces0 = v8.getHeapSpaceStatistics();
   const child = fork(fileURLToPath(import.meta.url), ['agents-child', ...process.argv.slice(2).filter((a) => a.startsWith('--crypto'))], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
@@ -459,6 +484,7 @@ async function idle(): Promise<void> {
     gc();
     gc();
     const h1 = process.memoryUsage();
+    kinds('after a forced GC');
     const per = (a: number, b: number): string => ((b - a) / 1024 / n).toFixed(2);
     console.log(`idle: ${n} connections, ${crypto.name} crypto; the responder, per connection: RSS ${per(h0.rss, rss)} KiB before a forced GC; after it:`);
     console.log(
@@ -499,6 +525,7 @@ async function idle(): Promise<void> {
     await sleep(500);
     compactHeap(true);
     const h2 = process.memoryUsage();
+    kinds('after every connection closed');
     console.log(`  after every connection closed and a compacting collection: RSS ${per(h0.rss, h2.rss)} KiB, heap used ${per(h0.heapUsed, h2.heapUsed)} KiB per former connection`);
   } finally {
     if (child.exitCode === null) {
