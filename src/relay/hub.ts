@@ -453,7 +453,13 @@ export class Hub extends EventEmitter {
 
   // --- delivery --------------------------------------------------------------------------------
 
+  /**
+   * Writes a message to the peer's session. A session the hub has retired (a new session from the same
+   * device, a removed device, the relay closing) takes nothing more: answers that come back from the
+   * store after that (a CONFIRM, a PRESENCE) are dropped; the agent re-reports on its next session (7.11).
+   */
   private send<T extends MessageType>(p: Peer, type: T, header: Parameters<typeof encodeMessage<T>>[1], body?: Uint8Array): boolean {
+    if (p.session.closed) return false;
     let ok = true;
     for (const part of encodeMessage(type, header, body)) ok = p.session.write(part);
     this.schedulePump(p);
@@ -528,6 +534,7 @@ export class Hub extends EventEmitter {
   /** Writes one FILE and its CHUNKs into the session, waiting for drain when the replay buffer is full. */
   private async stream(p: Peer, gen: number, m: MessageRecord, offset: number, inlineBody?: Uint8Array): Promise<void> {
     const { store, log } = this.o;
+    if (p.session.closed) return;
     const from = Math.min(offset, m.size);
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();

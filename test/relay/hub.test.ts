@@ -2,6 +2,7 @@
  * The relay's hub against hand-driven agent sessions (real TCP on loopback, the real SQLite store): what an
  * agent reports is applied only to its own messages, whether or not the hub streamed them in this process.
  */
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fromHex, toHex } from '../../src/protocol/bytes.js';
 import { Connection } from '../../src/protocol/connection.js';
@@ -80,8 +81,8 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function startRelay(dataDir: string): Promise<Relay> {
-  const relay = await Relay.start({ dataDir, listen: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, log: silentLogger() });
+async function startRelay(dataDir: string, log = silentLogger()): Promise<Relay> {
+  const relay = await Relay.start({ dataDir, listen: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, log });
   cleanups.push(() => relay.close());
   return relay;
 }
@@ -142,5 +143,42 @@ describe('hub: reports from agents', () => {
     await waitFor(() => (office.files.includes('m-office') ? true : undefined), 10_000, 'office got its file again');
     office.send(MessageType.RESULT, { id: 'm-office', status: 'handled' });
     await waitFor(async () => ((await statusOf(relay, 'm-office')) === 'handled' ? true : undefined), 10_000, 'office handled');
+  });
+
+  it('drops a CONFIRM owed to a session that ended meanwhile, with no error and nothing lost', async () => {
+    const dir = tempDir();
+    const lines: Array<{ level: number; msg: string }> = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) });
+    const relay = await startRelay(dir, log);
+    const keys = await enrolled(relay, 'kitchen');
+    await queue(relay, 'kitchen', 'm-1');
+    const first = new RawAgent(relay, keys);
+    cleanups.push(() => first.close());
+    await waitFor(() => (first.files.includes('m-1') ? true : undefined), 10_000, 'the agent got its file');
+
+    // Hold the RESULT's store write until the agent's session has been replaced by a new one.
+    const setStatus = relay.store.setStatus.bind(relay.store);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let held = false;
+    relay.store.setStatus = async (changes) => {
+      if (changes.some((c) => c.status === 'handled')) {
+        held = true;
+        await gate;
+      }
+      return setStatus(changes);
+    };
+    first.send(MessageType.RESULT, { id: 'm-1', status: 'handled' });
+    await waitFor(() => (held ? true : undefined), 10_000, 'the RESULT reached the store');
+    // The host restarts its agent: the old session lingers at the relay until the new one retires it.
+    first.close();
+    const second = new RawAgent(relay, keys);
+    cleanups.push(() => second.close());
+    await waitFor(() => (second.files.includes('m-1') ? true : undefined), 10_000, 'the new session got the file again');
+    release();
+    await waitFor(async () => ((await statusOf(relay, 'm-1')) === 'handled' ? true : undefined), 10_000, 'the result was stored');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(lines.some((l) => l.msg === 'message handled')).toBe(true);
+    expect(lines.filter((l) => l.level >= 50)).toEqual([]);
   });
 });
