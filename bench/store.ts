@@ -1,5 +1,6 @@
 /**
- * Enqueue throughput of the SQLite store: group commit against one commit (one fsync) per write.
+ * Enqueue throughput of the SQLite store: group commit against one commit (one fsync) per write; and the
+ * store's whole share of one message (enqueue, then `sent`, `received`, `handled`) in CPU per message.
  * Every run is bounded by a row count and a time budget. `node dist/bench/store.js [dir]` — pass a
  * folder on the disk you want to measure (the default is the OS temp folder).
  */
@@ -19,6 +20,8 @@ export interface StoreBenchCase {
   rows: number;
   /** Stop early after this long; the rate is computed over what was written. */
   budgetMs: number;
+  /** Each row is a message's whole life in the store: enqueue, then `sent`, `received` and `handled`. */
+  lifecycle?: boolean;
 }
 
 export interface StoreBenchResult {
@@ -32,6 +35,8 @@ export interface StoreBenchResult {
   rowsPerCommit: number;
   p50Ms: number;
   p99Ms: number;
+  /** CPU time of this process (user + system, the fsyncs' kernel work included) per row. */
+  cpuUsPerRow: number;
 }
 
 export const BODY_BYTES = 1024;
@@ -40,6 +45,8 @@ export const DEFAULT_CASES: readonly StoreBenchCase[] = [
   { name: 'group commit, 256 in flight', maxBatch: 500, concurrency: 256, rows: 50_000, budgetMs: 10_000 },
   { name: 'batch size 1, 256 in flight', maxBatch: 1, concurrency: 256, rows: 50_000, budgetMs: 10_000 },
   { name: 'group commit, 1 in flight', maxBatch: 500, concurrency: 1, rows: 5_000, budgetMs: 5_000 },
+  { name: "a message's life (4 writes), 256 in flight", maxBatch: 500, concurrency: 256, rows: 30_000, budgetMs: 10_000, lifecycle: true },
+  { name: "a message's life (4 writes), 16 in flight", maxBatch: 500, concurrency: 16, rows: 10_000, budgetMs: 10_000, lifecycle: true },
 ];
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -48,18 +55,20 @@ function percentile(sorted: Float64Array, p: number): number {
 }
 
 async function runCase(dir: string, c: StoreBenchCase, body: Uint8Array): Promise<StoreBenchResult> {
-  const store = await openSqliteStore({ path: join(dir, `${c.maxBatch}-${c.concurrency}.db`), maxBatch: c.maxBatch });
+  const store = await openSqliteStore({ path: join(dir, `${c.maxBatch}-${c.concurrency}${c.lifecycle ? '-life' : ''}.db`), maxBatch: c.maxBatch });
   const latencies = new Float64Array(c.rows);
   let issued = 0;
   let done = 0;
+  const cpu0 = process.cpuUsage();
   const start = performance.now();
   const deadline = start + c.budgetMs;
   const worker = async (): Promise<void> => {
     while (issued < c.rows && performance.now() < deadline) {
       const n = issued++;
       const t0 = performance.now();
+      const id = `bench-${n}`;
       await store.enqueue({
-        id: `bench-${n}`,
+        id,
         to: `device-${n % 16}`,
         from: 'bench',
         filename: `order-${n}.xml`,
@@ -68,11 +77,18 @@ async function runCase(dir: string, c: StoreBenchCase, body: Uint8Array): Promis
         body,
         createdAt: Date.now(),
       });
+      if (c.lifecycle) {
+        await store.setStatus([{ id, status: 'sent', at: Date.now() }]);
+        await store.setStatus([{ id, status: 'received', at: Date.now() }]);
+        const result = { exitCode: 0, savedAs: `order-${n}.xml` };
+        await store.setStatus([{ id, status: 'handled', at: Date.now(), detail: result, result }]);
+      }
       latencies[done++] = performance.now() - t0;
     }
   };
   await Promise.all(Array.from({ length: c.concurrency }, worker));
   const seconds = (performance.now() - start) / 1000;
+  const cpu = process.cpuUsage(cpu0);
   const { commits } = store.stats();
   await store.close();
   const sorted = latencies.subarray(0, done).sort();
@@ -87,6 +103,7 @@ async function runCase(dir: string, c: StoreBenchCase, body: Uint8Array): Promis
     rowsPerCommit: Number((done / Math.max(1, commits)).toFixed(1)),
     p50Ms: Number(percentile(sorted, 50).toFixed(2)),
     p99Ms: Number(percentile(sorted, 99).toFixed(2)),
+    cpuUsPerRow: Number(((cpu.user + cpu.system) / Math.max(1, done)).toFixed(1)),
   };
 }
 
