@@ -575,6 +575,9 @@ async function scenario2(sys: System, dev: Devices, pub: Publisher, o: { rate: n
   const ackAt = new Float64Array(total).fill(Number.NaN);
   const interval = 1000 / o.rate;
   const meter = new CpuMeter([sys.serverPid, dev.pid]);
+  const dw = sys instanceof DropwireSystem ? sys : undefined;
+  type StoreCounts = { store: { commits: number; writes: number } };
+  const store0 = dw ? ((await dw.serverStats()) as StoreCounts).store : undefined;
   const t0 = hrNow() + 20;
   let i = 0;
   let failed = 0;
@@ -600,6 +603,8 @@ async function scenario2(sys: System, dev: Devices, pub: Publisher, o: { rate: n
   await Promise.race([Promise.all(pending), sleep(60_000)]);
   await waitFor(() => r.count >= total - failed, 60_000);
   const cpu = meter.stop();
+  const elapsedS = (hrNow() - t0) / 1000;
+  const store1 = dw ? ((await dw.serverStats()) as StoreCounts).store : undefined;
   const lat: number[] = [];
   const ack: number[] = [];
   for (let k = 0; k < total; k++) {
@@ -626,6 +631,12 @@ async function scenario2(sys: System, dev: Devices, pub: Publisher, o: { rate: n
     'devices CPU%': cpu[String(dev.pid)]!,
     'publisher CPU%': cpu.self!,
     'other processes CPU%': cpu.others!,
+    ...(store0 && store1
+      ? {
+          'store commits/s': (store1.commits - store0.commits) / elapsedS,
+          'store writes/commit': (store1.writes - store0.writes) / Math.max(1, store1.commits - store0.commits),
+        }
+      : {}),
   });
 }
 
