@@ -845,54 +845,51 @@ const profiles: { scenario: string; summary: ProfileSummary }[] = [];
 async function profilePass(dw: DropwireSystem, workDir: string): Promise<void> {
   const dir = path.join(workDir, 'profiles');
   fs.mkdirSync(dir, { recursive: true });
-  // 1: throughput.
-  if (ONLY.has(1)) {
+  /** A relay started with --cpu-prof, 100 devices and a publisher; `load` returns its window's ends. */
+  const withPublisher = async (name: string, scenario: string, load: (pub: Publisher) => Promise<{ from: number; to: number }>): Promise<void> => {
     dw.resetPorts();
-    const file = path.join(dir, 'relay-s1.cpuprofile');
+    const file = path.join(dir, `relay-${name}.cpuprofile`);
     await dw.start({ profile: file });
     const dev = dw.devices();
     await dev.start(D.s1, S1.devices);
     const pub = await dw.publisher(S1.inFlight);
     await warmUp(pub);
-    const r = expectReceipts(91, S1.messages);
-    const from = hrNow();
-    await closedLoop(S1.messages, S1.inFlight, 180_000, (i) => pub.send(D.s1 + (i % S1.devices), 91 * TAG + i, BODY));
-    await waitFor(() => r.count >= S1.messages, 120_000);
-    const to = hrNow();
+    const { from, to } = await load(pub);
     await pub.close();
     await dev.stop();
     await dw.stop();
-    if (fs.existsSync(file)) profiles.push({ scenario: `1 throughput (${S1.messages.toLocaleString('en-US')} messages)`, summary: summarizeProfile(file, { from, to }) });
+    if (fs.existsSync(file)) profiles.push({ scenario, summary: summarizeProfile(file, { from, to }) });
+  };
+  // 1: throughput.
+  if (ONLY.has(1)) {
+    await withPublisher('s1', `1 throughput (${S1.messages.toLocaleString('en-US')} messages)`, async (pub) => {
+      const r = expectReceipts(91, S1.messages);
+      const from = hrNow();
+      await closedLoop(S1.messages, S1.inFlight, 180_000, (i) => pub.send(D.s1 + (i % S1.devices), 91 * TAG + i, BODY));
+      await waitFor(() => r.count >= S1.messages, 120_000);
+      return { from, to: hrNow() };
+    });
   }
   // 2: the paced load (2,000 msg/s), where per-message costs are higher than at saturation.
   if (ONLY.has(2)) {
-    dw.resetPorts();
-    const file = path.join(dir, 'relay-s2.cpuprofile');
-    await dw.start({ profile: file });
-    const dev = dw.devices();
-    await dev.start(D.s1, S1.devices);
-    const pub = await dw.publisher(S1.inFlight);
-    await warmUp(pub);
-    const total = S2.rate * S2.seconds;
-    const r = expectReceipts(92, total);
-    const from = hrNow();
-    const interval = 1000 / S2.rate;
-    const sends: Promise<boolean>[] = [];
-    for (let i = 0; i < total && hrNow() < from + S2.seconds * 1000 + 30_000; ) {
-      const due = Math.min(total, Math.floor((hrNow() - from) / interval) + 1);
-      while (i < due) {
-        const k = i++;
-        sends.push(pub.send(D.s1 + (k % S1.devices), 92 * TAG + k, BODY));
+    await withPublisher('s2', `2 paced load (${S2.rate.toLocaleString('en-US')} msg/s for ${S2.seconds} s)`, async (pub) => {
+      const total = S2.rate * S2.seconds;
+      const r = expectReceipts(92, total);
+      const from = hrNow();
+      const interval = 1000 / S2.rate;
+      const sends: Promise<boolean>[] = [];
+      for (let i = 0; i < total && hrNow() < from + S2.seconds * 1000 + 30_000; ) {
+        const due = Math.min(total, Math.floor((hrNow() - from) / interval) + 1);
+        while (i < due) {
+          const k = i++;
+          sends.push(pub.send(D.s1 + (k % S1.devices), 92 * TAG + k, BODY));
+        }
+        await sleep(1);
       }
-      await sleep(1);
-    }
-    await Promise.all(sends);
-    await waitFor(() => r.count >= total, 60_000);
-    const to = hrNow();
-    await pub.close();
-    await dev.stop();
-    await dw.stop();
-    if (fs.existsSync(file)) profiles.push({ scenario: `2 paced load (${S2.rate.toLocaleString('en-US')} msg/s for ${S2.seconds} s)`, summary: summarizeProfile(file, { from, to }) });
+      await Promise.all(sends);
+      await waitFor(() => r.count >= total, 60_000);
+      return { from, to: hrNow() };
+    });
   }
   // 4: the large file.
   if (ONLY.has(4)) {
