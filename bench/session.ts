@@ -339,6 +339,19 @@ function corePair(): { agent: Connection; relay: Connection; agentSession: Sessi
   return { agent, relay, agentSession, relaySession, run, now: 0 };
 }
 
+/** CPU µs per op of `ops(n)` (n ops): 20,000 to warm up, then batches of 1,000 for `seconds` (at most 5 million). */
+function cpuUsPerOp(seconds: number, ops: (n: number) => void): number {
+  ops(20_000);
+  const c0 = cpuMs();
+  const t0 = performance.now();
+  let n = 0;
+  while (performance.now() - t0 < seconds * 1000 && n < 5_000_000) {
+    ops(1000);
+    n += 1000;
+  }
+  return ((cpuMs() - c0) * 1000) / n;
+}
+
 async function core(): Promise<void> {
   const seconds = num('seconds', 3);
   console.log(`core: Connection pairs in memory (no sockets), ${crypto.name} crypto; CPU of both ends`);
@@ -351,16 +364,7 @@ async function core(): Promise<void> {
         p.run(now);
       }
     };
-    rounds(20_000); // warm-up
-    const c0 = cpuMs();
-    const t0 = performance.now();
-    let n = 0;
-    while (performance.now() - t0 < seconds * 1000 && n < 5_000_000) {
-      rounds(1000);
-      n += 1000;
-    }
-    const cpu = cpuMs() - c0;
-    console.log(`  heartbeat: ${((cpu * 1000) / n).toFixed(2)} µs per PING/PONG round (2 records sealed and 2 opened, framed and parsed)`);
+    console.log(`  heartbeat: ${cpuUsPerOp(seconds, rounds).toFixed(2)} µs per PING/PONG round (2 records sealed and 2 opened, framed and parsed)`);
   }
   {
     const p = corePair();
@@ -374,16 +378,7 @@ async function core(): Promise<void> {
         p.run(now);
       }
     };
-    trips(20_000);
-    const c0 = cpuMs();
-    const t0 = performance.now();
-    let n = 0;
-    while (performance.now() - t0 < seconds * 1000 && n < 5_000_000) {
-      trips(1000);
-      n += 1000;
-    }
-    const cpu = cpuMs() - c0;
-    console.log(`  16-byte DATA both ways: ${((cpu * 1000) / n).toFixed(2)} µs per round (2 DATA records each way incl. ACKs as due)`);
+    console.log(`  16-byte DATA both ways: ${cpuUsPerOp(seconds, trips).toFixed(2)} µs per round (2 DATA records each way incl. ACKs as due)`);
   }
   {
     const p = corePair();
