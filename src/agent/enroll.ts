@@ -25,7 +25,7 @@ export interface EnrollResult {
 export async function enroll(o: { home: string; token: string; name?: string; relay?: string; timeoutMs?: number }): Promise<EnrollResult> {
   const t = decodeEnrollmentToken(o.token);
   if (t.expiresAt < Date.now()) throw new DropwireError('DW_TOKEN_EXPIRED', 'this enrollment token has expired: ask for a new one (relay device add)');
-  const relay = o.relay ?? t.relay;
+  const relay = o.relay ?? t.relays[0]!;
   const name = o.name ?? t.name;
   const { host, port } = parseHostPort(relay, 'relay');
   const p = paths(o.home);

@@ -50,7 +50,7 @@ export async function addDevice(dataDir: string, name: string, o: { public?: str
   await withStore(dataDir, (s) =>
     s.createDevice({ name, enrollSecretHash: createHash('sha256').update(secret).digest('hex'), enrollExpiresAt: expiresAt, createdAt: now }),
   );
-  return encodeEnrollmentToken({ relay, relayKey: toHex(keys.publicKey), name, secret, expiresAt });
+  return encodeEnrollmentToken({ relays: [relay], relayKey: toHex(keys.publicKey), name, secret, expiresAt });
 }
 
 export function listDevices(dataDir: string): Promise<DeviceRecord[]> {

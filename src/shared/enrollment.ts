@@ -2,11 +2,12 @@ import { DropwireError } from './errors.js';
 
 /**
  * The one line `relay device add` prints and `dropwire init` takes: `dw1.` + base64url(JSON). It carries
- * the relay address agents dial, the relay's public key (pinned by the agent), the device name, a
- * one-time secret and its expiry.
+ * the relay addresses agents dial (one, or every node of a cluster), the relay's public key (pinned by the
+ * agent), the device name, a one-time secret and its expiry.
  */
 export interface EnrollmentToken {
-  relay: string;
+  /** At least one address: `HOST:PORT` (TCP), or a `ws://` / `wss://` URL. */
+  relays: string[];
   relayKey: string;
   name: string;
   secret: string;
@@ -16,7 +17,10 @@ export interface EnrollmentToken {
 const PREFIX = 'dw1.';
 
 export function encodeEnrollmentToken(t: EnrollmentToken): string {
-  const json = JSON.stringify({ r: t.relay, k: t.relayKey, n: t.name, s: t.secret, e: t.expiresAt });
+  if (t.relays.length === 0) throw new DropwireError('DW_BAD_TOKEN', 'an enrollment token needs at least one relay address');
+  // PROTOCOL 9.1: `r` is one address as a string, several as an array.
+  const r = t.relays.length === 1 ? t.relays[0] : t.relays;
+  const json = JSON.stringify({ r, k: t.relayKey, n: t.name, s: t.secret, e: t.expiresAt });
   return PREFIX + Buffer.from(json).toString('base64url');
 }
 
@@ -39,7 +43,10 @@ export function decodeEnrollmentToken(text: string): EnrollmentToken {
   if (typeof e !== 'number' || !Number.isSafeInteger(e)) throw bad('field e');
   const relayKey = str('k');
   if (!/^[0-9a-f]{64}$/.test(relayKey)) throw bad('relay key');
-  return { relay: str('r'), relayKey, name: str('n'), secret: str('s'), expiresAt: e };
+  const r = o.r;
+  const relays = typeof r === 'string' ? [r] : Array.isArray(r) ? r : [];
+  if (relays.length === 0 || relays.some((a) => typeof a !== 'string' || a.length === 0)) throw bad('field r');
+  return { relays: relays as string[], relayKey, name: str('n'), secret: str('s'), expiresAt: e };
 }
 
 /** Parses HOST:PORT (IPv6 in brackets). */
