@@ -1,6 +1,7 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
 import { registerRuleCommands } from './rule-commands.js';
+import { registerRelayMessageCommands } from './relay-message.js';
 import { registerServiceCommands } from './service-commands.js';
 
 /**
@@ -26,7 +27,11 @@ relay
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
   .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number }) => {
+  .option('--body-timeout <s>', 'seconds an upload may send nothing before 408 DW_TIMEOUT', positiveNumber('--body-timeout'), 30)
+  .option('--max-uploads <n>', 'uploads received at once, in total (429 DW_BUSY beyond)', positiveNumber('--max-uploads'), 1024)
+  .option('--max-uploads-per-token <n>', 'uploads received at once per sender token', positiveNumber('--max-uploads-per-token'), 256)
+  .option('--max-conns-per-ip <n>', 'connections from one IP address on the agents port', positiveNumber('--max-conns-per-ip'), 256)
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -88,6 +93,14 @@ token
     await removeToken(o.data, name);
   });
 
+function positiveNumber(flag: string): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${flag} must be a positive number`);
+    return n;
+  };
+}
+
 const homeOpt = () => new Option('--home <dir>', 'agent folder (default: DROPWIRE_HOME or a per-user folder)');
 
 program
@@ -136,6 +149,7 @@ program
 // Command groups declared in their own files.
 registerRuleCommands(program);
 registerServiceCommands(program);
+registerRelayMessageCommands(relay);
 
 async function main(argv: string[]): Promise<number> {
   try {

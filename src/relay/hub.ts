@@ -70,8 +70,6 @@ interface Peer {
   drainWaiters: (() => void)[];
   linger: NodeJS.Timeout | undefined;
   onlineSince: number | undefined;
-  /** Messages expired or cancelled while this peer streams: stop sending them. */
-  cancelled: Set<string> | undefined;
   /** The delivery loop has sent everything the store had: new messages are handed over without a query. */
   caughtUp: boolean;
   handoff: Handoff[];
@@ -91,6 +89,8 @@ interface Handoff {
 
 /** A peer remembers at most this many streamed, unfinished messages (beyond, reports read the store). */
 const SENT_TO_MAX = 4_096;
+/** Stopped (expired, cancelled) message ids remembered by the hub. */
+const STOPPED_MAX = 100_000;
 
 /**
  * The relay's live side: decides handshakes (enrollment, known keys, replay guard, resume), keeps one
@@ -105,6 +105,11 @@ export class Hub extends EventEmitter {
   private closed = false;
   /** Bytes of each file written into a stream so far, until it is received (to report re-sends). */
   private readonly progress = new Map<string, number>();
+  /**
+   * Messages expired or cancelled in this process: never streamed again, by any peer, even from a page of
+   * `pending` read before the status change committed. Insertion-ordered and bounded (oldest out).
+   */
+  private readonly stopped = new Set<string>();
 
   constructor(o: HubOptions) {
     super();
@@ -134,7 +139,8 @@ export class Hub extends EventEmitter {
   notify(device: string, message?: MessageRecord, body?: Uint8Array): void {
     const p = this.peers.get(device);
     if (!p) return;
-    if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
+    const live = p.link?.connection.isEstablished === true;
+    if (message && live && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
     else {
       p.dirty = true;
       p.caughtUp = false;
@@ -174,6 +180,12 @@ export class Hub extends EventEmitter {
         if (!out.resumed) this.newStream(p);
         this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote }, out.resumed ? 'session resumed' : 'session started');
         this.presence(p.device, true);
+        if (out.resumed) {
+          // Delivery paused while the device was away (`sent` means written to a live connection).
+          p.dirty = true;
+          p.caughtUp = false;
+          this.deliver(p);
+        }
         return;
       }
       case 'data': {
@@ -253,12 +265,26 @@ export class Hub extends EventEmitter {
       .catch((err: unknown) => this.o.log.error({ err, device }, 'could not store a presence event'));
   }
 
-  /** Stops sending a message that expired or was cancelled; the agent drops what it spooled. */
+  /** Stops sending a message that expired or was cancelled; the agent drops what it spooled (PROTOCOL 7.10). */
   cancel(device: string, id: string): void {
+    if (this.stopped.size >= STOPPED_MAX) this.stopped.delete(this.stopped.values().next().value!);
+    this.stopped.add(id);
     const p = this.peers.get(device);
-    if (!p) return;
-    (p.cancelled ??= new Set()).add(id);
-    if (p.ready) this.send(p, MessageType.CANCEL, { id });
+    if (p?.ready) this.send(p, MessageType.CANCEL, { id });
+  }
+
+  /**
+   * Asks to stop a message for good (a sender's cancel), before its status changes. Granted only while no
+   * stream of this process has carried its last byte: then the agent cannot have the whole file, and from
+   * here on no byte more of it is written. Refused (`false`) when all of it went out, or when it is `sent`
+   * by an earlier process (the host may hold it whole). Synchronous: no delivery step runs in between.
+   */
+  stop(m: Pick<MessageRecord, 'id' | 'to' | 'size' | 'status'>): boolean {
+    if (this.stopped.has(m.id)) return true;
+    const written = this.progress.get(m.id);
+    if (written === undefined ? m.status !== 'queued' : written >= m.size) return false;
+    this.cancel(m.to, m.id);
+    return true;
   }
 
   // --- handshake ------------------------------------------------------------------------------
@@ -328,7 +354,6 @@ export class Hub extends EventEmitter {
       drainWaiters: [],
       linger: undefined,
       onlineSince: undefined,
-      cancelled: undefined,
       caughtUp: false,
       handoff: [],
       pumpScheduled: false,
@@ -476,8 +501,9 @@ export class Hub extends EventEmitter {
     });
   }
 
+  /** Delivery runs only while the device has an established connection (`sent` = written to a live one). */
   private deliver(p: Peer): void {
-    if (!p.ready || p.delivering || p.session.closed) return;
+    if (!p.ready || p.delivering || p.session.closed || p.link?.connection.isEstablished !== true) return;
     p.delivering = true;
     const gen = p.gen;
     this.deliveryLoop(p, gen)
@@ -492,7 +518,16 @@ export class Hub extends EventEmitter {
   private async deliveryLoop(p: Peer, gen: number): Promise<void> {
     const { store } = this.o;
     const live = () => p.gen === gen && !p.session.closed && !this.closed;
+    /** The link went away: stop before the next message; the store is asked again once it is back. */
+    const away = () => {
+      if (p.link?.connection.isEstablished === true) return false;
+      p.dirty = true;
+      p.caughtUp = false;
+      p.handoff = [];
+      return true;
+    };
     while (live()) {
+      if (away()) return;
       if (p.resend !== undefined && p.resend.size > 0) {
         const [id, offset] = p.resend.entries().next().value as [string, number];
         p.resend.delete(id);
@@ -517,8 +552,8 @@ export class Hub extends EventEmitter {
       }
       for (const { message: m, body } of batch) {
         if (m.seq <= p.cursor) continue; // handed over and also found by a query
-        if (!live()) return;
-        if (p.cancelled?.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
+        if (!live() || away()) return;
+        if (this.stopped.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
           continue; // the deadline sweeper marks it expired
         }
@@ -534,7 +569,7 @@ export class Hub extends EventEmitter {
   /** Writes one FILE and its CHUNKs into the session, waiting for drain when the replay buffer is full. */
   private async stream(p: Peer, gen: number, m: MessageRecord, offset: number, inlineBody?: Uint8Array): Promise<void> {
     const { store, log } = this.o;
-    if (p.session.closed) return;
+    if (p.session.closed || this.stopped.has(m.id)) return;
     const from = Math.min(offset, m.size);
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
@@ -562,6 +597,7 @@ export class Hub extends EventEmitter {
     if (m.inline) {
       const body = inlineBody ?? (await store.readInlineBody(m.id));
       if (!body) throw new Error(`inline body of ${m.id} missing`);
+      if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
       if (from < body.length) {
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, body.subarray(from));
         this.progress.set(m.id, body.length);
@@ -572,10 +608,12 @@ export class Hub extends EventEmitter {
     const fh = await fs.open(m.bodyPath!, 'r');
     try {
       for (let pos = from; pos < m.size; ) {
-        if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
+        if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
         const buf = new Uint8Array(Math.min(CHUNK_SIZE, m.size - pos));
         const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
         if (bytesRead <= 0) throw new Error(`body file of ${m.id} is shorter than its size`);
+        // Checked again after the read: a cancel granted meanwhile must see no byte more go out.
+        if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, buf.subarray(0, bytesRead));
         pos += bytesRead;
         this.progress.set(m.id, pos);

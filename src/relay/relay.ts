@@ -31,6 +31,18 @@ export interface RelayOptions {
   crypto?: CryptoBackend;
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
+  /** Resource caps against stalled or flooding clients (`relay start --body-timeout …`). */
+  caps?: RelayCaps;
+}
+
+export interface RelayCaps {
+  /** Seconds an upload may send nothing before 408 DW_TIMEOUT (default 30). */
+  bodyTimeoutS?: number;
+  /** Uploads at once, in total and per token (429 DW_BUSY beyond). */
+  maxUploads?: number;
+  maxUploadsPerToken?: number;
+  /** Connections from one IP address on the agents port (default: no cap). */
+  maxConnsPerIp?: number;
 }
 
 export interface RelayInfo {
@@ -97,9 +109,13 @@ export class Relay {
       port: o.listen.port,
       connection: () => hub.connection(),
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
+      ...(o.caps?.maxConnsPerIp ? { maxConnectionsPerIp: o.caps.maxConnsPerIp, onRefused: (remote: string, open: number) => o.log.warn({ remote, open }, 'connection refused: too many from one address') } : {}),
     });
     const webhooks = new Webhooks({ store, feed, log: o.log });
-    const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
+    const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir),
+      ...(o.caps?.bodyTimeoutS ? { bodyTimeoutMs: o.caps.bodyTimeoutS * 1000 } : {}),
+      ...(o.caps?.maxUploads ? { maxUploads: o.caps.maxUploads } : {}),
+      ...(o.caps?.maxUploadsPerToken ? { maxUploadsPerToken: o.caps.maxUploadsPerToken } : {}) });
     const agents = await listener.listen();
     const api = await http.listen();
     const info: RelayInfo = {

@@ -921,7 +921,11 @@ class SqliteStoreImpl implements SqliteStore {
         deadlineAt: message.deadlineAt ?? null,
         expiresAt: message.expiresAt ?? null,
       }) as { seq: number };
-      this.sql.insertHistory.run(message.id, 'queued', message.createdAt, null);
+      this.sql.insertHistory.run(message.id, 'queued', message.createdAt, message.retryOf !== undefined ? JSON.stringify({ retryOf: message.retryOf }) : null);
+      if (message.retryOf !== undefined) {
+        const old = this.sql.messageById.get(message.retryOf) as MessageRow | undefined;
+        if (old) this.sql.insertHistory.run(old.id, old.status, message.createdAt, JSON.stringify({ retriedAs: message.id }));
+      }
       this.rememberMeta(message.id, { to: message.to, from: message.from, filename: message.filename, size: message.size });
       this.messageEvent(message.id, 'queued', message.createdAt, undefined);
       return { message: insertedMessage(message, seq), created: true };

@@ -120,6 +120,12 @@ export interface NewMessage {
   deadlineAt?: number;
   /** Epoch ms after which it is never delivered (`expired`). */
   expiresAt?: number;
+  /**
+   * The id of the message this one is a retry of. When the message is created, the store writes
+   * `{ retryOf }` as the detail of its `queued` history entry and, in the same transaction, appends to the
+   * old message's history an entry with its current status and detail `{ retriedAs: id }`.
+   */
+  retryOf?: string;
 }
 
 export interface MessageRecord {
