@@ -18,13 +18,21 @@ export interface EnrollResult {
   home: string;
 }
 
+/** The relay's enrollment refusals (PROTOCOL 3.10), said the way an operator can act on. */
+const ENROLL_REFUSALS: Record<string, string> = {
+  DW_ENROLL_USED: 'this enrollment token was already used (the device is enrolled with another key)',
+  DW_ENROLL_EXPIRED: 'this enrollment token has expired',
+  DW_ENROLL_UNKNOWN: 'the relay does not know this enrollment token (the device was removed, or given a newer token)',
+  DW_ENROLL_REFUSED: 'the relay refused this enrollment token (already used, expired, or unknown)',
+};
+
 /**
  * `dropwire init TOKEN`: makes the device key, proves the one-time secret to the relay inside an IK
  * handshake to the relay key the token names (PROTOCOL 3.4, ENROLL), pins that key, writes the config.
  */
 export async function enroll(o: { home: string; token: string; name?: string; relay?: string; timeoutMs?: number }): Promise<EnrollResult> {
   const t = decodeEnrollmentToken(o.token);
-  if (t.expiresAt < Date.now()) throw new DropwireError('DW_TOKEN_EXPIRED', 'this enrollment token has expired: ask for a new one (relay device add)');
+  if (t.expiresAt < Date.now()) throw new DropwireError('DW_TOKEN_EXPIRED', `this enrollment token expired at ${new Date(t.expiresAt).toISOString()}: ask for a new token with \`relay device add\``);
   const relay = o.relay ?? t.relays[0]!;
   const name = o.name ?? t.name;
   const { host, port } = parseHostPort(relay, 'relay');
@@ -66,7 +74,8 @@ export async function enroll(o: { home: string; token: string; name?: string; re
             clearTimeout(timer);
             if (done) return;
             const reason = typeof err.cause === 'string' ? err.cause : err.code;
-            reject(new DropwireError(reason === 'DW_ENROLL_REFUSED' ? 'DW_ENROLL_REFUSED' : err.code, `enrollment failed: ${reason}`, { cause: err }));
+            const why = ENROLL_REFUSALS[reason];
+            reject(new DropwireError(why ? reason : err.code, why ? `${why}: ask for a new token with \`relay device add\`` : `enrollment failed: ${reason}`, { cause: err }));
           },
         });
         link.pump();

@@ -1,8 +1,10 @@
+import fs from 'node:fs';
 import { Agent } from '../agent/agent.js';
 import { agentHome, paths } from '../agent/config.js';
 import { resolveAgentHome } from '../service/locations.js';
 import { agentAnswers, ControlServer } from '../agent/control.js';
 import { DropwireError, isDropwireError } from '../shared/errors.js';
+import { FolderLock } from '../shared/lock.js';
 import { chooseLogTarget, createLogger, destinationOf } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
@@ -18,7 +20,9 @@ export async function runInit(token: string, o: { home?: string; name?: string; 
 
 export async function runAgent(o: { home?: string; relay?: string }): Promise<void> {
   const home = resolveAgentHome(o.home);
-  // Before anything opens the journal or writes the log: one agent per folder.
+  // Before anything opens the journal or writes the log: one agent per folder. The lock is the OS's
+  // (released when the process ends, however); the socket check also catches an agent without one.
+  const lock = fs.existsSync(home) ? FolderLock.acquire(home, { what: 'agent', code: 'DW_AGENT_RUNNING' }) : undefined;
   if (await agentAnswers(home)) throw new DropwireError('DW_AGENT_RUNNING', `another agent is already running with the folder ${home}`);
   const target = chooseLogTarget(paths(home).log);
   const log = createLogger('agent', destinationOf(target));
@@ -52,4 +56,5 @@ export async function runAgent(o: { home?: string; relay?: string }): Promise<vo
   await untilSignal();
   await control.close();
   await agent.close();
+  lock?.release();
 }

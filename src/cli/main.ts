@@ -44,8 +44,8 @@ device
   .option('--public <host:port>', 'relay address for the token (default: the running relay\'s)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
   .action(async (name: string, o: { data: string; public?: string; ttl: number }) => {
-    const { addDevice } = await import('../relay/admin.js');
-    console.log(await addDevice(o.data, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl }));
+    const { runDeviceAdd } = await import('./relay.js');
+    await runDeviceAdd(o.data, name, o);
   });
 device
   .command('list')
@@ -60,8 +60,8 @@ device
   .description('remove a device and drop its live session')
   .addOption(dataOpt())
   .action(async (name: string, o: { data: string }) => {
-    const { removeDevice } = await import('../relay/admin.js');
-    await removeDevice(o.data, name);
+    const { runDeviceRemove } = await import('./relay.js');
+    await runDeviceRemove(o.data, name);
   });
 
 const token = relay.command('token').description('sender API tokens');
@@ -89,8 +89,8 @@ token
   .command('remove <name>')
   .addOption(dataOpt())
   .action(async (name: string, o: { data: string }) => {
-    const { removeToken } = await import('../relay/admin.js');
-    await removeToken(o.data, name);
+    const { runTokenRemove } = await import('./relay.js');
+    await runTokenRemove(o.data, name);
   });
 
 function positiveNumber(flag: string): (v: string) => number {

@@ -1,5 +1,8 @@
-import { listDevices, listTokens } from '../relay/admin.js';
-import { Relay } from '../relay/relay.js';
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import { fromHex } from '../protocol/bytes.js';
+import { addDevice, listDevices, listTokens, removeDevice, removeToken } from '../relay/admin.js';
+import { Relay, type RelayInfo } from '../relay/relay.js';
 import { parseHostPort } from '../shared/enrollment.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
@@ -15,8 +18,46 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
     caps: { bodyTimeoutS: o.bodyTimeout, maxUploads: o.maxUploads, maxUploadsPerToken: o.maxUploadsPerToken, maxConnsPerIp: o.maxConnsPerIp },
     log,
   });
+  // On a terminal, a few lines for the person who just started it (the JSON logs go on as usual).
+  if (process.stdout.isTTY) process.stdout.write(summary(relay.info, o.data));
   await untilSignal();
   await relay.close();
+}
+
+/** The relay key as `SHA256:<base64>` (the form ssh uses), to compare with what an agent pinned. */
+export function keyFingerprint(publicKeyHex: string): string {
+  return `SHA256:${createHash('sha256').update(fromHex(publicKeyHex)).digest('base64').replace(/=+$/, '')}`;
+}
+
+function summary(info: RelayInfo, data: string): string {
+  const dataArg = data === './dropwire-relay' ? '' : ` --data ${data}`;
+  return [
+    `dropwire relay running (pid ${info.pid}), data in ${path.resolve(data)}`,
+    `  agents dial    ${info.public}${info.public === info.agents ? '' : `   (listening on ${info.agents})`}`,
+    `  HTTP API       http://${info.http}`,
+    `  relay key      ${keyFingerprint(info.publicKey)}`,
+    `Add a host:      dropwire relay device add NAME${dataArg}`,
+    `Add a sender:    dropwire relay token add NAME${dataArg}`,
+    `Ctrl-C stops it. JSON logs follow.`,
+    '',
+  ].join('\n');
+}
+
+/** `relay device add`: the token alone on stdout (for scripts); on stderr, what to run on the host. */
+export async function runDeviceAdd(data: string, name: string, o: { public?: string; ttl: number }): Promise<void> {
+  const token = await addDevice(data, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl });
+  console.log(token);
+  process.stderr.write(`Run this on the host '${name}' (the token works once, within ${o.ttl} h):\n  dropwire init ${token}\n`);
+}
+
+export async function runDeviceRemove(data: string, name: string): Promise<void> {
+  const r = await removeDevice(data, name);
+  console.log(`removed device '${name}'${r.told ? '; the running relay dropped its connection' : ' (the relay is not running)'}`);
+}
+
+export async function runTokenRemove(data: string, name: string): Promise<void> {
+  const r = await removeToken(data, name);
+  console.log(`removed token '${name}'${r.told ? '; the running relay refuses it from now on' : ' (the relay is not running)'}`);
 }
 
 export async function printDevices(dataDir: string, json: boolean): Promise<void> {
@@ -25,6 +66,7 @@ export async function printDevices(dataDir: string, json: boolean): Promise<void
     console.log(JSON.stringify(devices.map((d) => ({ name: d.name, enrolled: d.publicKey !== undefined, lastSeen: d.lastSeen ?? null, createdAt: d.createdAt }))));
     return;
   }
+  if (devices.length === 0) process.stderr.write(`no devices in ${path.resolve(dataDir)} yet: add one with \`dropwire relay device add NAME\`\n`);
   for (const d of devices) {
     const seen = d.lastSeen ? new Date(d.lastSeen).toISOString() : 'never';
     console.log(`${d.name}\t${d.publicKey ? 'enrolled' : 'waiting for enrollment'}\tlast seen ${seen}`);
@@ -37,5 +79,6 @@ export async function printTokens(dataDir: string, json: boolean): Promise<void>
     console.log(JSON.stringify(tokens.map((t) => ({ name: t.name, to: t.to, webhook: t.webhook ?? null, createdAt: t.createdAt }))));
     return;
   }
+  if (tokens.length === 0) process.stderr.write(`no sender tokens in ${path.resolve(dataDir)} yet: add one with \`dropwire relay token add NAME\`\n`);
   for (const t of tokens) console.log(`${t.name}\tto ${t.to}${t.webhook ? `\twebhook ${t.webhook}` : ''}`);
 }

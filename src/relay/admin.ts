@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { toHex } from '../protocol/bytes.js';
 import { encodeEnrollmentToken } from '../shared/enrollment.js';
 import { DropwireError } from '../shared/errors.js';
@@ -28,8 +29,25 @@ export function runningRelay(dataDir: string): RelayInfo | undefined {
   }
 }
 
+/**
+ * Only `relay start` (and `up`) create a data folder: a command run in the wrong folder must not make a
+ * fresh relay with a new key next to the real one. DW_NO_RELAY_DATA says where it looked.
+ */
+export function requireRelayData(dataDir: string): void {
+  const p = relayPaths(dataDir);
+  if (fs.existsSync(p.db) && fs.existsSync(p.key)) return;
+  const abs = path.resolve(dataDir);
+  const why = fs.existsSync(abs) ? `${abs} has no relay.db and relay.key` : `${abs} does not exist`;
+  const service = '/var/lib/dropwire-relay';
+  const hint = process.platform === 'linux' && abs !== service && fs.existsSync(path.join(service, 'relay.db')) ? ` (the relay service's folder is ${service})` : '';
+  throw new DropwireError(
+    'DW_NO_RELAY_DATA',
+    `no relay data folder here: ${why}. Pass --data DIR, the folder the relay was started with (\`relay start --data DIR\`)${hint}; only \`relay start\` creates one`,
+  );
+}
+
 async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Promise<T> {
-  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  requireRelayData(dataDir);
   const store = await openSqliteStore({ path: relayPaths(dataDir).db });
   try {
     return await fn(store);
@@ -40,6 +58,7 @@ async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Prom
 
 export async function addDevice(dataDir: string, name: string, o: { public?: string; ttlHours?: number } = {}): Promise<string> {
   checkName('device', name);
+  requireRelayData(dataDir);
   const info = runningRelay(dataDir);
   const relay = o.public ?? info?.public;
   if (!relay) throw new DropwireError('DW_NO_ADDRESS', 'the relay is not running: pass --public HOST:PORT (the address agents dial)');
@@ -57,22 +76,24 @@ export function listDevices(dataDir: string): Promise<DeviceRecord[]> {
   return withStore(dataDir, (s) => s.listDevices());
 }
 
-export async function removeDevice(dataDir: string, name: string): Promise<void> {
+/** Removes a device; `told` says whether a running relay dropped its live session at once. */
+export async function removeDevice(dataDir: string, name: string): Promise<{ told: boolean }> {
   const removed = await withStore(dataDir, (s) => s.removeDevice(name, Date.now()));
   if (!removed) throw new DropwireError('DW_UNKNOWN_DEVICE', `no device named '${name}'`);
   // Drop its live session at once.
-  await tellRunningRelay(dataDir, `/v1/admin/devices/${encodeURIComponent(name)}/drop`);
+  return { told: await tellRunningRelay(dataDir, `/v1/admin/devices/${encodeURIComponent(name)}/drop`) };
 }
 
-/** Tells a running relay (if any) about a change made to its store from here. */
-async function tellRunningRelay(dataDir: string, path: string): Promise<void> {
+/** Tells a running relay (if any) about a change made to its store from here; true when it answered. */
+async function tellRunningRelay(dataDir: string, urlPath: string): Promise<boolean> {
   const info = runningRelay(dataDir);
-  if (!info) return;
-  await fetch(`http://${info.http}${path}`, {
+  if (!info) return false;
+  const res = await fetch(`http://${info.http}${urlPath}`, {
     method: 'POST',
     headers: { authorization: `Bearer ${adminToken(dataDir)}` },
     signal: AbortSignal.timeout(5_000),
   }).catch(() => undefined);
+  return res?.ok === true;
 }
 
 /** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
@@ -102,8 +123,8 @@ export function listTokens(dataDir: string): Promise<TokenRecord[]> {
   return withStore(dataDir, (s) => s.listTokens());
 }
 
-export async function removeToken(dataDir: string, name: string): Promise<void> {
+export async function removeToken(dataDir: string, name: string): Promise<{ told: boolean }> {
   const removed = await withStore(dataDir, (s) => s.removeToken(name));
   if (!removed) throw new DropwireError('DW_UNKNOWN_TOKEN', `no token named '${name}'`);
-  await tellRunningRelay(dataDir, '/v1/admin/tokens/changed'); // stops working at once
+  return { told: await tellRunningRelay(dataDir, '/v1/admin/tokens/changed') }; // stops working at once
 }

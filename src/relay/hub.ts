@@ -304,10 +304,13 @@ export class Hub extends EventEmitter {
       const secretHash = createHash('sha256').update(hello.enroll.secret).digest('hex');
       if (dev?.publicKey === key) {
         // A retried enrollment of the same key: fine.
-      } else if (!dev || dev.publicKey || !dev.enrollSecretHash || dev.enrollSecretHash !== secretHash) {
-        return refuse('DW_ENROLL_REFUSED', 'wrong or used enrollment secret');
+      } else if (dev?.publicKey) {
+        // PROTOCOL 3.10: the precise refusal tells the operator what to do (a new token).
+        return refuse('DW_ENROLL_USED', 'the device is enrolled already: its token was used');
+      } else if (!dev || !dev.enrollSecretHash || dev.enrollSecretHash !== secretHash) {
+        return refuse('DW_ENROLL_UNKNOWN', 'no such device, or not its current enrollment secret');
       } else if ((dev.enrollExpiresAt ?? 0) < this.now()) {
-        return refuse('DW_ENROLL_REFUSED', 'enrollment secret expired');
+        return refuse('DW_ENROLL_EXPIRED', 'enrollment secret expired');
       } else {
         try {
           await store.enrollDevice(dev.name, key, this.now());

@@ -6,8 +6,10 @@ import type { CryptoBackend } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { formatHostPort } from '../shared/enrollment.js';
+import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import { writeFileAtomic } from '../shared/files.js';
+import { FolderLock } from '../shared/lock.js';
 import { loadOrCreateKeyPair } from '../transport/identity.js';
 import { Listener } from '../transport/listener.js';
 import { Blobs } from './blobs.js';
@@ -83,9 +85,11 @@ export class Relay {
   private closed = false;
 
   private readonly stopBackground: () => void;
+  private readonly lock: FolderLock;
 
-  private constructor(o: RelayOptions, info: RelayInfo, store: SqliteStore, hub: Hub, listener: Listener, http: HttpApi, stopBackground: () => void) {
+  private constructor(o: RelayOptions, lock: FolderLock, info: RelayInfo, store: SqliteStore, hub: Hub, listener: Listener, http: HttpApi, stopBackground: () => void) {
     this.o = o;
+    this.lock = lock;
     this.stopBackground = stopBackground;
     this.info = info;
     this.store = store;
@@ -94,9 +98,23 @@ export class Relay {
     this.http = http;
   }
 
+  /**
+   * Starts a relay on `o.dataDir`, creating the folder when it is new. One relay per folder: a second one
+   * fails with DW_DATA_LOCKED before it touches anything (the lock goes with the process, see lock.ts).
+   */
   static async start(o: RelayOptions): Promise<Relay> {
-    const p = relayPaths(o.dataDir);
     fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
+    const lock = FolderLock.acquire(o.dataDir, { what: 'relay' });
+    try {
+      return await Relay.startLocked(o, lock);
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
+
+  private static async startLocked(o: RelayOptions, lock: FolderLock): Promise<Relay> {
+    const p = relayPaths(o.dataDir);
     const crypto = o.crypto ?? nodeCrypto;
     const keys = loadOrCreateKeyPair(p.key, crypto);
     const store = await openSqliteStore({ path: p.db });
@@ -116,8 +134,22 @@ export class Relay {
       ...(o.caps?.bodyTimeoutS ? { bodyTimeoutMs: o.caps.bodyTimeoutS * 1000 } : {}),
       ...(o.caps?.maxUploads ? { maxUploads: o.caps.maxUploads } : {}),
       ...(o.caps?.maxUploadsPerToken ? { maxUploadsPerToken: o.caps.maxUploadsPerToken } : {}) });
-    const agents = await listener.listen();
-    const api = await http.listen();
+    let agents: { host: string; port: number };
+    let api: { host: string; port: number };
+    try {
+      agents = await listener.listen().catch((err: unknown) => {
+        throw addressInUse(err, 'agents', o.listen, '--listen');
+      });
+      api = await http.listen().catch((err: unknown) => {
+        throw addressInUse(err, 'HTTP API', o.http, '--http');
+      });
+    } catch (err) {
+      hub.close();
+      await Promise.allSettled([listener.close(), http.close()]);
+      webhooks.close();
+      await store.close();
+      throw err;
+    }
     const info: RelayInfo = {
       agents: formatHostPort(agents.host, agents.port),
       http: formatHostPort(api.host, api.port),
@@ -129,7 +161,7 @@ export class Relay {
     const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
     webhooks.refresh(); // deliver what is still owed from before a restart
     o.log.info(info, 'relay listening');
-    return new Relay(o, info, store, hub, listener, http, () => {
+    return new Relay(o, lock, info, store, hub, listener, http, () => {
       webhooks.close();
       sweeper.close();
     });
@@ -143,6 +175,17 @@ export class Relay {
     await Promise.all([this.listener.close(), this.http.close()]);
     await this.store.close();
     fs.rmSync(relayPaths(this.o.dataDir).info, { force: true });
+    this.lock.release();
     this.o.log.info('relay stopped');
   }
+}
+
+/** EADDRINUSE / EACCES on a listening port: which port, and the flag that changes it (no stack). */
+function addressInUse(err: unknown, what: string, at: { host: string; port: number }, flag: string): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  const addr = formatHostPort(at.host, at.port);
+  if (code === 'EADDRINUSE') return new DropwireError('DW_ADDRESS_IN_USE', `the ${what} address ${addr} is already in use (another relay or program listens there): choose another with ${flag} HOST:PORT`, { cause: err });
+  if (code === 'EACCES') return new DropwireError('DW_ADDRESS_DENIED', `no permission to listen on ${addr} for the ${what} (ports below 1024 need privileges): choose another with ${flag} HOST:PORT`, { cause: err });
+  if (code === 'EADDRNOTAVAIL') return new DropwireError('DW_ADDRESS_UNAVAILABLE', `${at.host} is not an address of this machine (${what}): choose another with ${flag} HOST:PORT`, { cause: err });
+  return err;
 }

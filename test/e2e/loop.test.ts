@@ -154,11 +154,11 @@ describe('bad input', () => {
     const dir = tempDir();
     let r = await cli(['init', forged, '--home', path.join(dir, 'a')]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain('DW_ENROLL_REFUSED');
+    expect(r.stderr).toContain('DW_ENROLL_UNKNOWN');
     await cliOk(['init', token, '--home', path.join(dir, 'b')]);
     r = await cli(['init', token, '--home', path.join(dir, 'c')]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain('DW_ENROLL_REFUSED');
+    expect(r.stderr).toContain('DW_ENROLL_USED');
     // The device enrolled once, with the key of home b.
     const list = JSON.parse(await cliOk(['relay', 'device', 'list', '--json', '--data', s.data])) as { name: string; enrolled: boolean }[];
     expect(list.find((d) => d.name === 'kiosk')?.enrolled).toBe(true);
