@@ -19,6 +19,11 @@ import { checkName, safeName } from './names.js';
 import { matchRule } from './rules.js';
 import { Spool, type Transfer } from './spool.js';
 
+/** How long the agent waits between attempts once the relay says it does not know this device. */
+export const REMOVED_RETRY_MS = 5 * 60_000;
+const REMOVED_MESSAGE =
+  "the relay does not know this device (it was removed): enroll again with 'dropwire init TOKEN' and a new token from 'dropwire relay device add NAME'; retrying every few minutes";
+
 export interface AgentOptions {
   home: string;
   log: Logger;
@@ -64,6 +69,9 @@ export class Agent {
   private readonly running = new Set<Promise<void>>();
   private readonly abort = new AbortController();
   private configWatcher: fs.StatWatcher | undefined;
+  /** The relay refused this device as unknown (removed); logged once until a connection succeeds again. */
+  private removed = false;
+  private removedLogged = false;
   private closed = false;
   readonly status: AgentStatus;
 
@@ -98,6 +106,10 @@ export class Agent {
         onClose: (err, link) => this.onClose(err, link),
         onRetry: (err, delay, attempt) => {
           this.status.reconnects++;
+          if (this.removed && !this.removedLogged) {
+            this.removedLogged = true;
+            this.o.log.error({ code: 'DW_UNKNOWN_DEVICE', device: this.config.name, relay: this.status.relay, retryInS: Math.round(delay / 1000) }, REMOVED_MESSAGE);
+          }
           this.o.log.debug({ code: (err as ProtocolError).code, delay, attempt }, 'reconnecting');
         },
       },
@@ -165,6 +177,8 @@ export class Agent {
     switch (out.type) {
       case 'established':
         this.link = link;
+        this.removed = false;
+        this.removedLogged = false;
         this.status.connected = true;
         this.status.since = Date.now();
         if (out.resumed) {
@@ -202,7 +216,17 @@ export class Agent {
     this.status.connected = false;
     this.status.lastError = err.code;
     if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
-    if (err.code === 'DW_HANDSHAKE_REFUSED') this.o.log.error({ reason: err.cause }, 'relay refused this device');
+    if (err.code !== 'DW_HANDSHAKE_REFUSED') return;
+    if (err.cause === 'DW_UNKNOWN_DEVICE') {
+      // The device was removed at the relay: only `init` with a new token helps. Say so once (in onRetry,
+      // with the wait), keep it as the last error for `dropwire status`, and dial only every few minutes.
+      this.removed = true;
+      this.status.lastError = `DW_UNKNOWN_DEVICE: ${REMOVED_MESSAGE}`;
+      this.dialer.slowDown(REMOVED_RETRY_MS);
+      return;
+    }
+    this.status.lastError = typeof err.cause === 'string' ? err.cause : err.code;
+    this.o.log.error({ reason: err.cause }, 'relay refused this device');
   }
 
   /** A new stream (PROTOCOL 7): re-report what the relay has not confirmed, then HELLO with partial files. */

@@ -4,7 +4,7 @@ import { openConfigStore } from '../agent/config-store.js';
 import { listPrinters } from '../agent/handlers/index.js';
 import { lpArgs } from '../agent/handlers/print.js';
 import { checkName, safeName } from '../agent/names.js';
-import { describeRule, matchRule, planCommand, validateRules, type Rule } from '../agent/rules.js';
+import { BadRuleError, describeRule, matchRule, planCommand, validateRules, type Rule } from '../agent/rules.js';
 import { DropwireError } from '../shared/errors.js';
 import { updateSaveDirsDropIn } from '../service/dropin.js';
 import { resolveAgentHome } from '../service/locations.js';
@@ -14,7 +14,13 @@ function load(home?: string): { home: string; rules: Rule[]; save: (rules: Rule[
   const h = resolveAgentHome(home);
   const conf = openConfigStore(h);
   if (!conf.has('relay')) throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${h}: run 'dropwire init TOKEN' first`);
-  const rules = validateRules(conf.get('rules') ?? []);
+  let rules: Rule[];
+  try {
+    rules = validateRules(conf.get('rules') ?? []);
+  } catch (err) {
+    if (!(err instanceof BadRuleError)) throw err;
+    throw new DropwireError('DW_BAD_CONFIG', `${paths(h).config}: ${err.asRule().message} (field ${err.field}); fix it there first`, { cause: err });
+  }
   return {
     home: h,
     rules,
@@ -70,11 +76,17 @@ export async function addRule(glob: string, type: string, command: string[], o: 
   }
   if (type !== 'exec' && command.length > 0) throw new DropwireError('DW_BAD_ARGUMENT', `${type} takes no command`);
   const rule = { match: glob, ...(typeof o.from === 'string' ? { from: o.from } : {}), action, ...(o.parallel !== undefined ? { parallel: o.parallel } : {}) };
-  const [checked] = validateRules([rule]);
   // By default a new rule goes before a final catch-all (like the `*` save rule `init` adds), else last.
   const last = rules[rules.length - 1];
   const defaultAt = last && last.match === '*' && last.from === undefined ? rules.length - 1 : rules.length;
   const at = o.at !== undefined ? position(o.at as number, rules.length + 1, '--at') : defaultAt;
+  let checked: Rule | undefined;
+  try {
+    [checked] = validateRules([rule]);
+  } catch (err) {
+    // Named by the number it would have in `rule list`, not by its place in a one-rule check.
+    throw err instanceof BadRuleError ? err.asRule(at + 1) : err;
+  }
   const next = [...rules.slice(0, at), checked!, ...rules.slice(at)];
   const notes = await save(next);
   return [`rule ${at + 1}: ${describeRule(checked!)}`, ...notes].join('\n');

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { cli, setup, spawnCli, tempDir } from '../helpers/cli.js';
+import { cli, setup, spawnCli, tempDir, waitFor } from '../helpers/cli.js';
 
 type Msg = { status: string; result?: Record<string, unknown> };
 
@@ -24,5 +24,48 @@ describe('print without a print system', () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe('dropwire: DW_NO_PRINT_SYSTEM: lpstat not found (install CUPS)');
     expect(fs.readdirSync(home)).toEqual([]);
+  });
+});
+
+describe('errors that say what to do', () => {
+  it('`rule add` with a bad glob names the rule by the number `rule list` would show', async () => {
+    const s = await setup();
+    const h = ['--home', s.home];
+    // init's catch-all is rule 1; a new rule goes before it, so it would be rule 1 ...
+    let r = await cli(['rule', 'add', '[a-', 'save', '--dir', s.dir, ...h]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe('dropwire: DW_BAD_CONFIG: rule 1, match: bad glob: "[" without a closing "]"');
+    // ... and with --at 2 it would be rule 2; a bad --from glob is named the same way.
+    r = await cli(['rule', 'add', '*.xml', 'save', '--dir', s.dir, '--at', '2', '--from', '{a,b', ...h]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe('dropwire: DW_BAD_CONFIG: rule 2, from: bad glob: "{" without a closing "}"');
+    expect(r.stderr).not.toContain('rules[');
+    expect(JSON.parse(await cli(['rule', 'list', '--json', ...h]).then((x) => x.stdout))).toHaveLength(1);
+  });
+
+  it('a device removed at the relay: logged once with what to do, dialed only every few minutes, shown by status', async () => {
+    const s = await setup();
+    const agent = spawnCli(['agent', '--home', s.home]);
+    await agent.waitLog((l) => l.msg === 'session started');
+    const removed = await cli(['relay', 'device', 'remove', s.device, '--data', s.data]);
+    expect(removed.code).toBe(0);
+    const line = await agent.waitLog((l) => l.code === 'DW_UNKNOWN_DEVICE');
+    expect(line.level).toBe(50); // error
+    expect(line.msg).toContain("'dropwire init TOKEN'");
+    expect(line.msg).toContain('relay device add');
+    // The next attempt is minutes away (5 min with up to half of it random), not the usual seconds.
+    expect(line.retryInS).toBeGreaterThanOrEqual(150);
+    expect(line.retryInS).toBeLessThanOrEqual(300);
+    const st = await cli(['status', '--json', '--home', s.home]);
+    expect(st.code).toBe(4); // running, not connected
+    const view = JSON.parse(st.stdout) as { running: boolean; connected: boolean; lastError: string };
+    expect(view).toMatchObject({ running: true, connected: false });
+    expect(view.lastError).toMatch(/^DW_UNKNOWN_DEVICE: .*dropwire init TOKEN/);
+    // No further attempts meanwhile: the relay refused the device once, and the agent said so once.
+    await new Promise((r) => setTimeout(r, 3_000));
+    expect(s.relay.proc.logs.filter((l) => String(l.msg).startsWith('handshake refused')).length).toBe(1);
+    expect(agent.logs.filter((l) => l.code === 'DW_UNKNOWN_DEVICE').length).toBe(1);
+    expect(agent.child.exitCode).toBeNull();
+    await agent.kill();
   });
 });
