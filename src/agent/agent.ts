@@ -12,7 +12,7 @@ import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import type { Link } from '../transport/link.js';
 import { parseHostPort } from '../shared/enrollment.js';
 import type { Logger } from '../shared/log.js';
-import { loadAgentConfig, paths, type AgentConfig } from './config.js';
+import { loadAgentConfig, paths, rulesVersion, type AgentConfig } from './config.js';
 import { baseEnv, runAction, type Outcome } from './handlers/index.js';
 import { Journal } from './journal.js';
 import { checkName, safeName } from './names.js';
@@ -387,14 +387,25 @@ export class Agent {
 
   // --- config ----------------------------------------------------------------------------------
 
+  /**
+   * Reads config.json now and puts its rules (and retention) in force; a bad file throws DW_BAD_CONFIG and
+   * the previous rules stay. Answers what `dropwire rule …` waits for: the number and version of the rules.
+   */
+  reloadConfig(): { rules: number; version: string } {
+    const next = loadAgentConfig(this.o.home);
+    const version = rulesVersion(next.rules);
+    const changed = version !== rulesVersion(this.config.rules) || next.retention !== this.config.retention;
+    this.config = { ...next, relay: this.config.relay, relayKey: this.config.relayKey };
+    if (changed) this.o.log.info({ rules: next.rules.length, version }, 'config reloaded');
+    return { rules: next.rules.length, version };
+  }
+
   /** Rule edits (by `dropwire rule …` or by hand) take effect without a restart; a bad edit is refused. */
   private watchConfig(): void {
     const file = paths(this.o.home).config;
     this.configWatcher = fs.watchFile(file, { interval: 300 }, () => {
       try {
-        const next = loadAgentConfig(this.o.home);
-        this.config = { ...next, relay: this.config.relay, relayKey: this.config.relayKey };
-        this.o.log.info({ rules: next.rules.length }, 'config reloaded');
+        this.reloadConfig();
       } catch (err) {
         this.o.log.error({ err }, 'config change refused; the previous rules stay in force');
       }

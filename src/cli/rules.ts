@@ -1,11 +1,12 @@
 import path from 'node:path';
-import { paths } from '../agent/config.js';
+import { paths, rulesVersion } from '../agent/config.js';
+import { AgentNotRunning, askAgent } from '../agent/control.js';
 import { openConfigStore } from '../agent/config-store.js';
 import { listPrinters } from '../agent/handlers/index.js';
 import { lpArgs } from '../agent/handlers/print.js';
 import { checkName, safeName } from '../agent/names.js';
 import { BadRuleError, describeRule, matchRule, planCommand, validateRules, type Rule } from '../agent/rules.js';
-import { DropwireError } from '../shared/errors.js';
+import { DropwireError, isDropwireError } from '../shared/errors.js';
 import { updateSaveDirsDropIn } from '../service/dropin.js';
 import { resolveAgentHome } from '../service/locations.js';
 
@@ -25,14 +26,45 @@ function load(home?: string): { home: string; rules: Rule[]; save: (rules: Rule[
     home: h,
     rules,
     save: async (next) => {
-      validateRules(next); // refuse before writing
+      const clean = validateRules(next); // refuse before writing
       conf.set('rules', next as unknown as Record<string, unknown>[]);
       // A sandboxed system service may write only the save folders its drop-in names: keep it in step.
       const r = await updateSaveDirsDropIn(h, next.flatMap((x) => (x.action.type === 'save' ? [x.action.dir] : [])));
-      return [...(r.changed && r.file ? [`service drop-in updated: ${r.file}`] : []), ...(r.hint ? [r.hint] : [])];
+      const applied = await applyInRunningAgent(h, rulesVersion(clean));
+      return [...(r.changed && r.file ? [`service drop-in updated: ${r.file}`] : []), ...(r.hint ? [r.hint] : []), ...applied];
     },
   };
 }
+
+/**
+ * Returns once the agent running with this home has the rules just written (it reloads when asked over its
+ * control socket and answers with their version), so the next file that arrives meets them. When no agent
+ * runs, says so on stderr: the rules take effect when it starts.
+ */
+async function applyInRunningAgent(home: string, version: string): Promise<string[]> {
+  let answer: Record<string, unknown>;
+  try {
+    answer = await askAgent(home, { op: 'reload' }, RELOAD_TIMEOUT_MS);
+  } catch (err) {
+    if (err instanceof AgentNotRunning) {
+      console.error(`no agent is running with the folder ${home}: the rules take effect when it starts`);
+      return [];
+    }
+    if (isDropwireError(err, 'DW_BAD_REQUEST')) {
+      // An agent that cannot be asked (older, or without the reload op) still picks the file up by itself.
+      console.error('the running agent cannot confirm rule changes; it applies them within a second');
+      return [];
+    }
+    throw err;
+  }
+  if (answer.version !== version) {
+    throw new DropwireError('DW_RULES_CHANGED', `the running agent has other rules (version ${String(answer.version)}, expected ${version}): config.json was changed again meanwhile; see 'dropwire rule list'`);
+  }
+  return [`the running agent applied the rules (version ${version})`];
+}
+
+/** Reading and checking config.json is quick; this only guards against an agent that hangs. */
+const RELOAD_TIMEOUT_MS = 10_000;
 
 function position(n: number, count: number, what: string): number {
   if (!Number.isInteger(n) || n < 1 || n > count) throw new DropwireError('DW_BAD_ARGUMENT', `${what} must be a rule number from 1 to ${count}`);
@@ -113,8 +145,8 @@ export async function moveRule(n: number, m: number, o: { home?: string }): Prom
   const to = position(m, rules.length, 'M');
   const [r] = rules.splice(from, 1);
   rules.splice(to, 0, r!);
-  await save(rules);
-  return `rule ${n} is now rule ${m}: ${describeRule(r!)}`;
+  const notes = await save(rules);
+  return [`rule ${n} is now rule ${m}: ${describeRule(r!)}`, ...notes].join('\n');
 }
 
 const quote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli, setup, spawnCli, tempDir, waitFor } from '../helpers/cli.js';
+import { cli, cliOk, recordingHandler, setup, spawnCli, tempDir, waitFor } from '../helpers/cli.js';
 
 type Msg = { status: string; result?: Record<string, unknown> };
 
@@ -67,5 +68,53 @@ describe('errors that say what to do', () => {
     expect(agent.logs.filter((l) => l.code === 'DW_UNKNOWN_DEVICE').length).toBe(1);
     expect(agent.child.exitCode).toBeNull();
     await agent.kill();
+  });
+});
+
+describe('rule changes and a running agent', () => {
+  it('rule add, move and remove return once the running agent has the new rules: the very next file meets them', async () => {
+    const dir = tempDir();
+    const rec = recordingHandler(dir);
+    const saved = path.join(dir, 'saved');
+    const s = await setup({ rules: [] });
+    const h = ['--home', s.home];
+    const agent = spawnCli(['agent', ...h]);
+    await agent.waitLog((l) => l.msg === 'session started');
+    const deliver = async (name: string) => {
+      const r = await s.api.send(s.device, name, `<${name}/>`);
+      expect(r.status).toBe(202);
+      return (await s.api.until(r.json.id as string, ['handled', 'failed', 'rejected'])) as unknown as Msg;
+    };
+    const { action } = rec.rule as { action: { command: string; args: string[] } };
+
+    let out = await cliOk(['rule', 'add', '*.xml', 'exec', ...h, '--', action.command, ...action.args]);
+    expect(out).toMatch(/^rule 1: \*\.xml -> exec/);
+    expect(out).toMatch(/^the running agent applied the rules \(version [0-9a-f]{16}\)$/m);
+    expect((await deliver('a.xml')).status).toBe('handled');
+    expect(rec.runs().map((r) => r.name)).toEqual(['a.xml']);
+
+    out = await cliOk(['rule', 'add', '*.xml', 'save', '--dir', saved, '--at', '1', ...h]);
+    expect(out).toContain('the running agent applied the rules');
+    let m = await deliver('b.xml');
+    expect(m.result).toMatchObject({ savedAs: path.join(saved, 'b.xml') });
+
+    out = await cliOk(['rule', 'move', '1', '2', ...h]);
+    expect(out).toContain('the running agent applied the rules');
+    expect((await deliver('c.xml')).status).toBe('handled');
+    expect(rec.runs().map((r) => r.name)).toEqual(['a.xml', 'c.xml']);
+
+    out = await cliOk(['rule', 'remove', '1', ...h]);
+    expect(out).toContain('the running agent applied the rules');
+    m = await deliver('d.xml');
+    expect(m.result).toMatchObject({ savedAs: path.join(saved, 'd.xml') });
+    expect(rec.runs()).toHaveLength(2);
+
+    // Without a running agent the change is written and the command says when it takes effect.
+    await agent.kill();
+    const r = await cli(['rule', 'remove', '1', ...h]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain('applied');
+    expect(r.stderr.trim()).toBe(`no agent is running with the folder ${s.home}: the rules take effect when it starts`);
+    expect(JSON.parse(await cliOk(['rule', 'list', '--json', ...h]))).toEqual([]);
   });
 });
