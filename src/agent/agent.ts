@@ -354,9 +354,16 @@ export class Agent {
     const run = async () => {
       if (this.closed || !this.journal.running(id)) return;
       const action = match.rule.action;
+      let file: string;
+      try {
+        file = this.spool.locate(id, name);
+      } catch (err) {
+        this.finish(id, { status: 'failed', code: 'DW_SPOOL_FAILED', detail: { error: (err as Error).message } });
+        return;
+      }
       this.o.log.info({ id, rule: match.index + 1, action: action.type, file: name }, 'handler started');
       const outcome = await runAction(action, {
-        facts: { name, from, id, file: this.spool.filePath(id) },
+        facts: { name, from, id, file },
         signal: this.abort.signal,
         env: baseEnv(),
       });

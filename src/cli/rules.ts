@@ -158,7 +158,7 @@ export function testRule(filename: string, o: { home?: string; from: string }): 
   const name = safeName(filename);
   const hit = matchRule(rules, { name, from: o.from });
   if (!hit) throw new DropwireError('DW_NO_RULE', `no rule matches '${name}' from '${o.from}': the message would be rejected`);
-  const file = path.join(paths(home).spool, '<id>');
+  const file = path.join(paths(home).spool, '<id>', name);
   const lines = [`rule ${hit.index + 1}: ${describeRule(hit.rule)}`];
   if (name !== filename) lines.push(`file name on this host: ${name}`);
   const a = hit.rule.action;

@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { BASE_ENV_KEYS } from '../../src/agent/handlers/exec.js';
+import { safeName } from '../../src/agent/names.js';
 import { cli, cliOk, recordingHandler, setup, spawnCli, tempDir, waitFor } from '../helpers/cli.js';
 
 type Msg = { status: string; result?: Record<string, unknown> };
@@ -116,5 +118,54 @@ describe('rule changes and a running agent', () => {
     expect(r.stdout).not.toContain('applied');
     expect(r.stderr.trim()).toBe(`no agent is running with the folder ${s.home}: the rules take effect when it starts`);
     expect(JSON.parse(await cliOk(['rule', 'list', '--json', ...h]))).toEqual([]);
+  });
+});
+
+describe('what an exec command gets', () => {
+  it('{file} ends in the safe file name, so `cp "$1" orders/` keeps it; only the documented variables pass', async () => {
+    const dir = tempDir();
+    const orders = path.join(dir, 'orders');
+    fs.mkdirSync(orders);
+    const dump = path.join(dir, 'env.json');
+    const s = await setup({
+      rules: [
+        { match: '*.xml', action: { type: 'exec', command: 'sh', args: ['-c', 'cp "$1" orders/', 'sh', '{file}'], cwd: dir } },
+        {
+          match: '*.env',
+          action: {
+            type: 'exec',
+            command: process.execPath,
+            args: ['-e', 'require("fs").writeFileSync(process.argv[1], JSON.stringify({ file: process.argv[2], env: process.env }))', dump, '{file}'],
+          },
+        },
+      ],
+    });
+    const agentEnv = { LANG: 'C.UTF-8', TERM: 'xterm-256color', SHELL: '/bin/sh', LC_TIME: 'C', DW_TEST_SECRET: 'do-not-pass', HTTPS_PROXY: 'http://127.0.0.1:9', DROPWIRE_HOME: s.home };
+    const agent = spawnCli(['agent', '--home', s.home], { env: agentEnv });
+
+    let r = await s.api.send(s.device, 'order 7.xml', '<order n="7"/>');
+    let m = (await s.api.until(r.json.id as string, ['handled', 'failed'])) as unknown as Msg;
+    expect(m.status).toBe('handled');
+    expect(fs.readdirSync(orders)).toEqual(['order 7.xml']);
+    expect(fs.readFileSync(path.join(orders, 'order 7.xml'), 'utf8')).toBe('<order n="7"/>');
+
+    const hostile = '../../etc/$(id) -x.env';
+    r = await s.api.send(s.device, hostile, 'x');
+    const id = r.json.id as string;
+    m = (await s.api.until(id, ['handled', 'failed'])) as unknown as Msg;
+    expect(m.status).toBe('handled');
+    const got = JSON.parse(fs.readFileSync(dump, 'utf8')) as { file: string; env: Record<string, string> };
+    expect(got.file).toBe(path.join(s.home, 'spool', id, safeName(hostile)));
+    expect(path.basename(got.file)).toBe('etc_$(id) -x.env');
+    const allowed = new Set([...BASE_ENV_KEYS, 'DROPWIRE_FILE', 'DROPWIRE_NAME', 'DROPWIRE_FROM', 'DROPWIRE_ID']);
+    expect(Object.keys(got.env).filter((k) => !allowed.has(k) && !k.startsWith('LC_'))).toEqual([]);
+    expect(got.env).toMatchObject({ PATH: process.env.PATH, LANG: 'C.UTF-8', TERM: 'xterm-256color', SHELL: '/bin/sh', LC_TIME: 'C', DROPWIRE_FILE: got.file, DROPWIRE_ID: id });
+    if (process.env.HOME) expect(got.env.HOME).toBe(process.env.HOME);
+    expect(got.env).not.toHaveProperty('DW_TEST_SECRET');
+    expect(got.env).not.toHaveProperty('HTTPS_PROXY');
+    expect(got.env).not.toHaveProperty('DROPWIRE_HOME');
+    // Retention `remove` (the default): the message's spool folder goes with the file.
+    await waitFor(() => (fs.readdirSync(path.join(s.home, 'spool')).length === 0 ? true : undefined), 10_000, 'spool emptied');
+    await agent.kill();
   });
 });
