@@ -152,8 +152,11 @@ export class Transfer {
    * one after it, before the journal has the message, gets the file again from the relay, which replaces it.
    */
   finish(): boolean {
-    fs.fsyncSync(this.fd);
-    fs.closeSync(this.fd);
+    try {
+      fs.fsyncSync(this.fd);
+    } finally {
+      fs.closeSync(this.fd);
+    }
     const digest = this.hash.digest('hex');
     if (digest !== this.sha256) {
       fs.rmSync(this.spool.partPath(this.id), { force: true });

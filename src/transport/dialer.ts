@@ -118,7 +118,16 @@ export class Dialer {
         socket.destroy();
         return;
       }
-      const link = new Link(socket, this.o.connection(), this.events, this.o.now);
+      let connection: Connection;
+      try {
+        connection = this.o.connection();
+      } catch (err) {
+        // e.g. the journal cannot be written: give up this attempt, not the process.
+        socket.destroy();
+        this.retry(err as Error);
+        return;
+      }
+      const link = new Link(socket, connection, this.events, this.o.now);
       this.link = link;
       link.pump();
     });
