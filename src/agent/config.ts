@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -63,4 +64,12 @@ export function loadAgentConfig(home: string): AgentConfig {
     throw new DropwireError('DW_BAD_CONFIG', `${file}: ${(err as Error).message}`, { cause: err });
   }
   return { name: raw.name, relay: raw.relay, relayKey: raw.relayKey, rules, retention };
+}
+
+/**
+ * A short fingerprint of a rule list as validated (defaults filled in): the CLI compares the one it wrote with
+ * the one the running agent answers after a reload, to know that the agent has exactly these rules.
+ */
+export function rulesVersion(rules: Rule[]): string {
+  return createHash('sha256').update(JSON.stringify(rules)).digest('hex').slice(0, 16);
 }

@@ -43,6 +43,7 @@ export async function runAgent(o: { home?: string; relay?: string }): Promise<vo
       home,
       log,
       status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: '0.1.0', log: target }),
+      reload: () => agent.reloadConfig(),
       online: async (device) => {
         const a = await agent.presence(device);
         return { name: a.device, known: a.known, online: a.online, lastSeen: a.lastSeen === null ? null : new Date(a.lastSeen).toISOString() };

@@ -44,6 +44,8 @@ export class Dialer {
   private readonly o: DialerOptions;
   private readonly backoff: Backoff;
   private attempt = 0;
+  /** While set (ms), every wait is about this long instead of the exponential backoff. */
+  private slowMs = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   /** The events of every link this dialer makes (the link is passed along). */
@@ -55,7 +57,10 @@ export class Dialer {
     this.backoff = { ...DEFAULT_BACKOFF, ...o.backoff };
     this.events = {
       onOutput: (out, l) => {
-        if (out.type === 'established') this.attempt = 0;
+        if (out.type === 'established') {
+          this.attempt = 0;
+          this.slowMs = 0;
+        }
         this.o.events.onOutput(out, l);
       },
       onClose: (error: ProtocolError, l) => {
@@ -78,6 +83,14 @@ export class Dialer {
     this.timer = undefined;
     if (this.link) this.link.close();
     else this.dial();
+  }
+
+  /**
+   * Until a connection is established again, waits about `ms` (with the usual jitter) between attempts:
+   * for a refusal that only an operator can fix, where dialing every 30 s would only fill two logs.
+   */
+  slowDown(ms: number): void {
+    this.slowMs = ms;
   }
 
   close(): void {
@@ -105,7 +118,16 @@ export class Dialer {
         socket.destroy();
         return;
       }
-      const link = new Link(socket, this.o.connection(), this.events, this.o.now);
+      let connection: Connection;
+      try {
+        connection = this.o.connection();
+      } catch (err) {
+        // e.g. the journal cannot be written: give up this attempt, not the process.
+        socket.destroy();
+        this.retry(err as Error);
+        return;
+      }
+      const link = new Link(socket, connection, this.events, this.o.now);
       this.link = link;
       link.pump();
     });
@@ -113,7 +135,11 @@ export class Dialer {
 
   private retry(error: Error): void {
     if (this.closed || this.timer) return;
-    const delay = backoffDelay(this.attempt++, this.backoff);
+    const delay =
+      this.slowMs > 0
+        ? backoffDelay(0, { ...this.backoff, initial: this.slowMs, max: this.slowMs })
+        : backoffDelay(this.attempt, this.backoff);
+    this.attempt++;
     this.o.events.onRetry?.(error, delay, this.attempt);
     this.timer = setTimeout(() => this.dial(), delay);
   }
