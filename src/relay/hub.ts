@@ -33,8 +33,27 @@ export interface StatusEvent {
 /** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
 export const OFFLINE_GRACE_MS = 1_500;
 
+/**
+ * Where a cluster of relay nodes plugs in (src/relay/cluster/); absent on a single relay. The hub asks it
+ * before accepting a session and on presence changes, and hands it work for devices it has no session of.
+ */
+export interface HubCluster {
+  /** Makes this node the device's session holder; the node that held it retires its session. */
+  claim(device: string): Promise<void>;
+  /** This node's session of the device is gone. */
+  released(device: string): void;
+  /** New work for a device whose session is on another node. */
+  wake(device: string): void;
+  /** Stop sending a message to a device whose session is on another node. */
+  cancel(device: string, id: string): void;
+  /** Records a presence change for the cluster; true when it is an event (once per cluster). */
+  presence(device: string, online: boolean): Promise<boolean>;
+  onlineElsewhere(device: string): boolean;
+}
+
 export interface HubOptions {
   store: Store;
+  cluster?: HubCluster;
   /** Told whenever events were appended (status changes, presence). */
   feed?: EventFeed;
   offlineGraceMs?: number;
@@ -118,7 +137,12 @@ export class Hub extends EventEmitter {
   }
 
   isOnline(device: string): boolean {
-    return this.peers.get(device)?.link?.connection.isEstablished === true;
+    return this.peers.get(device)?.link?.connection.isEstablished === true || this.o.cluster?.onlineElsewhere(device) === true;
+  }
+
+  /** This hub holds a session (live or lingering) of the device. */
+  hasSession(device: string): boolean {
+    return this.peers.has(device);
   }
 
   onlineCount(): number {
@@ -133,7 +157,7 @@ export class Hub extends EventEmitter {
    */
   notify(device: string, message?: MessageRecord, body?: Uint8Array): void {
     const p = this.peers.get(device);
-    if (!p) return;
+    if (!p) return this.o.cluster?.wake(device);
     if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
     else {
       p.dirty = true;
@@ -144,8 +168,13 @@ export class Hub extends EventEmitter {
 
   /** Drops a device's session and link at once (the device was removed). */
   drop(device: string): void {
+    this.retireSession(device, 'DW_DEVICE_REMOVED');
+  }
+
+  /** Retires a device's session here (removed, or its agent now has a session on another node). */
+  retireSession(device: string, code: string): void {
     const p = this.peers.get(device);
-    if (p) this.retire(p, 'DW_DEVICE_REMOVED');
+    if (p) this.retire(p, code);
   }
 
   close(): void {
@@ -231,7 +260,7 @@ export class Hub extends EventEmitter {
     clearTimeout(this.offlineTimers.get(device));
     this.offlineTimers.delete(device);
     if (online) {
-      if (this.announced.get(device) !== true) this.announce(device, true);
+      if (this.announced.get(device) !== true || this.o.cluster) this.announce(device, true);
       return;
     }
     const t = setTimeout(() => {
@@ -245,6 +274,18 @@ export class Hub extends EventEmitter {
   private announce(device: string, online: boolean): void {
     this.announced.set(device, online);
     const at = this.now();
+    if (this.o.cluster) {
+      // In a cluster, Redis decides whether this is an event (not when the agent only moved between nodes).
+      this.o.cluster.presence(device, online).then(
+        (event) => event && this.presenceEvent(device, online, at),
+        (err: unknown) => this.o.log.error({ err, device }, 'could not record presence in the cluster'),
+      );
+      return;
+    }
+    this.presenceEvent(device, online, at);
+  }
+
+  private presenceEvent(device: string, online: boolean, at: number): void {
     this.o.log.info({ device, online }, online ? 'device online' : 'device offline');
     this.emit('presence', { device, online, at });
     this.o.store
@@ -256,7 +297,7 @@ export class Hub extends EventEmitter {
   /** Stops sending a message that expired or was cancelled; the agent drops what it spooled. */
   cancel(device: string, id: string): void {
     const p = this.peers.get(device);
-    if (!p) return;
+    if (!p) return this.o.cluster?.cancel(device, id);
     (p.cancelled ??= new Set()).add(id);
     if (p.ready) this.send(p, MessageType.CANCEL, { id });
   }
@@ -296,6 +337,10 @@ export class Hub extends EventEmitter {
     if (!isFresh(hello, device.lastHandshakeTs)) return refuse('DW_HANDSHAKE_REPLAYED', 'handshake timestamp not fresh');
     await store.touchDevice(device.name, this.now(), hello.timestamp);
     if (link.connection.isClosed || this.closed) return;
+    if (this.o.cluster) {
+      await this.o.cluster.claim(device.name);
+      if (link.connection.isClosed || this.closed) return;
+    }
 
     let p = this.peers.get(device.name);
     const resume =
@@ -366,7 +411,9 @@ export class Hub extends EventEmitter {
   }
 
   private forget(p: Peer): void {
-    if (this.peers.get(p.device) === p) this.peers.delete(p.device);
+    if (this.peers.get(p.device) !== p) return;
+    this.peers.delete(p.device);
+    this.o.cluster?.released(p.device);
   }
 
   // --- messages from the agent -------------------------------------------------------------------
