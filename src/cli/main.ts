@@ -1,5 +1,6 @@
 import { Command, CommanderError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
+import { addNodeOptions, registerClusterCommands, storeOpt } from './relay-cluster.js';
 import { registerRuleCommands } from './rule-commands.js';
 import { registerServiceCommands } from './service-commands.js';
 
@@ -18,15 +19,15 @@ const program = new Command('dropwire')
 const relay = program.command('relay').description('the relay: one server agents dial and senders call');
 const dataOpt = () => new Option('--data <dir>', 'relay data folder').default('./dropwire-relay');
 
-relay
+addNodeOptions(relay
   .command('start')
-  .description('run the relay in the foreground')
+  .description('run the relay in the foreground (with --store: one node of a cluster)'))
   .addOption(dataOpt())
   .option('--listen <host:port>', 'address agents connect to', '0.0.0.0:7390')
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
   .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number }) => {
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; store?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -36,27 +37,30 @@ device
   .command('add <name>')
   .description('register a device; prints its one-time enrollment token')
   .addOption(dataOpt())
-  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s)')
+  .addOption(storeOpt())
+  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s; a cluster\'s: all its agent addresses)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
-  .action(async (name: string, o: { data: string; public?: string; ttl: number }) => {
+  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number }) => {
     const { addDevice } = await import('../relay/admin.js');
-    console.log(await addDevice(o.data, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl }));
+    console.log(await addDevice(o, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl }));
   });
 device
   .command('list')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--json', 'JSON output')
-  .action(async (o: { data: string; json?: boolean }) => {
+  .action(async (o: { data: string; store?: string; json?: boolean }) => {
     const { printDevices } = await import('./relay.js');
-    await printDevices(o.data, o.json === true);
+    await printDevices(o, o.json === true);
   });
 device
   .command('remove <name>')
   .description('remove a device and drop its live session')
   .addOption(dataOpt())
-  .action(async (name: string, o: { data: string }) => {
+  .addOption(storeOpt())
+  .action(async (name: string, o: { data: string; store?: string }) => {
     const { removeDevice } = await import('../relay/admin.js');
-    await removeDevice(o.data, name);
+    await removeDevice(o, name);
   });
 
 const token = relay.command('token').description('sender API tokens');
@@ -64,28 +68,31 @@ token
   .command('add <name>')
   .description('create a sender token (printed once; stored only as a hash)')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--to <glob>', 'devices this token may send to', '*')
   .option('--webhook <url>', 'where status events are posted')
-  .action(async (name: string, o: { data: string; to: string; webhook?: string }) => {
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o.data, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
     console.log(t.token);
     if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
   });
 token
   .command('list')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--json', 'JSON output')
-  .action(async (o: { data: string; json?: boolean }) => {
+  .action(async (o: { data: string; store?: string; json?: boolean }) => {
     const { printTokens } = await import('./relay.js');
-    await printTokens(o.data, o.json === true);
+    await printTokens(o, o.json === true);
   });
 token
   .command('remove <name>')
   .addOption(dataOpt())
-  .action(async (name: string, o: { data: string }) => {
+  .addOption(storeOpt())
+  .action(async (name: string, o: { data: string; store?: string }) => {
     const { removeToken } = await import('../relay/admin.js');
-    await removeToken(o.data, name);
+    await removeToken(o, name);
   });
 
 const homeOpt = () => new Option('--home <dir>', 'agent folder (default: DROPWIRE_HOME or a per-user folder)');
@@ -134,6 +141,7 @@ program
   });
 
 // Command groups declared in their own files.
+registerClusterCommands(relay);
 registerRuleCommands(program);
 registerServiceCommands(program);
 

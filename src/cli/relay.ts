@@ -1,10 +1,15 @@
-import { listDevices, listTokens } from '../relay/admin.js';
+import { listDevices, listTokens, type AdminTarget } from '../relay/admin.js';
 import { Relay } from '../relay/relay.js';
 import { parseHostPort } from '../shared/enrollment.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
-export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number }): Promise<void> {
+export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; store?: string }): Promise<void> {
+  if (o.store) {
+    // One node of a cluster (README "Several nodes").
+    const { runNode } = await import('./relay-cluster.js');
+    return runNode({ ...o, store: o.store });
+  }
   const log = createLogger('relay');
   const relay = await Relay.start({
     dataDir: o.data,
@@ -18,8 +23,8 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
   await relay.close();
 }
 
-export async function printDevices(dataDir: string, json: boolean): Promise<void> {
-  const devices = await listDevices(dataDir);
+export async function printDevices(target: AdminTarget, json: boolean): Promise<void> {
+  const devices = await listDevices(target);
   if (json) {
     console.log(JSON.stringify(devices.map((d) => ({ name: d.name, enrolled: d.publicKey !== undefined, lastSeen: d.lastSeen ?? null, createdAt: d.createdAt }))));
     return;
@@ -30,8 +35,8 @@ export async function printDevices(dataDir: string, json: boolean): Promise<void
   }
 }
 
-export async function printTokens(dataDir: string, json: boolean): Promise<void> {
-  const tokens = await listTokens(dataDir);
+export async function printTokens(target: AdminTarget, json: boolean): Promise<void> {
+  const tokens = await listTokens(target);
   if (json) {
     console.log(JSON.stringify(tokens.map((t) => ({ name: t.name, to: t.to, webhook: t.webhook ?? null, createdAt: t.createdAt }))));
     return;

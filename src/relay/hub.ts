@@ -42,8 +42,6 @@ export interface HubCluster {
   claim(device: string): Promise<void>;
   /** This node's session of the device is gone. */
   released(device: string): void;
-  /** New work for a device whose session is on another node. */
-  wake(device: string): void;
   /** Stop sending a message to a device whose session is on another node. */
   cancel(device: string, id: string): void;
   /** Records a presence change for the cluster; true when it is an event (once per cluster). */
@@ -157,7 +155,7 @@ export class Hub extends EventEmitter {
    */
   notify(device: string, message?: MessageRecord, body?: Uint8Array): void {
     const p = this.peers.get(device);
-    if (!p) return this.o.cluster?.wake(device);
+    if (!p) return;
     if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
     else {
       p.dirty = true;

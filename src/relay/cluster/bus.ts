@@ -4,18 +4,12 @@ import { channels } from './keys.js';
 
 /** What nodes tell each other (JSON on Redis pub/sub). Small: the state itself is in Redis. */
 export type BusMessage =
-  /** New work for a device whose session is on the receiving node. */
-  | { t: 'wake'; device: string }
   /** Another node took the device's session over with this claim epoch: retire yours if it is older. */
   | { t: 'retire'; device: string; epoch: number; by: string; reason: string; requestId?: string }
   /** The receiving node retired its session after a `retire` (the hand-over point's answer). */
   | { t: 'retired'; device: string; epoch: number; by: string }
   /** Stop sending a message (expired or cancelled). */
   | { t: 'cancel'; device: string; id: string }
-  /** The event log grew. */
-  | { t: 'appended' }
-  /** A message changed status (wakes `?wait=` long-polls on every node). */
-  | { t: 'status'; e: Record<string, unknown> }
   /** A device was announced online at `node` or offline (`node` absent). */
   | { t: 'presence'; device: string; node?: string }
   /** A device was removed: drop its session wherever it is. */
@@ -76,7 +70,7 @@ export class Bus {
     } catch {
       return;
     }
-    if (env.f === this.node && (env.m.t === 'appended' || env.m.t === 'status' || env.m.t === 'presence')) return; // our own broadcast
+    if (env.f === this.node && env.m.t === 'presence') return; // our own broadcast
     for (const h of this.handlers) {
       try {
         h(env.m, env.f);

@@ -2,7 +2,8 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../../shared/log.js';
 import type { EventFeed } from '../events.js';
 import { OFFLINE_GRACE_MS, type Hub, type HubCluster, type StatusEvent } from '../hub.js';
-import { FINAL_STATUSES, type Store } from '../store/types.js';
+import type { StoreWakeups, Wakeup } from '../store/redis/wakeups.js';
+import { FINAL_STATUSES, type MessageStatus, type Store } from '../store/types.js';
 import { Bus, type BusMessage } from './bus.js';
 import { requireClusterConfig, type ClusterConfig } from './config.js';
 import { openRedis } from './connect.js';
@@ -30,6 +31,8 @@ export interface AttachOptions {
   hub: Hub;
   feed: EventFeed;
   store: Store;
+  /** The store's per-device wake-ups (the Redis store publishes one with every change). */
+  wakeups: StoreWakeups;
   /** This node's addresses, for the registry. */
   agents: string;
   http: string;
@@ -56,6 +59,7 @@ export class ClusterNode implements HubCluster {
   /** True while a notification from another node is being passed on locally (not to be re-published). */
   private relaying = false;
   private appendedPending = false;
+  private unsubscribe: (() => void) | undefined;
   private closed = false;
   private readonly timers: NodeJS.Timeout[] = [];
 
@@ -109,21 +113,12 @@ export class ClusterNode implements HubCluster {
       log,
     });
     await this.registry.beat();
-    // Status changes made here wake `?wait=` long-polls on the other nodes; delivery counts for `relay nodes`.
     a.hub.on('status', (e: StatusEvent) => {
-      if (this.relaying) return;
-      if (e.status === 'received') this.registry?.countDelivered();
-      if (FINAL_STATUSES.has(e.status)) this.bus.toAll({ t: 'status', e: { ...e } });
+      if (!this.relaying && e.status === 'received') this.registry?.countDelivered();
     });
-    // The event log grew here: every node's SSE streams (and the webhook runner) read it. One publish per turn.
-    a.feed.on('appended', () => {
-      if (this.relaying || this.appendedPending) return;
-      this.appendedPending = true;
-      setImmediate(() => {
-        this.appendedPending = false;
-        this.bus.toAll({ t: 'appended' });
-      });
-    });
+    // Every change in the store publishes its device's wake-up in the same script (store/redis/wakeups.ts):
+    // new messages reach the node holding the device, and every node's long-polls and event streams wake.
+    this.unsubscribe = await a.wakeups.subscribe((w) => this.onWakeup(w));
     const reaper = new PresenceReaper({ redis: this.redis, presence: this.presenceState, store: a.store, feed: a.feed, log });
     let work: Background | undefined;
     let reaping: NodeJS.Timeout | undefined;
@@ -177,10 +172,6 @@ export class ClusterNode implements HubCluster {
     });
   }
 
-  wake(device: string): void {
-    this.ownership.route(device, { t: 'wake', device }).catch((err: unknown) => this.o.log.warn({ err, device }, 'could not wake the node holding a device'));
-  }
-
   cancel(device: string, id: string): void {
     this.ownership.route(device, { t: 'cancel', device, id }).catch((err: unknown) => this.o.log.warn({ err, device, id }, 'could not pass a cancel on'));
   }
@@ -201,21 +192,31 @@ export class ClusterNode implements HubCluster {
 
   // --- from other nodes ------------------------------------------------------------------------
 
+  private onWakeup(w: Wakeup): void {
+    const hub = this.hub;
+    if (!hub) return;
+    if (w.type === 'message.queued' && hub.hasSession(w.device)) hub.notify(w.device);
+    const status = w.type.startsWith('message.') ? (w.type.slice('message.'.length) as MessageStatus) : undefined;
+    if (status && w.messageId && FINAL_STATUSES.has(status)) {
+      // Wakes `GET /v1/messages/ID?wait=` here, whichever node applied the status (it re-reads the store).
+      const e: StatusEvent = { id: w.messageId, to: w.device, from: '', status, at: Date.now() };
+      this.locally(() => hub.emit('status', e));
+    }
+    // One wake-up of the event readers (SSE streams, webhook runner) per turn of the event loop.
+    if (this.appendedPending) return;
+    this.appendedPending = true;
+    setImmediate(() => {
+      this.appendedPending = false;
+      this.locally(() => this.feed?.notify());
+    });
+  }
+
   private onBus(m: BusMessage): void {
     const hub = this.hub;
     if (!hub) return;
     switch (m.t) {
-      case 'wake':
-        if (hub.hasSession(m.device)) hub.notify(m.device);
-        return;
       case 'cancel':
         if (hub.hasSession(m.device)) hub.cancel(m.device, m.id);
-        return;
-      case 'appended':
-        this.locally(() => this.feed?.notify());
-        return;
-      case 'status':
-        this.locally(() => hub.emit('status', m.e as unknown as StatusEvent));
         return;
       case 'drop':
         hub.drop(m.device);
@@ -242,6 +243,7 @@ export class ClusterNode implements HubCluster {
     if (this.closed) return;
     this.closed = true;
     for (const t of this.timers) clearTimeout(t);
+    this.unsubscribe?.();
     await this.lease?.close();
     await Promise.all(this.ownership.claimed().map((d) => this.ownership.release(d).catch(() => {})));
     await this.registry?.close();

@@ -109,13 +109,13 @@ describe.skipIf(why !== undefined)('cluster runtime against a real redis-server'
     expect(retiredAtA).toEqual(['shop:DW_SESSION_MOVED']);
     expect(oa.holds('shop')).toBe(true);
     // Work for the device is routed to its holder only, never back to the sender.
-    expect(await ob.route('shop', { t: 'wake', device: 'shop' })).toBe(true);
-    await waitFor(() => (a.got.some((m) => m.t === 'wake' && m.device === 'shop') ? true : undefined), 5_000, 'wake at a');
-    expect(await oa.route('shop', { t: 'wake', device: 'shop' })).toBe(false);
+    expect(await ob.route('shop', { t: 'cancel', device: 'shop', id: 'm1' })).toBe(true);
+    await waitFor(() => (a.got.some((m) => m.t === 'cancel' && m.device === 'shop') ? true : undefined), 5_000, 'cancel at a');
+    expect(await oa.route('shop', { t: 'cancel', device: 'shop', id: 'm1' })).toBe(false);
     // A released claim routes nowhere.
     await oa.release('shop');
     expect(await ob.holder('shop')).toBeUndefined();
-    expect(await ob.route('shop', { t: 'wake', device: 'shop' })).toBe(false);
+    expect(await ob.route('shop', { t: 'cancel', device: 'shop', id: 'm1' })).toBe(false);
   });
 
   it('a retire nobody answers (the holder is dead) resolves false after the wait', async () => {
