@@ -489,11 +489,22 @@ export class Hub extends EventEmitter {
       }
       then?.();
     });
-    const settled = work.catch((err: unknown) => log.error({ err, id }, 'could not store a status'));
+    const settled = work.catch((err: unknown) => {
+      log.error({ err, id }, 'could not store a status');
+      this.storeFailed(p, err);
+    });
     this.pendingWrites.set(p, settled);
     settled.then(() => {
       if (this.pendingWrites.get(p) === settled) this.pendingWrites.delete(p);
     });
+  }
+
+  /**
+   * The store was unreachable (a Redis outage): the session ends, so that the agent's next one re-sends
+   * what was not confirmed and HELLO starts delivery again, once the store answers (PROTOCOL 7.11).
+   */
+  private storeFailed(p: Peer, err: unknown): void {
+    if ((err as { code?: string }).code === 'DW_STORE_DOWN' && this.peers.get(p.device) === p) this.retire(p, 'DW_STORE_DOWN');
   }
 
   // --- delivery --------------------------------------------------------------------------------
@@ -526,7 +537,10 @@ export class Hub extends EventEmitter {
     p.delivering = true;
     const gen = p.gen;
     this.deliveryLoop(p, gen)
-      .catch((err: unknown) => this.o.log.error({ err, device: p.device }, 'delivery failed'))
+      .catch((err: unknown) => {
+        this.o.log.error({ err, device: p.device }, 'delivery failed');
+        this.storeFailed(p, err);
+      })
       .finally(() => {
         p.delivering = false;
         // New work, or a new stream whose HELLO came while this loop was finishing.
