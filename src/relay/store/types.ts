@@ -262,4 +262,6 @@ export const StoreErrorCode = {
   DOWN: 'DW_STORE_DOWN',
   /** The server does not persist every write (e.g. Redis without `appendonly yes` + `appendfsync always`). */
   UNSAFE: 'DW_STORE_UNSAFE',
+  /** A store URL that cannot be understood (`--store`, DROPWIRE_STORE). */
+  URL: 'DW_STORE_URL',
 } as const;
