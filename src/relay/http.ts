@@ -385,6 +385,8 @@ export class HttpApi {
     if (err instanceof HttpError) return send(res, err.status, { error: { code: err.code, message: err.message } });
     const code = (err as { code?: unknown })?.code;
     if (code === 'DW_MESSAGE_EXISTS') return send(res, 409, { error: { code, message: (err as Error).message } });
+    // The store's server is away (a cluster's Redis): say so at once; the sender retries (Idempotency-Key).
+    if (code === 'DW_STORE_DOWN') return send(res, 503, { error: { code, message: 'the relay\'s store is unavailable; retry shortly' } });
     this.o.log.error({ err }, 'request failed');
     send(res, 500, { error: { code: 'DW_INTERNAL', message: 'internal error' } });
   }

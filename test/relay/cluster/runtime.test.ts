@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { Bus, type BusMessage } from '../../../src/relay/cluster/bus.js';
 import { checkNodeKey, initCluster, readClusterConfig } from '../../../src/relay/cluster/config.js';
-import { openRedis, redisOptions } from '../../../src/relay/cluster/connect.js';
+import { openRedis } from '../../../src/relay/cluster/connect.js';
 import { DeviceOwnership } from '../../../src/relay/cluster/handover.js';
 import { Lease } from '../../../src/relay/cluster/lease.js';
 import { ClusterPresence } from '../../../src/relay/cluster/presence.js';
@@ -17,20 +17,6 @@ import { waitFor } from '../../helpers/cli.js';
 const log = pino({ level: 'silent' });
 const why = redisUnavailableReason();
 if (why) console.log(`skipping the cluster runtime tests: ${why}`);
-
-describe('store URLs', () => {
-  it('redis, rediss and redis-sentinel URLs become ioredis options; bad ones are refused with a code', () => {
-    expect(redisOptions('redis://127.0.0.1:6390/2')).toMatchObject({ host: '127.0.0.1', port: 6390, db: 2 });
-    expect(redisOptions('rediss://:pw@r.example:6380')).toMatchObject({ host: 'r.example', port: 6380, password: 'pw', tls: { servername: 'r.example' } });
-    expect(redisOptions('redis-sentinel://127.0.0.1:26379,127.0.0.1:26380/main/1')).toMatchObject({
-      sentinels: [{ host: '127.0.0.1', port: 26379 }, { host: '127.0.0.1', port: 26380 }],
-      name: 'main',
-      db: 1,
-    });
-    for (const bad of ['http://x:1', 'redis://a:1,b:2', 'redis-sentinel://a:1', 'redis://h:1/x'])
-      expect(() => redisOptions(bad)).toThrow(expect.objectContaining({ code: 'DW_BAD_STORE_URL' }));
-  });
-});
 
 describe.skipIf(why !== undefined)('cluster runtime against a real redis-server', () => {
   let r: PrivateRedis;
