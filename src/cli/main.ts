@@ -1,5 +1,6 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
+import { addNodeOptions, registerClusterCommands, storeOpt } from './relay-cluster.js';
 import { registerRuleCommands } from './rule-commands.js';
 import { registerRelayMessageCommands } from './relay-message.js';
 import { registerServiceCommands } from './service-commands.js';
@@ -19,9 +20,9 @@ const program = new Command('dropwire')
 const relay = program.command('relay').description('the relay: one server agents dial and senders call');
 const dataOpt = () => new Option('--data <dir>', 'relay data folder').default('./dropwire-relay');
 
-relay
+addNodeOptions(relay
   .command('start')
-  .description('run the relay in the foreground')
+  .description('run the relay in the foreground (with --store: one node of a cluster)'))
   .addOption(dataOpt())
   .option('--listen <host:port>', 'address agents connect to', '0.0.0.0:7390')
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
@@ -31,7 +32,7 @@ relay
   .option('--max-uploads <n>', 'uploads received at once, in total (429 DW_BUSY beyond)', positiveNumber('--max-uploads'), 1024)
   .option('--max-uploads-per-token <n>', 'uploads received at once per sender token', positiveNumber('--max-uploads-per-token'), 256)
   .option('--max-conns-per-ip <n>', 'connections from one IP address on the agents port', positiveNumber('--max-conns-per-ip'), 256)
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number }) => {
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -41,27 +42,30 @@ device
   .command('add <name>')
   .description('register a device; prints its one-time enrollment token')
   .addOption(dataOpt())
-  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s)')
+  .addOption(storeOpt())
+  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s; a cluster\'s: all its agent addresses)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
-  .action(async (name: string, o: { data: string; public?: string; ttl: number }) => {
+  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number }) => {
     const { runDeviceAdd } = await import('./relay.js');
-    await runDeviceAdd(o.data, name, o);
+    await runDeviceAdd(o, name, o);
   });
 device
   .command('list')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--json', 'JSON output')
-  .action(async (o: { data: string; json?: boolean }) => {
+  .action(async (o: { data: string; store?: string; json?: boolean }) => {
     const { printDevices } = await import('./relay.js');
-    await printDevices(o.data, o.json === true);
+    await printDevices(o, o.json === true);
   });
 device
   .command('remove <name>')
   .description('remove a device and drop its live session')
   .addOption(dataOpt())
-  .action(async (name: string, o: { data: string }) => {
+  .addOption(storeOpt())
+  .action(async (name: string, o: { data: string; store?: string }) => {
     const { runDeviceRemove } = await import('./relay.js');
-    await runDeviceRemove(o.data, name);
+    await runDeviceRemove(o, name);
   });
 
 const token = relay.command('token').description('sender API tokens');
@@ -69,28 +73,31 @@ token
   .command('add <name>')
   .description('create a sender token (printed once; stored only as a hash)')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--to <glob>', 'devices this token may send to', '*')
   .option('--webhook <url>', 'where status events are posted')
-  .action(async (name: string, o: { data: string; to: string; webhook?: string }) => {
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o.data, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
     console.log(t.token);
     if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
   });
 token
   .command('list')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--json', 'JSON output')
-  .action(async (o: { data: string; json?: boolean }) => {
+  .action(async (o: { data: string; store?: string; json?: boolean }) => {
     const { printTokens } = await import('./relay.js');
-    await printTokens(o.data, o.json === true);
+    await printTokens(o, o.json === true);
   });
 token
   .command('remove <name>')
   .addOption(dataOpt())
-  .action(async (name: string, o: { data: string }) => {
+  .addOption(storeOpt())
+  .action(async (name: string, o: { data: string; store?: string }) => {
     const { runTokenRemove } = await import('./relay.js');
-    await runTokenRemove(o.data, name);
+    await runTokenRemove(o, name);
   });
 
 function positiveNumber(flag: string): (v: string) => number {
@@ -147,6 +154,7 @@ program
   });
 
 // Command groups declared in their own files.
+registerClusterCommands(relay);
 registerRuleCommands(program);
 registerServiceCommands(program);
 registerRelayMessageCommands(relay);

@@ -585,6 +585,8 @@ export class HttpApi {
     if (err instanceof HttpError) return send(res, err.status, { error: { code: err.code, message: err.message } }, err.headers);
     const code = (err as { code?: unknown })?.code;
     if (typeof code === 'string' && STATUS_OF_CODE[code]) return send(res, STATUS_OF_CODE[code], { error: { code, message: (err as Error).message } });
+    // The store's server is away (a cluster's Redis): say so at once; the sender retries (Idempotency-Key).
+    if (code === 'DW_STORE_DOWN') return send(res, 503, { error: { code, message: 'the relay\'s store is unavailable; retry shortly' } });
     this.o.log.error({ err }, 'request failed');
     send(res, 500, { error: { code: 'DW_INTERNAL', message: 'internal error' } });
   }

@@ -33,8 +33,25 @@ export interface StatusEvent {
 /** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
 export const OFFLINE_GRACE_MS = 1_500;
 
+/**
+ * Where a cluster of relay nodes plugs in (src/relay/cluster/); absent on a single relay. The hub asks it
+ * before accepting a session and on presence changes, and hands it work for devices it has no session of.
+ */
+export interface HubCluster {
+  /** Makes this node the device's session holder; the node that held it retires its session. */
+  claim(device: string): Promise<void>;
+  /** This node's session of the device is gone. */
+  released(device: string): void;
+  /** Stop sending a message to a device whose session is on another node. */
+  cancel(device: string, id: string): void;
+  /** Records a presence change for the cluster; true when it is an event (once per cluster). */
+  presence(device: string, online: boolean): Promise<boolean>;
+  onlineElsewhere(device: string): boolean;
+}
+
 export interface HubOptions {
   store: Store;
+  cluster?: HubCluster;
   /** Told whenever events were appended (status changes, presence). */
   feed?: EventFeed;
   offlineGraceMs?: number;
@@ -123,7 +140,12 @@ export class Hub extends EventEmitter {
   }
 
   isOnline(device: string): boolean {
-    return this.peers.get(device)?.link?.connection.isEstablished === true;
+    return this.peers.get(device)?.link?.connection.isEstablished === true || this.o.cluster?.onlineElsewhere(device) === true;
+  }
+
+  /** This hub holds a session (live or lingering) of the device. */
+  hasSession(device: string): boolean {
+    return this.peers.has(device);
   }
 
   onlineCount(): number {
@@ -150,8 +172,13 @@ export class Hub extends EventEmitter {
 
   /** Drops a device's session and link at once (the device was removed). */
   drop(device: string): void {
+    this.retireSession(device, 'DW_DEVICE_REMOVED');
+  }
+
+  /** Retires a device's session here (removed, or its agent now has a session on another node). */
+  retireSession(device: string, code: string): void {
     const p = this.peers.get(device);
-    if (p) this.retire(p, 'DW_DEVICE_REMOVED');
+    if (p) this.retire(p, code);
   }
 
   close(): void {
@@ -243,7 +270,7 @@ export class Hub extends EventEmitter {
     clearTimeout(this.offlineTimers.get(device));
     this.offlineTimers.delete(device);
     if (online) {
-      if (this.announced.get(device) !== true) this.announce(device, true);
+      if (this.announced.get(device) !== true || this.o.cluster) this.announce(device, true);
       return;
     }
     const t = setTimeout(() => {
@@ -257,6 +284,18 @@ export class Hub extends EventEmitter {
   private announce(device: string, online: boolean): void {
     this.announced.set(device, online);
     const at = this.now();
+    if (this.o.cluster) {
+      // In a cluster, Redis decides whether this is an event (not when the agent only moved between nodes).
+      this.o.cluster.presence(device, online).then(
+        (event) => event && this.presenceEvent(device, online, at),
+        (err: unknown) => this.o.log.error({ err, device }, 'could not record presence in the cluster'),
+      );
+      return;
+    }
+    this.presenceEvent(device, online, at);
+  }
+
+  private presenceEvent(device: string, online: boolean, at: number): void {
     this.o.log.info({ device, online }, online ? 'device online' : 'device offline');
     this.emit('presence', { device, online, at });
     this.o.store
@@ -270,7 +309,8 @@ export class Hub extends EventEmitter {
     if (this.stopped.size >= STOPPED_MAX) this.stopped.delete(this.stopped.values().next().value!);
     this.stopped.add(id);
     const p = this.peers.get(device);
-    if (p?.ready) this.send(p, MessageType.CANCEL, { id });
+    if (!p) return this.o.cluster?.cancel(device, id); // the device's session is on another node
+    if (p.ready) this.send(p, MessageType.CANCEL, { id });
   }
 
   /**
@@ -325,6 +365,10 @@ export class Hub extends EventEmitter {
     if (!isFresh(hello, device.lastHandshakeTs)) return refuse('DW_HANDSHAKE_REPLAYED', 'handshake timestamp not fresh');
     await store.touchDevice(device.name, this.now(), hello.timestamp);
     if (link.connection.isClosed || this.closed) return;
+    if (this.o.cluster) {
+      await this.o.cluster.claim(device.name);
+      if (link.connection.isClosed || this.closed) return;
+    }
 
     let p = this.peers.get(device.name);
     const resume =
@@ -394,7 +438,9 @@ export class Hub extends EventEmitter {
   }
 
   private forget(p: Peer): void {
-    if (this.peers.get(p.device) === p) this.peers.delete(p.device);
+    if (this.peers.get(p.device) !== p) return;
+    this.peers.delete(p.device);
+    this.o.cluster?.released(p.device);
   }
 
   // --- messages from the agent -------------------------------------------------------------------
@@ -472,11 +518,22 @@ export class Hub extends EventEmitter {
       }
       then?.();
     });
-    const settled = work.catch((err: unknown) => log.error({ err, id }, 'could not store a status'));
+    const settled = work.catch((err: unknown) => {
+      log.error({ err, id }, 'could not store a status');
+      this.storeFailed(p, err);
+    });
     this.pendingWrites.set(p, settled);
     settled.then(() => {
       if (this.pendingWrites.get(p) === settled) this.pendingWrites.delete(p);
     });
+  }
+
+  /**
+   * The store was unreachable (a Redis outage): the session ends, so that the agent's next one re-sends
+   * what was not confirmed and HELLO starts delivery again, once the store answers (PROTOCOL 7.11).
+   */
+  private storeFailed(p: Peer, err: unknown): void {
+    if ((err as { code?: string }).code === 'DW_STORE_DOWN' && this.peers.get(p.device) === p) this.retire(p, 'DW_STORE_DOWN');
   }
 
   // --- delivery --------------------------------------------------------------------------------
@@ -510,7 +567,10 @@ export class Hub extends EventEmitter {
     p.delivering = true;
     const gen = p.gen;
     this.deliveryLoop(p, gen)
-      .catch((err: unknown) => this.o.log.error({ err, device: p.device }, 'delivery failed'))
+      .catch((err: unknown) => {
+        this.o.log.error({ err, device: p.device }, 'delivery failed');
+        this.storeFailed(p, err);
+      })
       .finally(() => {
         p.delivering = false;
         // New work, or a new stream whose HELLO came while this loop was finishing.
