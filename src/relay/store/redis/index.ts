@@ -355,6 +355,7 @@ class RedisStoreImpl implements RedisStore {
         ev.slice(0, -1), // the event head: `{"id":…,"size":N` — each event closes it with its status
         message.body !== undefined ? Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength) : '',
         blobKey,
+        message.retryOf ?? '',
       ];
     } catch (err) {
       return Promise.reject(err instanceof DropwireError ? err : invalid(`${label}: ${(err as Error).message}`, err));

@@ -251,7 +251,17 @@ if ifield ~= '' then redis.call('HSET', K.idempotency, ifield, id) end
 redis.call('ZADD', K.queue(to), seq, id)
 if deadlineAt ~= '' then redis.call('ZADD', K.deadlines, deadlineAt, member(seq, id)) end
 if expiresAt ~= '' then redis.call('ZADD', K.expiries, expiresAt, member(seq, id)) end
-redis.call('RPUSH', K.history(id), '{"status":"queued","at":' .. createdAt .. '}')
+local retryOf = ARGV[19]
+if retryOf ~= '' then
+  -- A retry: the new message names the old one; the old one's history says which message retried it.
+  redis.call('RPUSH', K.history(id), '{"status":"queued","at":' .. createdAt .. ',"detail":{"retryOf":' .. cjson.encode(retryOf) .. '}}')
+  local oldStatus = redis.call('HGET', K.message(retryOf), 'status')
+  if oldStatus then
+    redis.call('RPUSH', K.history(retryOf), '{"status":"' .. oldStatus .. '","at":' .. createdAt .. ',"detail":{"retriedAs":' .. cjson.encode(id) .. '}}')
+  end
+else
+  redis.call('RPUSH', K.history(id), '{"status":"queued","at":' .. createdAt .. '}')
+end
 appendEvent('message.queued', to, id, from, createdAt, '{"message":' .. ev .. ',"status":"queued"}}')
 return {1, seq}
 `,
