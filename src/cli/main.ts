@@ -26,7 +26,9 @@ relay
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
   .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number }) => {
+  .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
+  .option('--tls-key <file>', 'the PEM private key for --tls-cert')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; tlsCert?: string; tlsKey?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -88,6 +90,7 @@ token
     await removeToken(o.data, name);
   });
 
+const transportOpt = () => new Option('--transport <mode>', 'tcp, wss, or auto: TCP first, WSS when TCP does not connect within a few seconds').choices(['tcp', 'wss', 'auto']);
 const homeOpt = () => new Option('--home <dir>', 'agent folder (default: DROPWIRE_HOME or a per-user folder)');
 
 program
@@ -95,8 +98,11 @@ program
   .description('enroll this host with a relay, using a token from `relay device add`')
   .addOption(homeOpt())
   .option('--name <name>', 'device name (default: the one in the token)')
-  .option('--relay <host:port>', 'relay address (overrides the token)')
-  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated: HOST:PORT, wss://HOST[:PORT]/v1/connect or ws://… (overrides the token)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (http://user:password@host:port; default HTTPS_PROXY, NO_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA that signed the relay\'s certificate (kept in the config)')
+  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runInit } = await import('./agent.js');
     await runInit(tokenText, o);
   });
@@ -105,8 +111,11 @@ program
   .command('agent')
   .description('run the agent in the foreground (what the service runs)')
   .addOption(homeOpt())
-  .option('--relay <host:port>', 'relay address (overrides the config)')
-  .action(async (o: { home?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated (overrides the config)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (overrides the config and HTTPS_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA (overrides the config)')
+  .action(async (o: { home?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runAgent } = await import('./agent.js');
     await runAgent(o);
   });

@@ -1,10 +1,12 @@
 import { listDevices, listTokens } from '../relay/admin.js';
 import { Relay } from '../relay/relay.js';
 import { parseHostPort } from '../shared/enrollment.js';
+import { DropwireError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
-export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number }): Promise<void> {
+export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; tlsCert?: string; tlsKey?: string }): Promise<void> {
+  if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new DropwireError('DW_BAD_TLS', '--tls-cert and --tls-key go together');
   const log = createLogger('relay');
   const relay = await Relay.start({
     dataDir: o.data,
@@ -12,9 +14,14 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
     http: parseHostPort(o.http, '--http'),
     ...(o.public ? { public: o.public } : {}),
     ...(o.maxBody ? { maxBody: o.maxBody } : {}),
+    ...(o.tlsCert && o.tlsKey ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey } } : {}),
     log,
   });
+  // SIGHUP re-reads the TLS certificate and key (a renewal); open connections stay up.
+  const onHup = () => void relay.reloadTls();
+  if (o.tlsCert) process.on('SIGHUP', onHup);
   await untilSignal();
+  process.off('SIGHUP', onHup);
   await relay.close();
 }
 

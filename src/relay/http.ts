@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import busboy from 'busboy';
@@ -24,6 +25,10 @@ export interface HttpOptions {
   adminToken: string;
   /** Tokens were added or removed by the CLI (webhooks re-read them). */
   onTokensChanged?: () => void;
+  /** Serve HTTPS with this certificate and key (PEM); `setSecureContext` replaces them later. */
+  tls?: { cert: Buffer; key: Buffer };
+  /** HTTP upgrades (the agents' WebSocket at /v1/connect, PROTOCOL 11). Without it, upgrades are refused. */
+  onUpgrade?: (req: http.IncomingMessage, socket: import('node:net').Socket, head: Buffer) => void;
   now?: () => number;
 }
 
@@ -100,16 +105,21 @@ class RecentlyFound<V> {
   }
 }
 
+/** Plain HTTP, or HTTPS when a certificate is given (`relay start --tls-cert --tls-key`). */
+function createServer(tls: HttpOptions['tls'], handler: http.RequestListener): http.Server | https.Server {
+  return tls ? https.createServer({ cert: tls.cert, key: tls.key }, handler) : http.createServer(handler);
+}
+
 /** The sender HTTP API (README "HTTP API"). */
 export class HttpApi {
-  readonly server: http.Server;
+  readonly server: http.Server | https.Server;
   private readonly o: HttpOptions;
   private readonly now: () => number;
 
   constructor(o: HttpOptions) {
     this.o = o;
     this.now = o.now ?? Date.now;
-    this.server = http.createServer((req, res) => {
+    this.server = createServer(o.tls, (req, res) => {
       this.route(req, res).catch((err: unknown) => {
         if (req.complete) return this.fail(res, err);
         // Answer only once the client has finished sending (up to a bound), so curl and fetch read the
@@ -138,6 +148,12 @@ export class HttpApi {
     });
     this.server.requestTimeout = 0; // large uploads take as long as they take
     this.server.headersTimeout = 30_000;
+    if (o.onUpgrade) this.server.on('upgrade', o.onUpgrade);
+  }
+
+  /** New certificate and key for connections from now on; open ones keep theirs (HTTPS only). */
+  setSecureContext(pair: { cert: Buffer; key: Buffer }): void {
+    if (this.server instanceof https.Server) this.server.setSecureContext(pair);
   }
 
   listen(): Promise<{ host: string; port: number }> {

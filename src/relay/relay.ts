@@ -10,12 +10,14 @@ import type { Logger } from '../shared/log.js';
 import { writeFileAtomic } from '../shared/files.js';
 import { loadOrCreateKeyPair } from '../transport/identity.js';
 import { Listener } from '../transport/listener.js';
+import { CONNECT_PATH, WebSocketAcceptor } from '../transport/websocket.js';
 import { Blobs } from './blobs.js';
 import { DeadlineSweeper } from './deadlines.js';
 import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
 import { HttpApi } from './http.js';
 import { Hub } from './hub.js';
+import { TlsFiles } from './tls.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
 
 export const DEFAULT_MAX_BODY = 2 * 1024 * 1024 * 1024;
@@ -31,11 +33,15 @@ export interface RelayOptions {
   crypto?: CryptoBackend;
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
+  /** PEM files: serve the HTTP port as HTTPS (and agents' wss://); re-read on `reloadTls()` and on change. */
+  tls?: { certFile: string; keyFile: string };
 }
 
 export interface RelayInfo {
   agents: string;
   http: string;
+  /** The URL agents may dial over WebSocket on the HTTP port (wss:// with --tls-cert), PROTOCOL 11. */
+  websocket: string;
   public: string;
   publicKey: string;
   pid: number;
@@ -99,12 +105,15 @@ export class Relay {
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
     });
     const webhooks = new Webhooks({ store, feed, log: o.log });
-    const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
+    const tlsFiles = o.tls ? new TlsFiles({ ...o.tls, log: o.log }) : undefined;
+    const websockets = new WebSocketAcceptor((stream) => listener.adopt(stream, tlsFiles ? 'wss' : 'ws'));
+    const http = new HttpApi({ ...(tlsFiles ? { tls: tlsFiles.read() } : {}), onUpgrade: (req, socket, head) => websockets.upgrade(req, socket, head), onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
     const agents = await listener.listen();
     const api = await http.listen();
     const info: RelayInfo = {
       agents: formatHostPort(agents.host, agents.port),
       http: formatHostPort(api.host, api.port),
+      websocket: `${tlsFiles ? 'wss' : 'ws'}://${formatHostPort(api.host, api.port)}${CONNECT_PATH}`,
       public: o.public ?? formatHostPort(agents.host, agents.port),
       publicKey: toHex(keys.publicKey),
       pid: process.pid,
@@ -112,11 +121,23 @@ export class Relay {
     writeFileAtomic(p.info, JSON.stringify(info, null, 2) + '\n');
     const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
     webhooks.refresh(); // deliver what is still owed from before a restart
+    tlsFiles?.watch((pair) => http.setSecureContext(pair));
     o.log.info(info, 'relay listening');
-    return new Relay(o, info, store, hub, listener, http, () => {
+    const relay = new Relay(o, info, store, hub, listener, http, () => {
+      websockets.close();
+      tlsFiles?.close();
       webhooks.close();
       sweeper.close();
     });
+    relay.tlsFiles = tlsFiles;
+    return relay;
+  }
+
+  private tlsFiles: TlsFiles | undefined;
+
+  /** Re-reads the TLS certificate and key (SIGHUP); false when there is no TLS or the new pair is bad. */
+  reloadTls(): boolean {
+    return this.tlsFiles?.reload('SIGHUP') ?? false;
   }
 
   async close(): Promise<void> {
