@@ -59,7 +59,7 @@ export function fallbackWss(a: RelayAddress): RelayAddress {
  * The order in which to try the addresses (PROTOCOL 11.5): the configured list shuffled (so a cluster's
  * agents spread over its nodes); in `auto` mode, per host, its TCP address first and then its WebSocket
  * URL, or the WSS fallback on port 443 when the list has none for that host; `tcp` keeps the TCP addresses, `wss` the WebSocket ones
- * (a TCP address standing for wss://HOST/v1/connect). The address that worked last time comes first.
+ * (a TCP address standing for wss://HOST/v1/connect when the list has no URL for its host). The address that worked last time comes first.
  */
 export function candidates(list: readonly RelayAddress[], mode: TransportMode, o: { preferred?: string | undefined; random?: () => number } = {}): RelayAddress[] {
   const random = o.random ?? Math.random;
@@ -77,7 +77,8 @@ export function candidates(list: readonly RelayAddress[], mode: TransportMode, o
     if (mode === 'tcp') {
       if (a.kind === 'tcp') add(a);
     } else if (mode === 'wss') {
-      add(a.kind === 'tcp' ? fallbackWss(a) : a);
+      if (a.kind !== 'tcp') add(a);
+      else if (!wsHosts.has(a.host.toLowerCase())) add(fallbackWss(a));
     } else {
       add(a);
       if (a.kind === 'tcp' && !wsHosts.has(a.host.toLowerCase())) add(fallbackWss(a));
