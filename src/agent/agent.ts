@@ -7,10 +7,12 @@ import type { ProtocolError } from '../protocol/errors.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
+import { parseTransportMode, type TransportMode } from '../transport/address.js';
 import { Dialer, type Backoff } from '../transport/dialer.js';
 import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import type { Link } from '../transport/link.js';
-import { parseHostPort } from '../shared/enrollment.js';
+import { describeRoute, RelayReach } from '../transport/reach.js';
+import type { OpenedStream } from '../transport/stream.js';
 import type { Logger } from '../shared/log.js';
 import { loadAgentConfig, paths, rulesVersion, type AgentConfig } from './config.js';
 import { DISK_FULL_LOG_INTERVAL_MS, DISK_FULL_RETRY_MS, isDiskFull } from './disk.js';
@@ -32,14 +34,24 @@ export interface AgentOptions {
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
   backoff?: Partial<Backoff>;
-  /** Overrides the relay address in the config. */
+  /** Overrides the relay addresses in the config (comma-separated). */
   relay?: string;
+  /** Override the config's transport, proxy and CA (README "Reaching the relay"). */
+  transport?: TransportMode;
+  proxy?: string;
+  ca?: string;
+  /** In auto mode, how long a TCP dial may take before WSS is tried (default FALLBACK_AFTER_MS). */
+  fallbackAfterMs?: number;
   signal?: AbortSignal;
 }
 
 export interface AgentStatus {
   connected: boolean;
+  /** The address in use (or last tried); `relays` are all of them. */
   relay: string;
+  relays: string[];
+  /** tcp, ws, wss, or "wss via proxy": how the current (last) connection reached the relay. */
+  transport?: string;
   since?: number;
   sessions: number;
   resumes: number;
@@ -59,6 +71,9 @@ export class Agent {
   private readonly spool: Spool;
   private readonly session: Session;
   private readonly dialer: Dialer;
+  private readonly reach: RelayReach;
+  /** How each link was opened (address, transport, proxy), until its session is established. */
+  private readonly routes = new WeakMap<Link, OpenedStream>();
   private decoder = new MessageDecoder();
   private transfer: Transfer | undefined;
   /** A FILE the journal already has: its CHUNKs are skipped. */
@@ -87,12 +102,22 @@ export class Agent {
     this.journal = new Journal(p.journal);
     this.spool = new Spool(p.spool);
     this.session = new Session({ limits: o.limits ?? {} });
-    const relay = o.relay ?? this.config.relay;
-    const { host, port } = parseHostPort(relay, 'relay');
-    this.status = { connected: false, relay, sessions: 0, resumes: 0, reconnects: 0 };
+    const relays = o.relay ? o.relay.split(',') : this.config.relays;
+    this.reach = new RelayReach({
+      relays,
+      mode: o.transport ?? parseTransportMode(this.config.transport),
+      proxy: o.proxy ?? this.config.proxy,
+      caFile: o.ca ?? this.config.ca,
+      memoryFile: p.route,
+      ...(o.fallbackAfterMs !== undefined ? { fallbackAfterMs: o.fallbackAfterMs } : {}),
+      onFallback: (from, to, err) =>
+        this.o.log.warn({ from: from.text, to: to.text, code: err.code, reason: err.message }, from.kind === 'tcp' && to.kind !== 'tcp' ? `TCP to the relay failed; falling back to ${to.kind.toUpperCase()}` : 'relay address failed; trying the next'),
+    });
+    this.status = { connected: false, relay: this.reach.plan[0]!.text, relays: this.reach.list.map((a) => a.text), sessions: 0, resumes: 0, reconnects: 0 };
     this.dialer = new Dialer({
-      host,
-      port,
+      host: '',
+      port: 0,
+      connect: (signal) => this.reach.open(signal),
       backoff: o.backoff ?? {},
       connection: () =>
         Connection.initiator({
@@ -106,6 +131,11 @@ export class Agent {
           timers: o.timers ?? {},
         }),
       events: {
+        onOpen: (opened, link) => {
+          this.routes.set(link, opened);
+          this.status.relay = opened.address;
+          this.status.transport = describeRoute(opened);
+        },
         onOutput: (out, link) => this.onOutput(out, link),
         onClose: (err, link) => this.onClose(err, link),
         onRetry: (err, delay, attempt) => {
@@ -186,21 +216,26 @@ export class Agent {
   private onOutput(out: Exclude<Output, { type: 'write' } | { type: 'close' }>, link: Link): void {
     const { log } = this.o;
     switch (out.type) {
-      case 'established':
+      case 'established': {
         this.link = link;
         this.removed = false;
         this.removedLogged = false;
         this.status.connected = true;
         this.status.since = Date.now();
+        const route = this.routes.get(link);
+        this.routes.delete(link); // established: no longer a candidate for `failed` below
+        if (route) this.reach.worked(route.address);
+        const via = { relay: this.status.relay, transport: this.status.transport, ...(route?.proxy ? { proxy: route.proxy } : {}) };
         if (out.resumed) {
           this.status.resumes++;
-          log.info({ relay: this.status.relay }, 'session resumed');
+          log.info(via, 'session resumed');
           return;
         }
         this.status.sessions++;
-        log.info({ relay: this.status.relay }, 'session started');
+        log.info(via, 'session started');
         this.newStream();
         return;
+      }
       case 'data':
         this.decoder.push(out.bytes);
         try {
@@ -226,6 +261,10 @@ export class Agent {
   }
 
   private onClose(err: ProtocolError, link: Link): void {
+    const route = this.routes.get(link);
+    // A stream that opened but never carried a session (a proxy or terminator in the way): next address.
+    if (route) this.reach.failed(route.address);
+    this.routes.delete(link);
     if (this.link === link) this.link = undefined;
     if (this.status.connected) this.o.log.warn({ code: err.code }, 'connection to relay lost');
     this.status.connected = false;
@@ -497,7 +536,7 @@ export class Agent {
     const next = loadAgentConfig(this.o.home);
     const version = rulesVersion(next.rules);
     const changed = version !== rulesVersion(this.config.rules) || next.retention !== this.config.retention;
-    this.config = { ...next, relay: this.config.relay, relayKey: this.config.relayKey };
+    this.config = { ...next, relay: this.config.relay, relays: this.config.relays, relayKey: this.config.relayKey };
     if (changed) this.o.log.info({ rules: next.rules.length, version }, 'config reloaded');
     return { rules: next.rules.length, version };
   }

@@ -32,7 +32,9 @@ addNodeOptions(relay
   .option('--max-uploads <n>', 'uploads received at once, in total (429 DW_BUSY beyond)', positiveNumber('--max-uploads'), 1024)
   .option('--max-uploads-per-token <n>', 'uploads received at once per sender token', positiveNumber('--max-uploads-per-token'), 256)
   .option('--max-conns-per-ip <n>', 'connections from one IP address on the agents port', positiveNumber('--max-conns-per-ip'), 256)
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string }) => {
+  .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
+  .option('--tls-key <file>', 'the PEM private key for --tls-cert')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -108,6 +110,7 @@ function positiveNumber(flag: string): (v: string) => number {
   };
 }
 
+const transportOpt = () => new Option('--transport <mode>', 'tcp, wss, or auto: TCP first, WSS when TCP does not connect within a few seconds').choices(['tcp', 'wss', 'auto']);
 const homeOpt = () => new Option('--home <dir>', 'agent folder (default: DROPWIRE_HOME or a per-user folder)');
 
 program
@@ -115,8 +118,11 @@ program
   .description('enroll this host with a relay, using a token from `relay device add`')
   .addOption(homeOpt())
   .option('--name <name>', 'device name (default: the one in the token)')
-  .option('--relay <host:port>', 'relay address (overrides the token)')
-  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated: HOST:PORT, wss://HOST[:PORT]/v1/connect or ws://… (overrides the token)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (http://user:password@host:port; default HTTPS_PROXY, NO_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA that signed the relay\'s certificate (kept in the config)')
+  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runInit } = await import('./agent.js');
     await runInit(tokenText, o);
   });
@@ -125,8 +131,11 @@ program
   .command('agent')
   .description('run the agent in the foreground (what the service runs)')
   .addOption(homeOpt())
-  .option('--relay <host:port>', 'relay address (overrides the config)')
-  .action(async (o: { home?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated (overrides the config)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (overrides the config and HTTPS_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA (overrides the config)')
+  .action(async (o: { home?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runAgent } = await import('./agent.js');
     await runAgent(o);
   });

@@ -4,10 +4,12 @@ import { fromHex } from '../protocol/bytes.js';
 import { addDevice, listDevices, listTokens, removeDevice, removeToken, type AdminTarget } from '../relay/admin.js';
 import { Relay, type RelayInfo } from '../relay/relay.js';
 import { parseHostPort } from '../shared/enrollment.js';
+import { DropwireError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
-export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string }): Promise<void> {
+export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string }): Promise<void> {
+  if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new DropwireError('DW_BAD_TLS', '--tls-cert and --tls-key go together');
   if (o.store) {
     // One node of a cluster (README "Several nodes").
     const { runNode } = await import('./relay-cluster.js');
@@ -21,11 +23,16 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
     ...(o.public ? { public: o.public } : {}),
     ...(o.maxBody ? { maxBody: o.maxBody } : {}),
     caps: { bodyTimeoutS: o.bodyTimeout, maxUploads: o.maxUploads, maxUploadsPerToken: o.maxUploadsPerToken, maxConnsPerIp: o.maxConnsPerIp },
+    ...(o.tlsCert && o.tlsKey ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey } } : {}),
     log,
   });
   // On a terminal, a few lines for the person who just started it (the JSON logs go on as usual).
   if (process.stdout.isTTY) process.stdout.write(summary(relay.info, o.data));
+  // SIGHUP re-reads the TLS certificate and key (a renewal); open connections stay up.
+  const onHup = () => void relay.reloadTls();
+  if (o.tlsCert) process.on('SIGHUP', onHup);
   await untilSignal();
+  process.off('SIGHUP', onHup);
   await relay.close();
 }
 

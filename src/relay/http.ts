@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import busboy from 'busboy';
@@ -25,6 +26,10 @@ export interface HttpOptions {
   adminToken: string;
   /** Tokens were added or removed by the CLI (webhooks re-read them). */
   onTokensChanged?: () => void;
+  /** Serve HTTPS with this certificate and key (PEM); `setSecureContext` replaces them later. */
+  tls?: { cert: Buffer; key: Buffer };
+  /** HTTP upgrades (the agents' WebSocket at /v1/connect, PROTOCOL 11). Without it, upgrades are refused. */
+  onUpgrade?: (req: http.IncomingMessage, socket: Socket, head: Buffer) => void;
   now?: () => number;
   /** An upload that sends no byte for this long ends with 408 DW_TIMEOUT, nothing stored (default 30 s). */
   bodyTimeoutMs?: number;
@@ -143,9 +148,14 @@ class RecentlyFound<V> {
   }
 }
 
+/** Plain HTTP, or HTTPS when a certificate is given (`relay start --tls-cert --tls-key`). */
+function createServer(tls: HttpOptions['tls'], handler: http.RequestListener): http.Server | https.Server {
+  return tls ? https.createServer({ cert: tls.cert, key: tls.key }, handler) : http.createServer(handler);
+}
+
 /** The sender HTTP API (README "HTTP API"). */
 export class HttpApi {
-  readonly server: http.Server;
+  readonly server: http.Server | https.Server;
   private readonly o: HttpOptions;
   private readonly now: () => number;
 
@@ -154,7 +164,7 @@ export class HttpApi {
     this.now = o.now ?? Date.now;
     this.bodyTimeoutMs = o.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_S * 1000;
     o.hub.setMaxListeners(0); // one `status` listener per long poll
-    this.server = http.createServer((req, res) => {
+    this.server = createServer(o.tls, (req, res) => {
       this.route(req, res).catch((err: unknown) => {
         if (err instanceof ClientGone || (req.destroyed && !req.complete)) {
           this.o.log.info({ method: req.method, path: req.url?.slice(0, 200), remote: req.socket.remoteAddress }, 'request aborted by the client');
@@ -197,6 +207,12 @@ export class HttpApi {
     // What Node's parser refuses (bad request line, oversized headers, not HTTP at all) gets a coded JSON
     // answer too, not Node's empty default one.
     this.server.on('clientError', (err: Error & { code?: string; rawPacket?: Buffer }, socket: Socket) => this.clientError(err, socket));
+    if (o.onUpgrade) this.server.on('upgrade', o.onUpgrade);
+  }
+
+  /** New certificate and key for connections from now on; open ones keep theirs (HTTPS only). */
+  setSecureContext(pair: { cert: Buffer; key: Buffer }): void {
+    if (this.server instanceof https.Server) this.server.setSecureContext(pair);
   }
 
   private readonly bodyTimeoutMs: number;

@@ -205,7 +205,7 @@ export class Hub extends EventEmitter {
         if (!p) return;
         p.onlineSince = this.now();
         if (!out.resumed) this.newStream(p);
-        this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote }, out.resumed ? 'session resumed' : 'session started');
+        this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote, transport: link.transport }, out.resumed ? 'session resumed' : 'session started');
         this.presence(p.device, true);
         if (out.resumed) {
           // Delivery paused while the device was away (`sent` means written to a live connection).

@@ -12,12 +12,14 @@ import { writeFileAtomic } from '../shared/files.js';
 import { FolderLock } from '../shared/lock.js';
 import { loadOrCreateKeyPair } from '../transport/identity.js';
 import { Listener } from '../transport/listener.js';
+import { CONNECT_PATH, WebSocketAcceptor } from '../transport/websocket.js';
 import { Blobs } from './blobs.js';
 import { DeadlineSweeper } from './deadlines.js';
 import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
 import { HttpApi } from './http.js';
 import { Hub } from './hub.js';
+import { TlsFiles } from './tls.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/types.js';
 import type { ClusterNode } from './cluster/node.js';
@@ -38,6 +40,8 @@ export interface RelayOptions {
   crypto?: CryptoBackend;
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
+  /** PEM files: serve the HTTP port as HTTPS (and agents' wss://); re-read on `reloadTls()` and on change. */
+  tls?: { certFile: string; keyFile: string };
   /** Resource caps against stalled or flooding clients (`relay start --body-timeout …`). */
   caps?: RelayCaps;
 }
@@ -66,6 +70,8 @@ export interface NodeOptions extends RelayOptions {
 export interface RelayInfo {
   agents: string;
   http: string;
+  /** The URL agents may dial over WebSocket on the HTTP port (wss:// with --tls-cert), PROTOCOL 11. */
+  websocket: string;
   public: string;
   publicKey: string;
   pid: number;
@@ -188,7 +194,9 @@ export class Relay<S extends Store = SqliteStore> {
       };
     };
     let local: ReturnType<typeof background> | undefined;
-    const http = new HttpApi({ onTokensChanged: () => local?.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir),
+    const tlsFiles = o.tls ? new TlsFiles({ ...o.tls, log: o.log }) : undefined;
+    const websockets = new WebSocketAcceptor((stream) => listener.adopt(stream, tlsFiles ? 'wss' : 'ws'));
+    const http = new HttpApi({ ...(tlsFiles ? { tls: tlsFiles.read() } : {}), onUpgrade: (req, socket, head) => websockets.upgrade(req, socket, head), onTokensChanged: () => local?.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir),
       ...(o.caps?.bodyTimeoutS ? { bodyTimeoutMs: o.caps.bodyTimeoutS * 1000 } : {}),
       ...(o.caps?.maxUploads ? { maxUploads: o.caps.maxUploads } : {}),
       ...(o.caps?.maxUploadsPerToken ? { maxUploadsPerToken: o.caps.maxUploadsPerToken } : {}) });
@@ -210,6 +218,7 @@ export class Relay<S extends Store = SqliteStore> {
     const info: RelayInfo = {
       agents: formatHostPort(agents.host, agents.port),
       http: formatHostPort(api.host, api.port),
+      websocket: `${tlsFiles ? 'wss' : 'ws'}://${formatHostPort(api.host, api.port)}${CONNECT_PATH}`,
       public: o.public ?? formatHostPort(agents.host, agents.port),
       publicKey: toHex(keys.publicKey),
       pid: process.pid,
@@ -218,11 +227,23 @@ export class Relay<S extends Store = SqliteStore> {
     if (inCluster) await inCluster.node.attach({ hub, feed, store, wakeups: inCluster.wakeups, agents: info.public, http: info.http, background });
     else local = background();
     writeFileAtomic(p.info, JSON.stringify(info, null, 2) + '\n');
+    tlsFiles?.watch((pair) => http.setSecureContext(pair));
     o.log.info(info, cluster ? 'relay node listening' : 'relay listening');
-    return new Relay<S>(o, lock, info, store, hub, listener, http, async () => {
+    const relay = new Relay<S>(o, lock, info, store, hub, listener, http, async () => {
+      websockets.close();
+      tlsFiles?.close();
       local?.close();
       await cluster?.close();
     });
+    relay.tlsFiles = tlsFiles;
+    return relay;
+  }
+
+  private tlsFiles: TlsFiles | undefined;
+
+  /** Re-reads the TLS certificate and key (SIGHUP); false when there is no TLS or the new pair is bad. */
+  reloadTls(): boolean {
+    return this.tlsFiles?.reload('SIGHUP') ?? false;
   }
 
   async close(): Promise<void> {

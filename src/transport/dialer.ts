@@ -2,6 +2,7 @@ import net from 'node:net';
 import type { Connection } from '../protocol/connection.js';
 import type { ProtocolError } from '../protocol/errors.js';
 import { Link, type LinkEvents } from './link.js';
+import type { OpenedStream } from './stream.js';
 
 export interface Backoff {
   /** First wait after a failure, in ms. */
@@ -27,6 +28,8 @@ export interface DialerOptions {
   events: LinkEvents & {
     /** An attempt failed or a link ended; `delay` is the wait before the next attempt. */
     onRetry?(error: Error, delay: number, attempt: number): void;
+    /** A stream opened (before the handshake): which transport and address it took. */
+    onOpen?(opened: OpenedStream, link: Link): void;
   };
   backoff?: Partial<Backoff>;
   connectTimeout?: number;
@@ -34,6 +37,8 @@ export interface DialerOptions {
   now?: () => number;
   /** Opens the byte stream; TCP by default (a WebSocket transport plugs in here). */
   open?: (host: string, port: number) => net.Socket;
+  /** Opens the byte stream over any transport (reach.ts); when given, host, port and `open` are unused. */
+  connect?: (signal: AbortSignal) => Promise<OpenedStream>;
 }
 
 /**
@@ -48,6 +53,8 @@ export class Dialer {
   private slowMs = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The `connect` under way, if any. */
+  private dialing: AbortController | undefined;
   /** The events of every link this dialer makes (the link is passed along). */
   private readonly events: LinkEvents;
   link: Link | undefined;
@@ -73,7 +80,7 @@ export class Dialer {
   }
 
   start(): void {
-    if (!this.closed && !this.link && !this.timer) this.dial();
+    if (!this.closed && !this.link && !this.timer && !this.dialing) this.dial();
   }
 
   /** Drops the current link (if any) and dials again at once, e.g. after the session was lost. */
@@ -82,7 +89,7 @@ export class Dialer {
     clearTimeout(this.timer);
     this.timer = undefined;
     if (this.link) this.link.close();
-    else this.dial();
+    else if (!this.dialing) this.dial();
   }
 
   /**
@@ -97,12 +104,14 @@ export class Dialer {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
+    this.dialing?.abort();
     this.link?.close();
   }
 
   private dial(): void {
     this.timer = undefined;
     if (this.closed) return;
+    if (this.o.connect) return this.dialWith(this.o.connect);
     const open = this.o.open ?? ((host, port) => net.connect({ host, port }));
     const socket = open(this.o.host, this.o.port);
     const timeout = setTimeout(() => socket.destroy(new Error('connect timeout')), this.o.connectTimeout ?? 10_000);
@@ -131,6 +140,28 @@ export class Dialer {
       this.link = link;
       link.pump();
     });
+  }
+
+  private dialWith(connect: (signal: AbortSignal) => Promise<OpenedStream>): void {
+    const dialing = new AbortController();
+    this.dialing = dialing;
+    connect(dialing.signal).then(
+      (opened) => {
+        this.dialing = undefined;
+        if (this.closed) {
+          opened.stream.destroy();
+          return;
+        }
+        const link = new Link(opened.stream, this.o.connection(), this.events, this.o.now, opened.transport);
+        this.link = link;
+        this.o.events.onOpen?.(opened, link);
+        link.pump();
+      },
+      (err: Error) => {
+        this.dialing = undefined;
+        this.retry(err);
+      },
+    );
   }
 
   private retry(error: Error): void {

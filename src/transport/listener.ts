@@ -2,6 +2,7 @@ import net from 'node:net';
 import type { Connection } from '../protocol/connection.js';
 import { Link, type LinkEvents } from './link.js';
 import { BurstCompactor } from './memory.js';
+import type { ByteStream, TransportName } from './stream.js';
 
 export interface ListenerOptions {
   host: string;
@@ -84,8 +85,20 @@ export class Listener {
         else this.perIp.delete(ip);
       });
     }
+    this.adopt(socket, 'tcp');
+  }
+
+  /**
+   * Runs a responder on a stream accepted elsewhere (a WebSocket from the HTTP port): the same links,
+   * events and limits as TCP sockets, so the hub never learns the difference.
+   */
+  adopt(stream: ByteStream, transport: TransportName): void {
+    if (this.o.maxConnections && this.links.size >= this.o.maxConnections) {
+      stream.destroy();
+      return;
+    }
     // The link listens for 'error' from here on (its close reports it), so no extra listener is needed.
-    const link = new Link(socket, this.o.connection(), this.events);
+    const link = new Link(stream, this.o.connection(), this.events, undefined, transport);
     this.links.add(link);
     this.burst?.connected();
     link.pump();

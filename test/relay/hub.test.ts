@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 /**
  * The relay's hub against hand-driven agent sessions (real TCP on loopback, the real SQLite store): what an
  * agent reports is applied only to its own messages, whether or not the hub streamed them in this process.
@@ -80,11 +81,11 @@ class RawAgent {
 
   /** Stops reading the socket (a slow host): the relay's writes back up. */
   pause(): void {
-    this.link?.socket.pause();
+    (this.link?.socket as Socket | undefined)?.pause(); // a TCP link in these tests
   }
 
   resume(): void {
-    this.link?.socket.resume();
+    (this.link?.socket as Socket | undefined)?.resume();
   }
 
   get connected(): boolean {
