@@ -1,5 +1,6 @@
 import { Command, CommanderError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
+import { versionLine } from '../shared/version.js';
 import { registerRuleCommands } from './rule-commands.js';
 import { registerServiceCommands } from './service-commands.js';
 
@@ -11,7 +12,7 @@ export const ExitCode = { OK: 0, ERROR: 1, USAGE: 2 } as const;
 
 const program = new Command('dropwire')
   .description('Deliver files from web sites to hosts behind routers over one stable, encrypted, resumable connection.')
-  .version('0.1.0')
+  .version(versionLine(), '-V, --version', 'print the version and the commit it was built from')
   .exitOverride()
   .showHelpAfterError();
 
@@ -152,5 +153,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const code = await main(process.argv);
-if (code !== 0) process.exit(code);
+// No top-level await: the release bundle is a CommonJS script (scripts/release.mjs).
+void main(process.argv).then((code) => {
+  if (code !== 0) process.exit(code);
+});
