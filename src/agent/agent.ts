@@ -11,6 +11,7 @@ import { Dialer, type Backoff } from '../transport/dialer.js';
 import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import type { Link } from '../transport/link.js';
 import { parseHostPort } from '../shared/enrollment.js';
+import { agentProduct } from '../shared/version.js';
 import type { Logger } from '../shared/log.js';
 import { loadAgentConfig, paths, type AgentConfig } from './config.js';
 import { baseEnv, runAction, type Outcome } from './handlers/index.js';
@@ -215,7 +216,7 @@ export class Agent {
       this.send(MessageType.RECEIVED, { id: e.id });
       if (e.state === 'done' && e.status) this.send(MessageType.RESULT, resultHeader(e.id, e.status, e.code, e.result));
     }
-    this.send(MessageType.HELLO, { agent: 'dropwire/0.1', partial: this.spool.partials() });
+    this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials() });
   }
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {

@@ -301,26 +301,27 @@ export class HttpApi {
     };
   }
 
-  private async deviceView(name: string, lastSeen: number | undefined): Promise<Record<string, unknown>> {
+  private async deviceView(name: string, lastSeen: number | undefined, agentVersion?: string): Promise<Record<string, unknown>> {
     const online = this.o.hub.isOnline(name);
     return {
       name,
       online,
       lastSeen: online ? new Date(this.now()).toISOString() : lastSeen ? new Date(lastSeen).toISOString() : null,
       queued: await this.o.store.countPending(name),
+      agentVersion: agentVersion ?? null,
     };
   }
 
   private async listDevices(res: http.ServerResponse, token: TokenRecord): Promise<void> {
     const all = await this.o.store.listDevices();
     const visible = all.filter((d) => scopeAllows(token.to, d.name));
-    send(res, 200, { devices: await Promise.all(visible.map((d) => this.deviceView(d.name, d.lastSeen))) });
+    send(res, 200, { devices: await Promise.all(visible.map((d) => this.deviceView(d.name, d.lastSeen, d.agentVersion))) });
   }
 
   private async getDevice(res: http.ServerResponse, token: TokenRecord, name: string): Promise<void> {
     const d = await this.o.store.getDevice(name);
     if (!d || !scopeAllows(token.to, name)) throw new HttpError(404, 'DW_UNKNOWN_DEVICE', `no device named '${name}'`);
-    send(res, 200, await this.deviceView(d.name, d.lastSeen));
+    send(res, 200, await this.deviceView(d.name, d.lastSeen, d.agentVersion));
   }
 
   /**

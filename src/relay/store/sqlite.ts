@@ -180,6 +180,10 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX webhook_attempts_token ON webhook_attempts (token, n);
   `,
+  `
+  -- What each agent reports it runs (its HELLO, PROTOCOL 7.3).
+  ALTER TABLE devices ADD COLUMN agent_version TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -196,6 +200,7 @@ interface DeviceRow {
   created_at: number;
   last_seen: number | null;
   last_handshake_ts: number | null;
+  agent_version: string | null;
 }
 
 interface TokenRow {
@@ -272,6 +277,7 @@ function toDevice(r: DeviceRow): DeviceRecord {
     createdAt: r.created_at,
     lastSeen: opt(r.last_seen),
     lastHandshakeTs: opt(r.last_handshake_ts),
+    agentVersion: opt(r.agent_version),
   };
 }
 
@@ -443,6 +449,7 @@ function prepareStatements(db: DatabaseSync) {
         last_handshake_ts = CASE WHEN :ts IS NULL THEN last_handshake_ts
                                  ELSE max(coalesce(last_handshake_ts, :ts), :ts) END
       WHERE name = :name`),
+    setAgentVersion: p('UPDATE devices SET agent_version = :agentVersion WHERE name = :name'),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
     insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),
@@ -872,6 +879,12 @@ class SqliteStoreImpl implements SqliteStore {
     // An unknown device is a no-op: the session that reports it is about to be refused anyway.
     return this.write(`touchDevice ${name}`, undefined, () => {
       this.sql.touchDevice.run({ name, seen: lastSeen, ts: handshakeTs ?? null });
+    });
+  }
+
+  setAgentVersion(name: string, agentVersion: string): Promise<void> {
+    return this.write(`setAgentVersion ${name}`, undefined, () => {
+      this.sql.setAgentVersion.run({ name, agentVersion });
     });
   }
 
