@@ -125,10 +125,12 @@ async function bundle(work, info) {
   return outfile;
 }
 
-/** Step 2: the SEA blob, with service-templates/ as assets named by their path (`systemd/…`). */
+/** Step 2: the SEA blob, with service-templates/ as assets named by their path (`systemd/…`) and the installers. */
 function seaBlob(work, main) {
   const templates = path.join(ROOT, 'service-templates');
   const assets = Object.fromEntries(listFiles(templates).map((rel) => [rel, path.join(templates, rel)]));
+  // The installers the relay serves (src/relay/downloads.ts), for a relay run from the executable.
+  for (const name of ['install.sh', 'install.ps1']) assets[`install/${name}`] = path.join(ROOT, 'scripts', name);
   // Paths relative to `work`: the blob records the main script's path as given.
   const config = {
     main: path.relative(work, main),

@@ -27,7 +27,8 @@ relay
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
   .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number }) => {
+  .option('--downloads <dir>', 'executables and SHA256SUMS served at /download/ (default: release/ of the package)')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; downloads?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -41,7 +42,9 @@ device
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
   .action(async (name: string, o: { data: string; public?: string; ttl: number }) => {
     const { addDevice } = await import('../relay/admin.js');
-    console.log(await addDevice(o.data, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl }));
+    const enrollToken = await addDevice(o.data, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl });
+    console.log(enrollToken);
+    process.stderr.write(`${(await import('../relay/downloads.js')).installCommand(o.data, enrollToken)}\n`);
   });
 device
   .command('list')

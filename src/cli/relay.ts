@@ -4,7 +4,7 @@ import { parseHostPort } from '../shared/enrollment.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
-export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number }): Promise<void> {
+export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; downloads?: string }): Promise<void> {
   const log = createLogger('relay');
   const relay = await Relay.start({
     dataDir: o.data,
@@ -12,6 +12,7 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
     http: parseHostPort(o.http, '--http'),
     ...(o.public ? { public: o.public } : {}),
     ...(o.maxBody ? { maxBody: o.maxBody } : {}),
+    ...(o.downloads ? { downloads: o.downloads } : {}),
     log,
   });
   await untilSignal();

@@ -24,6 +24,8 @@ export interface HttpOptions {
   adminToken: string;
   /** Tokens were added or removed by the CLI (webhooks re-read them). */
   onTokensChanged?: () => void;
+  /** Installers and executables for hosts (downloads.ts): answers true for the requests it served. */
+  downloads?: { handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean> };
   now?: () => number;
 }
 
@@ -164,6 +166,7 @@ export class HttpApi {
     if (url.pathname === '/healthz' && method === 'GET') {
       return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
     }
+    if (parts[0] !== 'v1' && (await this.o.downloads?.handle(req, res, url))) return;
     if (parts[0] !== 'v1') throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
     if (parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
     const token = await this.authenticate(req);

@@ -14,6 +14,7 @@ import { Blobs } from './blobs.js';
 import { DeadlineSweeper } from './deadlines.js';
 import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
+import { Downloads } from './downloads.js';
 import { HttpApi } from './http.js';
 import { Hub } from './hub.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
@@ -27,6 +28,8 @@ export interface RelayOptions {
   /** The address agents dial, written into enrollment tokens. */
   public?: string;
   maxBody?: number;
+  /** Folder of the executables `GET /download/FILE` serves (default: release/ of the package). */
+  downloads?: string;
   log: Logger;
   crypto?: CryptoBackend;
   timers?: Partial<ConnectionTimers>;
@@ -99,7 +102,7 @@ export class Relay {
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
     });
     const webhooks = new Webhooks({ store, feed, log: o.log });
-    const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
+    const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir), downloads: new Downloads(o.downloads ? { dir: o.downloads } : {}) });
     const agents = await listener.listen();
     const api = await http.listen();
     const info: RelayInfo = {
