@@ -13,6 +13,7 @@ import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import type { Link } from '../transport/link.js';
 import { describeRoute, RelayReach } from '../transport/reach.js';
 import type { OpenedStream } from '../transport/stream.js';
+import { agentProduct } from '../shared/version.js';
 import type { Logger } from '../shared/log.js';
 import { loadAgentConfig, paths, rulesVersion, type AgentConfig } from './config.js';
 import { DISK_FULL_LOG_INTERVAL_MS, DISK_FULL_RETRY_MS, isDiskFull } from './disk.js';
@@ -293,7 +294,7 @@ export class Agent {
       this.send(MessageType.RECEIVED, { id: e.id });
       if (e.state === 'done' && e.status) this.send(MessageType.RESULT, resultHeader(e.id, e.status, e.code, e.result));
     }
-    this.send(MessageType.HELLO, { agent: 'dropwire/0.1', partial: this.spool.partials() });
+    this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials() });
   }
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {

@@ -1,5 +1,6 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
+import { versionLine } from '../shared/version.js';
 import { addNodeOptions, registerClusterCommands, storeOpt } from './relay-cluster.js';
 import { registerRuleCommands } from './rule-commands.js';
 import { registerRelayMessageCommands } from './relay-message.js';
@@ -13,7 +14,7 @@ export const ExitCode = { OK: 0, ERROR: 1, USAGE: 2 } as const;
 
 const program = new Command('dropwire')
   .description('Deliver files from web sites to hosts behind routers over one stable, encrypted, resumable connection.')
-  .version('0.1.0')
+  .version(versionLine(), '-V, --version', 'print the version and the commit it was built from')
   .exitOverride()
   .showHelpAfterError();
 
@@ -34,7 +35,8 @@ addNodeOptions(relay
   .option('--max-conns-per-ip <n>', 'connections from one IP address on the agents port', positiveNumber('--max-conns-per-ip'), 256)
   .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
   .option('--tls-key <file>', 'the PEM private key for --tls-cert')
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string }) => {
+  .option('--downloads <dir>', 'executables and SHA256SUMS served at /download/ (default: release/ of the package)')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -183,5 +185,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const code = await main(process.argv);
-if (code !== 0) process.exit(code);
+// No top-level await: the release bundle is a CommonJS script (scripts/release.mjs).
+void main(process.argv).then((code) => {
+  if (code !== 0) process.exit(code);
+});

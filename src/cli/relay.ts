@@ -8,7 +8,7 @@ import { DropwireError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
-export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string }): Promise<void> {
+export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }): Promise<void> {
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new DropwireError('DW_BAD_TLS', '--tls-cert and --tls-key go together');
   if (o.store) {
     // One node of a cluster (README "Several nodes").
@@ -24,6 +24,7 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
     ...(o.maxBody ? { maxBody: o.maxBody } : {}),
     caps: { bodyTimeoutS: o.bodyTimeout, maxUploads: o.maxUploads, maxUploadsPerToken: o.maxUploadsPerToken, maxConnsPerIp: o.maxConnsPerIp },
     ...(o.tlsCert && o.tlsKey ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey } } : {}),
+    ...(o.downloads ? { downloads: o.downloads } : {}),
     log,
   });
   // On a terminal, a few lines for the person who just started it (the JSON logs go on as usual).
@@ -60,6 +61,10 @@ export async function runDeviceAdd(target: AdminTarget, name: string, o: { publi
   const token = await addDevice(target, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl });
   console.log(token);
   process.stderr.write(`Run this on the host '${name}' (the token works once, within ${o.ttl} h):\n  dropwire init ${token}\n`);
+  if (typeof target === 'string' || !target.store) {
+    const { installCommand } = await import('../relay/downloads.js');
+    process.stderr.write(`or, without Node on the host:\n${installCommand(typeof target === 'string' ? target : target.data, token)}\n`);
+  }
 }
 
 export async function runDeviceRemove(target: AdminTarget, name: string): Promise<void> {

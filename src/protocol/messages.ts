@@ -23,7 +23,10 @@ export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
 /** Headers, by type (PROTOCOL 7). */
 export interface Headers {
-  /** Agent → relay on every new stream, after re-sending unconfirmed reports: the partial files it holds. */
+  /**
+   * Agent → relay on every new stream, after re-sending unconfirmed reports: the partial files it holds.
+   * `agent` names what it runs, `dropwire/<version> (<commit>)` (PROTOCOL 7.3).
+   */
   [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[] };
   /** Relay → agent: a file follows from `offset` in CHUNKs. */
   [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number };
@@ -67,6 +70,15 @@ export function encodeMessage<T extends MessageType>(type: T, header: Headers[T]
   v.setUint32(3, body.length);
   head.set(h, PREFIX);
   return body.length > 0 ? [head, body] : [head];
+}
+
+/** PROTOCOL 7.3: the relay keeps at most this many characters of a HELLO's `agent` as the device's agent version. */
+export const MAX_AGENT_VERSION = 128;
+
+/** PROTOCOL 7.3: the agent version a relay records from HELLO `agent`: control characters dropped, cut to 128. */
+export function agentVersionOf(agent: string): string | undefined {
+  const v = agent.replace(/[\u0000-\u001f\u007f]/g, '').trim().slice(0, MAX_AGENT_VERSION);
+  return v === '' ? undefined : v;
 }
 
 function bad(msg: string, cause?: unknown): ProtocolError {

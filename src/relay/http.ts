@@ -30,6 +30,8 @@ export interface HttpOptions {
   tls?: { cert: Buffer; key: Buffer };
   /** HTTP upgrades (the agents' WebSocket at /v1/connect, PROTOCOL 11). Without it, upgrades are refused. */
   onUpgrade?: (req: http.IncomingMessage, socket: Socket, head: Buffer) => void;
+  /** Installers and executables for hosts (downloads.ts): answers true for the requests it served. */
+  downloads?: { handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean> };
   now?: () => number;
   /** An upload that sends no byte for this long ends with 408 DW_TIMEOUT, nothing stored (default 30 s). */
   bodyTimeoutMs?: number;
@@ -252,6 +254,7 @@ export class HttpApi {
       if (method !== 'GET') throw new HttpError(405, 'DW_METHOD_NOT_ALLOWED', `${method} is not allowed here; use GET`, { allow: 'GET' });
       return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
     }
+    if (parts[0] !== 'v1' && (await this.o.downloads?.handle(req, res, url))) return;
     if (parts[0] === 'v1' && parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
     const e = endpoint(parts);
     if (!e) throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
@@ -509,27 +512,28 @@ export class HttpApi {
     };
   }
 
-  private async deviceView(name: string, lastSeen: number | undefined): Promise<Record<string, unknown>> {
+  private async deviceView(name: string, lastSeen: number | undefined, agentVersion?: string): Promise<Record<string, unknown>> {
     const online = this.o.hub.isOnline(name);
     return {
       name,
       online,
       lastSeen: online ? new Date(this.now()).toISOString() : lastSeen ? new Date(lastSeen).toISOString() : null,
       queued: await this.o.store.countPending(name),
+      agentVersion: agentVersion ?? null,
     };
   }
 
   private async listDevices(res: http.ServerResponse, token: TokenRecord): Promise<void> {
     const all = await this.o.store.listDevices();
     const visible = all.filter((d) => scopeAllows(token.to, d.name));
-    send(res, 200, { devices: await Promise.all(visible.map((d) => this.deviceView(d.name, d.lastSeen))) });
+    send(res, 200, { devices: await Promise.all(visible.map((d) => this.deviceView(d.name, d.lastSeen, d.agentVersion))) });
   }
 
   private async getDevice(res: http.ServerResponse, token: TokenRecord, name: string): Promise<void> {
     if (!scopeAllows(token.to, name)) throw unknownDevice(name);
     const d = await this.o.store.getDevice(name);
     if (!d) throw unknownDevice(name);
-    send(res, 200, await this.deviceView(d.name, d.lastSeen));
+    send(res, 200, await this.deviceView(d.name, d.lastSeen, d.agentVersion));
   }
 
   /**

@@ -7,7 +7,7 @@ import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { ProtocolCode } from '../protocol/errors.js';
 import { HelloKind, isFresh, type ClientHello } from '../protocol/hello.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
-import { encodeMessage, MessageDecoder, MessageType, type Message } from '../protocol/messages.js';
+import { agentVersionOf, encodeMessage, MessageDecoder, MessageType, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
 import type { Link } from '../transport/link.js';
 import { random } from '../transport/identity.js';
@@ -447,8 +447,10 @@ export class Hub extends EventEmitter {
 
   private onMessage(p: Peer, m: Message): void {
     switch (m.type) {
-      case MessageType.HELLO:
+      case MessageType.HELLO: {
         for (const { id, have } of m.header.partial) (p.partial ??= new Map()).set(id, have);
+        const version = agentVersionOf(m.header.agent); // PROTOCOL 7.3; shown by GET /v1/devices/NAME
+        if (version) this.o.store.setAgentVersion(p.device, version).catch(() => {});
         // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
         this.afterWrites(p, () => {
           p.ready = true;
@@ -456,6 +458,7 @@ export class Hub extends EventEmitter {
           this.deliver(p);
         });
         return;
+      }
       case MessageType.RECEIVED:
         this.report(p, m.header.id, 'received', undefined, undefined);
         return;

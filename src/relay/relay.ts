@@ -17,6 +17,7 @@ import { Blobs } from './blobs.js';
 import { DeadlineSweeper } from './deadlines.js';
 import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
+import { Downloads } from './downloads.js';
 import { HttpApi } from './http.js';
 import { Hub } from './hub.js';
 import { TlsFiles } from './tls.js';
@@ -36,6 +37,8 @@ export interface RelayOptions {
   /** The address agents dial, written into enrollment tokens. */
   public?: string;
   maxBody?: number;
+  /** Folder of the executables `GET /download/FILE` serves (default: release/ of the package). */
+  downloads?: string;
   log: Logger;
   crypto?: CryptoBackend;
   timers?: Partial<ConnectionTimers>;
@@ -197,6 +200,7 @@ export class Relay<S extends Store = SqliteStore> {
     const tlsFiles = o.tls ? new TlsFiles({ ...o.tls, log: o.log }) : undefined;
     const websockets = new WebSocketAcceptor((stream) => listener.adopt(stream, tlsFiles ? 'wss' : 'ws'));
     const http = new HttpApi({ ...(tlsFiles ? { tls: tlsFiles.read() } : {}), onUpgrade: (req, socket, head) => websockets.upgrade(req, socket, head), onTokensChanged: () => local?.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir),
+      downloads: new Downloads(o.downloads ? { dir: o.downloads } : {}),
       ...(o.caps?.bodyTimeoutS ? { bodyTimeoutMs: o.caps.bodyTimeoutS * 1000 } : {}),
       ...(o.caps?.maxUploads ? { maxUploads: o.caps.maxUploads } : {}),
       ...(o.caps?.maxUploadsPerToken ? { maxUploadsPerToken: o.caps.maxUploadsPerToken } : {}) });

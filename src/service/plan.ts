@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { isSea } from 'node:sea';
 import { agentHome } from '../agent/config.js';
 import { DropwireError } from '../shared/errors.js';
 import {
@@ -67,6 +68,7 @@ export interface Target {
   role: Role;
   scope: Scope;
   node: string;
+  /** The CLI script node runs; empty when `node` is a dropwire single executable (it is the CLI). */
   cli: string;
   /** Agent home, or the relay's data folder. */
   home: string;
@@ -123,8 +125,8 @@ export function resolveTarget(o: ServiceOptions): Target {
   const me = currentUser();
   const sameHost = platform === host;
   const node = o.node ?? (sameHost ? fs.realpathSync(process.execPath) : DEFAULT_NODE[platform]);
-  const cli = o.cli ?? (sameHost ? fs.realpathSync(path.join(packageRoot(), 'bin', 'dropwire.js')) : DEFAULT_CLI[platform]);
-  for (const [what, v] of [['--node', node], ['--cli', cli]] as const) if (!p.isAbsolute(v)) throw usage(`${what} must be an absolute path on ${platform}: ${v}`);
+  const cli = o.cli ?? (sameHost ? (isSea() ? '' : fs.realpathSync(path.join(packageRoot(), 'bin', 'dropwire.js'))) : DEFAULT_CLI[platform]);
+  for (const [what, v] of [['--node', node], ['--cli', cli]] as const) if (v !== '' && !p.isAbsolute(v)) throw usage(`${what} must be an absolute path on ${platform}: ${v}`);
   let home: string;
   if (role === 'relay') home = relayDataDir(platform, env);
   else if (scope === 'system') home = systemHome(platform, env);
@@ -203,9 +205,10 @@ export function serviceFiles(t: Target): string[] {
 // --- rendering ---------------------------------------------------------------------------------------
 
 function execArgs(t: Target): string[] {
-  if (t.role === 'agent') return [t.node, t.cli, 'agent'];
+  const program = t.cli ? [t.node, t.cli] : [t.node];
+  if (t.role === 'agent') return [...program, 'agent'];
   const r = t.relay;
-  return [t.node, t.cli, 'relay', 'start', '--data', t.home, '--listen', r.listen, '--http', r.http, ...(r.public ? ['--public', r.public] : [])];
+  return [...program, 'relay', 'start', '--data', t.home, '--listen', r.listen, '--http', r.http, ...(r.public ? ['--public', r.public] : [])];
 }
 
 const HOME_PREFIXES = ['/home/', '/root/', '/run/user/'];
@@ -396,7 +399,7 @@ export function installPlan(t: Target, f: Facts): Plan {
     const xml = path.win32.join(winswDir(t), `${WINSW_ID[t.role]}.xml`);
     steps.push({ kind: 'dir', path: t.home, mode: 0o750 });
     steps.push({ kind: 'dir', path: winswDir(t), mode: 0o755 });
-    steps.push({ kind: 'copy', path: exe, from: t.winsw ?? '<WinSW-x64.exe from the WinSW 3 releases: pass --winsw PATH>', mode: 0o755 });
+    steps.push({ kind: 'copy', path: exe, from: t.winsw ?? '<WinSW-x64.exe from https://github.com/winsw/winsw/releases (WinSW 3): pass --winsw PATH>', mode: 0o755 });
     steps.push({ kind: 'file', path: xml, content: renderWinsw(t), mode: 0o644 });
     const grantee = t.role === 'relay' ? '*S-1-5-19' : t.account.replace(/^\.\\/, '');
     steps.push({

@@ -135,6 +135,20 @@ export function storeContract(
         await expect(store.touchDevice('ghost', 1)).resolves.toBeUndefined();
       });
 
+      it('setAgentVersion keeps the last version the agent reported; unknown devices are a no-op', async () => {
+        const { store } = await fresh();
+        await store.createDevice({ name: 'shop1', createdAt: 1 });
+        expect((await store.getDevice('shop1'))?.agentVersion).toBeUndefined();
+        await store.setAgentVersion('shop1', 'dropwire/0.1');
+        await store.setAgentVersion('shop1', 'dropwire/0.2.0 (0123abcd4567)');
+        expect(await store.getDevice('shop1')).toMatchObject({ agentVersion: 'dropwire/0.2.0 (0123abcd4567)' });
+        expect((await store.listDevices()).find((d) => d.name === 'shop1')?.agentVersion).toBe('dropwire/0.2.0 (0123abcd4567)');
+        await store.touchDevice('shop1', 50, 10);
+        expect((await store.getDevice('shop1'))?.agentVersion).toBe('dropwire/0.2.0 (0123abcd4567)');
+        await expect(store.setAgentVersion('ghost', 'dropwire/0.1')).resolves.toBeUndefined();
+        expect(await store.getDevice('ghost')).toBeUndefined();
+      });
+
       it('removeDevice deletes it and cancels its undelivered messages only', async () => {
         const { store } = await fresh();
         await store.createDevice({ name: 'shop1', createdAt: 1 });

@@ -38,6 +38,8 @@ export interface DeviceRecord {
   lastSeen?: number;
   /** Highest handshake timestamp accepted from this device (replay guard, PROTOCOL 3.7). */
   lastHandshakeTs?: number;
+  /** What the agent last said it runs, from its HELLO (PROTOCOL 7.3): `dropwire/0.1.0 (0123abcd4567)`. */
+  agentVersion?: string;
 }
 
 export interface TokenRecord {
@@ -174,6 +176,8 @@ export interface Store {
   removeDevice(name: string, at: number): Promise<boolean>;
   /** Records a sign of life; with `handshakeTs`, also raises the replay guard. */
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void>;
+  /** Replaces the agent version the device reported (its HELLO); an unknown device is a no-op. */
+  setAgentVersion(name: string, agentVersion: string): Promise<void>;
 
   /** Sender tokens. `createToken` fails with DW_TOKEN_EXISTS when the name is taken. */
   createToken(token: TokenRecord): Promise<void>;

@@ -101,6 +101,7 @@ function toDevice(h: Hash): DeviceRecord {
     createdAt: Number(h.createdAt),
     lastSeen: num(h.lastSeen),
     lastHandshakeTs: num(h.lastHandshakeTs),
+    agentVersion: h.agentVersion,
   };
 }
 
@@ -293,6 +294,10 @@ class RedisStoreImpl implements RedisStore {
       [name, int(lastSeen, 'lastSeen'), optInt(handshakeTs, 'handshakeTs')],
       () => undefined,
     );
+  }
+
+  setAgentVersion(name: string, agentVersion: string): Promise<void> {
+    return this.write(`setAgentVersion ${name}`, scripts.setAgentVersion, [name, agentVersion], () => undefined);
   }
 
   // --- tokens ---

@@ -174,6 +174,17 @@ return 1
 `,
   ),
 
+  /** ARGV: name, agent version. An unknown device is a no-op. */
+  setAgentVersion: script(
+    'setAgentVersion',
+    `
+local key = K.device(ARGV[3])
+if redis.call('EXISTS', key) == 0 then return 0 end
+redis.call('HSET', key, 'agentVersion', ARGV[4])
+return 1
+`,
+  ),
+
   /** ARGV: name, hash, token JSON. */
   createToken: script(
     'createToken',

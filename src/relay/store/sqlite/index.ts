@@ -286,6 +286,12 @@ class SqliteStoreImpl implements SqliteStore {
     });
   }
 
+  setAgentVersion(name: string, agentVersion: string): Promise<void> {
+    return this.write(`setAgentVersion ${name}`, undefined, () => {
+      this.sql.setAgentVersion.run({ name, agentVersion });
+    });
+  }
+
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void> {
     // An unknown device is a no-op: the session that reports it is about to be refused anyway.
     return this.write(`touchDevice ${name}`, undefined, () => {

@@ -108,6 +108,10 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX webhook_attempts_token ON webhook_attempts (token, n);
   `,
+  `
+  -- What each agent reports it runs (its HELLO, PROTOCOL 7.3).
+  ALTER TABLE devices ADD COLUMN agent_version TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -25,6 +25,7 @@ export interface DeviceRow {
   created_at: number;
   last_seen: number | null;
   last_handshake_ts: number | null;
+  agent_version: string | null;
 }
 
 export interface TokenRow {
@@ -101,6 +102,7 @@ export function toDevice(r: DeviceRow): DeviceRecord {
     createdAt: r.created_at,
     lastSeen: opt(r.last_seen),
     lastHandshakeTs: opt(r.last_handshake_ts),
+    agentVersion: opt(r.agent_version),
   };
 }
 
@@ -204,6 +206,7 @@ export function prepareStatements(db: DatabaseSync) {
         last_handshake_ts = CASE WHEN :ts IS NULL THEN last_handshake_ts
                                  ELSE max(coalesce(last_handshake_ts, :ts), :ts) END
       WHERE name = :name`),
+    setAgentVersion: p('UPDATE devices SET agent_version = :agentVersion WHERE name = :name'),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
     insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),

@@ -1,0 +1,88 @@
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ROOT } from '../helpers/cli.js';
+
+/**
+ * The linux-x64 single executable for the tests, built once per source state and shared by the test files
+ * (and by later runs): `npm run release -- --targets linux-x64` into a cache folder keyed by everything
+ * that goes into the executable (sources, templates, installers, lock file, Node version). A second test
+ * file that asks while the first builds waits for it.
+ */
+
+export const canBuild = process.platform === 'linux' && process.arch === 'x64' && process.versions.node.startsWith('24.');
+const CACHE = path.join(os.tmpdir(), 'dropwire-sea-test');
+const BUILD_MS = 5 * 60_000;
+
+function listFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? listFiles(path.join(dir, e.name)) : [path.join(dir, e.name)]))
+    .sort();
+}
+
+/** A hash of every input of the executable. */
+export function sourceKey(): string {
+  const h = createHash('sha256').update(process.version);
+  const inputs = [...['src', 'scripts', 'service-templates'].flatMap((d) => listFiles(path.join(ROOT, d))), path.join(ROOT, 'package.json'), path.join(ROOT, 'package-lock.json')];
+  for (const f of inputs) h.update(path.relative(ROOT, f)).update('\0').update(fs.readFileSync(f)).update('\0');
+  return h.digest('hex').slice(0, 24);
+}
+
+/** Runs `scripts/release.mjs --targets linux-x64 --out OUT`; resolves with its stdout. */
+export function buildLinuxX64(out: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [path.join(ROOT, 'scripts', 'release.mjs'), '--targets', 'linux-x64', '--out', out, '--no-typecheck'], { cwd: ROOT, timeout: BUILD_MS, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+      err ? reject(new Error(`release build failed: ${err.message}\n${stderr.slice(-4000)}`)) : resolve(stdout),
+    );
+  });
+}
+
+export interface Release {
+  dir: string;
+  exe: string;
+  sums: string;
+}
+
+/** The cached build for the current sources, building it first when there is none. */
+export async function cachedRelease(): Promise<Release> {
+  const dir = path.join(CACHE, sourceKey());
+  const done = path.join(dir, 'SHA256SUMS');
+  const result = (): Release => ({ dir, exe: path.join(dir, 'dropwire-linux-x64'), sums: fs.readFileSync(done, 'utf8') });
+  if (fs.existsSync(done)) return result();
+  fs.mkdirSync(CACHE, { recursive: true });
+  const lock = `${dir}.lock`;
+  const end = Date.now() + BUILD_MS;
+  for (;;) {
+    try {
+      fs.mkdirSync(lock);
+      break;
+    } catch {
+      // Another test file is building it: wait for its SHA256SUMS (or a lock left by a killed run).
+      if (fs.existsSync(done)) return result();
+      const age = Date.now() - (fs.statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (age > BUILD_MS) fs.rmSync(lock, { recursive: true, force: true });
+      if (Date.now() > end) throw new Error(`timed out waiting for the release build in ${dir}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  try {
+    if (fs.existsSync(done)) return result();
+    const tmp = `${dir}.tmp-${process.pid}`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    await buildLinuxX64(tmp);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(tmp, dir);
+    // Builds of other source states are 120 MiB each: keep only this one.
+    for (const other of fs.readdirSync(CACHE)) {
+      const p = path.join(CACHE, other);
+      if (other !== path.basename(dir) && !other.endsWith('.lock') && !other.includes('.tmp-')) fs.rmSync(p, { recursive: true, force: true });
+    }
+    return result();
+  } finally {
+    fs.rmSync(lock, { recursive: true, force: true });
+  }
+}
