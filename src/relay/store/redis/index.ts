@@ -34,11 +34,11 @@ import {
   storeError,
   type RedisConnectionOptions,
 } from './connection.js';
-import { DEFAULT_PREFIX, storeKeys, type StoreKeys } from './keys.js';
+import { DEFAULT_PREFIX, REDIS_BODY_REF, storeKeys, type StoreKeys } from './keys.js';
 import { scripts, type LuaScript } from './scripts.js';
 import { RedisWakeups, type StoreWakeups } from './wakeups.js';
 
-export { DEFAULT_PREFIX, storeKeys } from './keys.js';
+export { DEFAULT_PREFIX, REDIS_BODY_REF, storeKeys } from './keys.js';
 export type { RedisConnectionOptions, RedisTarget } from './connection.js';
 export type { StoreWakeups, Wakeup } from './wakeups.js';
 
@@ -152,11 +152,6 @@ const optInt = (v: number | undefined, what: string): string => (v === undefined
 /** The field under which an idempotency key is kept: unambiguous for any sender and key. */
 const idempotencyField = (from: string, key: string): string => `${from.length}:${from}${key}`;
 
-/**
- * Large bodies kept by the Redis body storage are referenced as `redis-blob:ID`: the store then gives the
- * blob key a retention time when the message ends (body.ts writes those keys).
- */
-export const REDIS_BODY_REF = 'redis-blob:';
 
 class RedisStoreImpl implements RedisStore {
   readonly redis: Redis;
