@@ -35,8 +35,6 @@ export const OFFLINE_GRACE_MS = 1_500;
 
 export interface HubOptions {
   store: Store;
-  /** Where large bodies are read from (default: files on this machine). */
-  bodies?: BodyReader;
   /** Told whenever events were appended (status changes, presence). */
   feed?: EventFeed;
   offlineGraceMs?: number;
@@ -46,6 +44,8 @@ export interface HubOptions {
   now?: () => number;
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
+  /** Where large bodies are read from (default: files on this machine). */
+  bodies?: BodyReader;
 }
 
 /** One enrolled device that has (or recently had) a session. */
