@@ -2,7 +2,7 @@ import { basename } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { openRedisStore } from '../../src/relay/store/redis/index.js';
+import { openRedisStore, type Wakeup } from '../../src/relay/store/redis/index.js';
 import { freePort, redisUnavailableReason, startRedis, type PrivateRedis } from '../helpers/redis.js';
 import { eventContract, newMessage, storeContract } from './store-contract.js';
 
@@ -126,4 +126,65 @@ describe.skipIf(why !== undefined)('Redis store: durability and outages', () => 
     for (const id of acked) expect(queuedIds).toContain(id);
     expect(events.map((e) => e.seq)).toEqual([...events.map((e) => e.seq)].sort((a, b) => a - b));
   }, 60_000);
+});
+
+describe.skipIf(why !== undefined)('Redis store: several nodes on one Redis', () => {
+  it('two nodes see one queue, one event log with one seq, and each other\'s wake-ups', async () => {
+    const r = await startRedis();
+    onTestFinished(() => r.dispose());
+    const a = await openRedisStore({ target: server(r) });
+    onTestFinished(() => a.close());
+    const b = await openRedisStore({ target: server(r) });
+    onTestFinished(() => b.close());
+
+    const heard: Wakeup[] = [];
+    const unsubscribe = await b.wakeups.subscribe((w) => heard.push(w));
+    await a.createDevice({ name: 'shop1', createdAt: 1 });
+    // Interleaved writes from both nodes.
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const node = i % 2 === 0 ? a : b;
+      const { message } = await node.enqueue(newMessage({ id: `n-${i}`, to: 'shop1' }));
+      ids.push(message.id);
+    }
+    await b.setStatus([{ id: 'n-0', status: 'sent', at: 2 }]);
+    await a.setStatus([{ id: 'n-0', status: 'received', at: 3 }]);
+    await a.appendEvents([{ type: 'device.online', device: 'shop1', at: 4, data: { device: { name: 'shop1', online: true } } }]);
+
+    expect((await b.pending('shop1', 0, 100)).map((m) => m.id)).toEqual(ids.slice(1));
+    expect(await a.getMessage('n-0')).toMatchObject({ status: 'received' });
+    const fromA = await a.eventsAfter(0, 1_000);
+    expect(await b.eventsAfter(0, 1_000)).toEqual(fromA);
+    expect(fromA.map((e) => e.seq)).toEqual(fromA.map((_, i) => i + 1));
+    expect(await b.lastEventSeq()).toBe(fromA.length);
+    // Every event was a wake-up on the device's channel, in order, whichever node wrote it.
+    await eventually(async () => {
+      if (heard.length < fromA.length) throw new Error('not yet');
+    });
+    expect(heard).toEqual(
+      fromA.map((e) => ({ device: 'shop1', seq: e.seq, type: e.type, ...(e.messageId !== undefined ? { messageId: e.messageId } : {}) })),
+    );
+    unsubscribe();
+    await a.enqueue(newMessage({ to: 'shop1' }));
+    await sleep(100);
+    expect(heard).toHaveLength(fromA.length);
+  });
+
+  it('a server that stops answering (SIGSTOP) gives DW_STORE_DOWN after the command timeout, never a hang', async () => {
+    const r = await startRedis();
+    onTestFinished(() => r.dispose());
+    const store = await openRedisStore({ target: server(r), commandTimeoutMs: 500 });
+    onTestFinished(() => store.close());
+    const pid = r.pid()!;
+    process.kill(pid, 'SIGSTOP');
+    let resumed = false;
+    onTestFinished(() => {
+      if (!resumed) process.kill(pid, 'SIGCONT');
+    });
+    await expect(store.enqueue(newMessage({ id: 'stopped-1' }))).rejects.toMatchObject({ code: 'DW_STORE_DOWN' });
+    await expect(store.countPending('shop1')).rejects.toMatchObject({ code: 'DW_STORE_DOWN' });
+    process.kill(pid, 'SIGCONT');
+    resumed = true;
+    await expect(eventually(() => store.enqueue(newMessage({ id: 'resumed-1' })))).resolves.toMatchObject({ created: true });
+  });
 });
