@@ -13,7 +13,6 @@ import { DropwireError } from '../../../shared/errors.js';
 import { closedError, invalid, jsonOrNull } from '../errors.js';
 import {
   MessageStatus,
-  StoreErrorCode,
   type DeviceRecord,
   type EventType,
   type HistoryEntry,
@@ -159,14 +158,12 @@ class RedisStoreImpl implements RedisStore {
   readonly keys: StoreKeys;
   private readonly retentionMs: number;
   private readonly ack: ReplicaAck;
-  private readonly options: RedisStoreOptions;
   private wakeupsImpl: RedisWakeups | undefined;
   private readonly inFlight = new Set<Promise<unknown>>();
   private closing: Promise<void> | undefined;
 
   constructor(redis: Redis, options: RedisStoreOptions, prefix: string) {
     this.redis = redis;
-    this.options = options;
     this.prefix = prefix;
     this.keys = storeKeys(prefix);
     this.retentionMs = options.bodyRetentionMs ?? DEFAULT_BODY_RETENTION_MS;
@@ -544,4 +541,3 @@ function inserted(m: NewMessage, seq: number): MessageRecord {
   };
 }
 
-export { StoreErrorCode };
