@@ -1,8 +1,13 @@
-import { basename } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { openRedisStore, type Wakeup } from '../../src/relay/store/redis/index.js';
+import { findTool } from '../helpers/cups.js';
+import { openStore } from '../../src/relay/store/open.js';
 import { freePort, redisUnavailableReason, startRedis, type PrivateRedis } from '../helpers/redis.js';
 import { eventContract, newMessage, storeContract } from './store-contract.js';
 
@@ -186,5 +191,41 @@ describe.skipIf(why !== undefined)('Redis store: several nodes on one Redis', ()
     process.kill(pid, 'SIGCONT');
     resumed = true;
     await expect(eventually(() => store.enqueue(newMessage({ id: 'resumed-1' })))).resolves.toMatchObject({ created: true });
+  });
+});
+
+/** A private CA and a server certificate for 127.0.0.1, made with the openssl CLI. */
+function makeCertificates(dir: string): { ca: string; cert: string; key: string } {
+  const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=dropwire test CA');
+  run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1');
+  writeFileSync(join(dir, 'ext'), 'subjectAltName=IP:127.0.0.1\n');
+  run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '2', '-extfile', 'ext');
+  return { ca: join(dir, 'ca.crt'), cert: join(dir, 'server.crt'), key: join(dir, 'server.key') };
+}
+
+const noOpenssl = findTool('openssl') === undefined ? 'openssl not installed' : undefined;
+if (noOpenssl) console.log(`skipping the rediss:// test: ${noOpenssl}`);
+
+describe.skipIf(why !== undefined || noOpenssl !== undefined)('Redis store over TLS', () => {
+  it('opens rediss:// with a private CA, and refuses a certificate it cannot verify', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dw-redis-tls-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    const certs = makeCertificates(dir);
+    const tlsPort = await freePort();
+    const r = await startRedis({
+      extra: [`tls-port ${tlsPort}`, `tls-cert-file ${certs.cert}`, `tls-key-file ${certs.key}`, 'tls-auth-clients no'],
+    });
+    onTestFinished(() => r.dispose());
+    const url = `rediss://127.0.0.1:${tlsPort}/1`;
+    await expect(openStore(url, { connectTimeoutMs: 2_000 })).rejects.toMatchObject({ code: 'DW_STORE_DOWN' });
+    const store = await openStore(url, { tlsCa: readFileSync(certs.ca) });
+    onTestFinished(() => store.close());
+    const { message } = await store.enqueue(newMessage({ id: 'tls-1' }));
+    expect(await store.getMessage('tls-1')).toEqual(message);
+    // Database 1 of that server, over TLS: the plain port's database 0 does not have it.
+    const plain = await openRedisStore({ target: server(r) });
+    onTestFinished(() => plain.close());
+    expect(await plain.getMessage('tls-1')).toBeUndefined();
   });
 });
