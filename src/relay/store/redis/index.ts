@@ -161,6 +161,12 @@ class RedisStoreImpl implements RedisStore {
   private wakeupsImpl: RedisWakeups | undefined;
   private readonly inFlight = new Set<Promise<unknown>>();
   private closing: Promise<void> | undefined;
+  /**
+   * The persistence check of the server the client is connected to now: done at open, and again after
+   * every reconnection (a failover may have led to a server with other settings). Writes wait for it and
+   * fail with its error (DW_STORE_UNSAFE) while it does not pass.
+   */
+  private durable: Promise<void> = Promise.resolve();
 
   constructor(redis: Redis, options: RedisStoreOptions, prefix: string) {
     this.redis = redis;
@@ -168,6 +174,10 @@ class RedisStoreImpl implements RedisStore {
     this.keys = storeKeys(prefix);
     this.retentionMs = options.bodyRetentionMs ?? DEFAULT_BODY_RETENTION_MS;
     this.ack = new ReplicaAck(redis, options.replicas ?? 0, options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS);
+    redis.on('ready', () => {
+      this.durable = checkDurability(redis, options);
+      this.durable.catch(() => {}); // seen by the writes that wait for it
+    });
   }
 
   get wakeups(): StoreWakeups {
@@ -175,8 +185,9 @@ class RedisStoreImpl implements RedisStore {
     return this.wakeupsImpl;
   }
 
-  confirmReplicas(stage: string): Promise<void> {
-    return this.ack.confirm(stage);
+  async confirmReplicas(stage: string): Promise<void> {
+    await this.durable;
+    await this.ack.confirm(stage);
   }
 
   // --- calls: tracked so that close() settles them first ---
@@ -221,6 +232,7 @@ class RedisStoreImpl implements RedisStore {
   /** A write: the script, then (with replicas) the WAIT that makes it survive a failover. */
   private write<T>(stage: string, s: LuaScript, args: Array<string | Buffer>, map: (reply: unknown) => T): Promise<T> {
     return this.track(stage, async () => {
+      await this.durable;
       const reply = await this.runScript(s, args);
       await this.ack.confirm(stage);
       return map(reply);
@@ -243,6 +255,7 @@ class RedisStoreImpl implements RedisStore {
       opt('enrolledAt', true);
       opt('lastSeen', true);
       opt('lastHandshakeTs', true);
+      await this.durable;
       await this.runScript(scripts.createDevice, [device.name, device.publicKey ?? '', ...fields]);
       await this.ack.confirm(stage);
     });
