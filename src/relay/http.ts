@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import busboy from 'busboy';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import type { Blobs } from './blobs.js';
+import type { BodyStorage } from './body-storage.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { cancelMessage, RESERVED_KEY_PREFIX, retryLinks, retryMessage, type MessageActionDeps } from './message-actions.js';
@@ -17,7 +17,7 @@ export interface HttpOptions {
   port: number;
   store: Store;
   hub: Hub;
-  blobs: Blobs;
+  blobs: BodyStorage;
   feed: EventFeed;
   log: Logger;
   /** Largest body accepted (413 beyond). */
@@ -607,6 +607,8 @@ export class HttpApi {
     if (typeof code === 'string' && STATUS_OF_CODE[code]) return send(res, STATUS_OF_CODE[code], { error: { code, message: (err as Error).message } });
     // The store's server is away (a cluster's Redis): say so at once; the sender retries (Idempotency-Key).
     if (code === 'DW_STORE_DOWN') return send(res, 503, { error: { code, message: 'the relay\'s store is unavailable; retry shortly' } });
+    // A store that would not keep a write on disk (Redis without appendfsync always): refuse, never pretend.
+    if (code === 'DW_STORE_UNSAFE') return send(res, 503, { error: { code, message: 'the relay\'s store does not persist writes now; retry shortly' } });
     this.o.log.error({ err }, 'request failed');
     send(res, 500, { error: { code: 'DW_INTERNAL', message: 'internal error' } });
   }

@@ -1,6 +1,6 @@
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import type { Blobs } from './blobs.js';
+import type { BodyStorage } from './body-storage.js';
 import type { EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import type { HistoryEntry, MessageRecord, MessageStatus, Store } from './store/types.js';
@@ -22,7 +22,7 @@ const retryKey = (id: string) => `${RESERVED_KEY_PREFIX}retry:${id}`;
 
 export interface MessageActionDeps {
   store: Store;
-  blobs: Blobs;
+  blobs: BodyStorage;
   /** The live hub, when the relay runs in this process; without it only `queued` messages can be cancelled. */
   hub?: Hub;
   feed?: EventFeed;
@@ -56,6 +56,9 @@ export async function cancelMessage(d: MessageActionDeps, m: MessageRecord, by: 
   return after;
 }
 
+/** A retried large body is copied in pieces of this size. */
+const COPY_CHUNK = 1024 * 1024;
+
 /** Queues a failed, rejected or expired message again as a new message (`retryOf` the old one). */
 export async function retryMessage(d: MessageActionDeps, old: MessageRecord): Promise<{ message: MessageRecord; created: boolean; body?: Uint8Array }> {
   if (!RETRYABLE.has(old.status)) {
@@ -70,7 +73,13 @@ export async function retryMessage(d: MessageActionDeps, old: MessageRecord): Pr
     body = await d.store.readInlineBody(old.id);
     if (!body) throw new DropwireError('DW_BODY_MISSING', `the body of ${old.id} is no longer stored`);
   } else {
-    bodyPath = await d.blobs.duplicate(old.bodyPath!, id);
+    // A copy through the storage itself (disk or Redis), checked against the hash the message carries.
+    const copy = await d.blobs.receive(d.blobs.read(old.bodyPath!, 0, old.size, COPY_CHUNK), id, old.size);
+    if (copy.bodyPath === undefined || copy.sha256 !== old.sha256) {
+      if (copy.bodyPath !== undefined) await d.blobs.remove(copy.bodyPath);
+      throw new DropwireError('DW_BODY_MISSING', `the body of ${old.id} is no longer stored whole`);
+    }
+    bodyPath = copy.bodyPath;
   }
   const { message, created } = await d.store.enqueue({
     id,
