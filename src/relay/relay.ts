@@ -109,7 +109,7 @@ export class Relay {
       port: o.listen.port,
       connection: () => hub.connection(),
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
-      ...(o.caps?.maxConnsPerIp ? { maxConnectionsPerIp: o.caps.maxConnsPerIp, onRefused: (remote: string, open: number) => o.log.warn({ remote, open }, 'connection refused: too many from one address') } : {}),
+      ...(o.caps?.maxConnsPerIp ? { maxConnectionsPerIp: o.caps.maxConnsPerIp, onRefused: (remote: string, open: number, refused: number) => o.log.warn({ remote, open, refused }, 'connection refused: too many from one address') } : {}),
     });
     const webhooks = new Webhooks({ store, feed, log: o.log });
     const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir),
