@@ -280,6 +280,40 @@ describe('cancel and retry', () => {
     await agent.kill();
   });
 
+  it('a cancel while the real agent is mid-file: granted, the handler never runs, the partial spool is removed', async () => {
+    const dir = tempDir();
+    const rec = recordingHandler(dir);
+    const s = await setup({ rules: [rec.rule] });
+    const agent = spawnCli(['agent', '--home', s.home]);
+    await agent.waitLog((l) => l.msg === 'session started');
+    const size = 128 * 1024 * 1024;
+    const file = path.join(dir, 'big.bin');
+    fs.writeFileSync(file, Buffer.alloc(size, 7));
+    const res = await fetch(`${s.api.base}/v1/messages?to=${s.device}&filename=big.bin`, { method: 'POST', headers: { authorization: `Bearer ${s.token}` }, body: await fs.openAsBlob(file) });
+    const id = ((await res.json()) as { id: string }).id;
+    const part = path.join(s.home, 'spool', `${id}.part`);
+    await waitFor(() => (fs.existsSync(part) && fs.statSync(part).size > 2 * 1024 * 1024 ? true : undefined), 60_000, 'part of the file on the host');
+    process.kill(agent.pid, 'SIGSTOP'); // the host stalls mid-file
+    let del: Answer;
+    let onHost = 0;
+    try {
+      onHost = fs.statSync(part).size;
+      del = await call(s.api.base, s.token, 'DELETE', `/v1/messages/${id}`);
+    } finally {
+      process.kill(agent.pid, 'SIGCONT');
+    }
+    expect([del.status, del.json.status]).toEqual([200, 'cancelled']);
+    console.log(`cancelled with ${(onHost / 1024 / 1024).toFixed(1)} of 128 MiB on the host`);
+    await waitFor(() => (fs.existsSync(part) ? undefined : true), 20_000, 'the partial spool removed');
+    // Later messages flow; the cancelled one never reached a handler.
+    const next = await s.api.send(s.device, 'next.xml', '<next/>');
+    await s.api.until(next.json.id as string, ['handled']);
+    expect(rec.runs().map((r) => r.name)).toEqual(['next.xml']);
+    expect(fs.existsSync(path.join(s.home, 'spool', id))).toBe(false);
+    expect((await s.api.message(id)).status).toBe('cancelled');
+    await agent.kill();
+  });
+
   it('POST …/retry queues a failed message again as a new message linked both ways; asked twice, the same retry', async () => {
     const dir = tempDir();
     const s = await setup({ rules: [flakyHandler(dir)] });
