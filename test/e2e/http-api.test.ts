@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli, cliOk, recordingHandler, setup, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
+import { cli, cliOk, randomData, recordingHandler, setup, sha256, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
 
 type Answer = { status: number; json: Record<string, unknown> };
 const code = (r: Answer) => (r.json.error as { code: string } | undefined)?.code;
@@ -346,11 +346,20 @@ describe('cancel and retry', () => {
     const out = await cliOk(['relay', 'message', 'cancel', a.json.id as string, '--data', s.data, '--json']);
     expect(JSON.parse(out)).toMatchObject({ id: a.json.id, status: 'cancelled' });
     expect((await s.api.message(a.json.id as string)).status).toBe('cancelled');
-    const expiring = await s.api.send(s.device, 'b.xml', '<b/>', {}, '&ttl=1');
+    // A body over 64 KiB (a file in blobs/), expired before any host took it, then retried and delivered.
+    const big = randomData(300 * 1024);
+    const expiring = await s.api.send(s.device, 'b.bin', big, {}, '&ttl=1');
     await s.api.until(expiring.json.id as string, ['expired']);
+    // The retry gets the same 1 s to live from its own creation: have the host online first.
+    const agent = spawnCli(['agent', '--home', s.home]);
+    await agent.waitLog((l) => l.msg === 'session started');
     const retried = JSON.parse(await cliOk(['relay', 'message', 'retry', expiring.json.id as string, '--data', s.data, '--json'])) as Record<string, unknown>;
     expect(retried).toMatchObject({ status: 'queued', retryOf: expiring.json.id });
     expect((await s.api.message(expiring.json.id as string)).retriedAs).toBe(retried.id);
+    const delivered = await s.api.until(retried.id as string, ['handled', 'failed', 'rejected', 'expired']);
+    await agent.kill();
+    expect(delivered).toMatchObject({ status: 'handled', sha256: sha256(big), retryOf: expiring.json.id });
+    expect(fs.readFileSync(path.join(s.home, 'inbox', 'b.bin')).equals(Buffer.from(big))).toBe(true);
     const handledNot = await cli(['relay', 'message', 'retry', retried.id as string, '--data', s.data]);
     expect(handledNot.code).toBe(1);
     expect(handledNot.stderr).toContain('DW_NOT_RETRYABLE');
