@@ -383,7 +383,7 @@ export class HttpApi {
           await file.done;
         } catch (err) {
           if (err instanceof DropwireError || (err as { code?: unknown }).code !== undefined) throw err;
-          // busboy's own complaints (no code) (a truncated or malformed body) are the client's error.
+          // busboy's own complaints (plain errors, no code: a truncated or malformed body) are the client's.
           if (received?.bodyPath) await blobs.remove(received.bodyPath);
           throw new HttpError(400, 'DW_BAD_REQUEST', `bad multipart body: ${(err as Error).message}`);
         }

@@ -642,7 +642,8 @@ export class Hub extends EventEmitter {
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
     p.sentTo.set(m.id, m.from);
-    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
+    // The status write is issued before the FILE is: its group commit is scheduled ahead of the pump that
+    // puts the bytes on the socket, so `sent` is usually on disk before the host can have the file.
     if (m.status === 'queued' || from > 0) {
       const at = this.now();
       store
@@ -654,6 +655,7 @@ export class Hub extends EventEmitter {
         })
         .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
     }
+    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
     const before = this.progress.get(m.id);
     if (before !== undefined) {
       // A second attempt at this file: say how much of what had gone out is sent again.

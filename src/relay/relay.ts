@@ -181,7 +181,7 @@ export class Relay<S extends Store = SqliteStore> {
       port: o.listen.port,
       connection: () => hub.connection(),
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
-      ...(o.caps?.maxConnsPerIp ? { maxConnectionsPerIp: o.caps.maxConnsPerIp, onRefused: (remote: string, open: number) => o.log.warn({ remote, open }, 'connection refused: too many from one address') } : {}),
+      ...(o.caps?.maxConnsPerIp ? { maxConnectionsPerIp: o.caps.maxConnsPerIp, onRefused: (remote: string, open: number, refused: number) => o.log.warn({ remote, open, refused }, 'connection refused: too many from one address') } : {}),
     });
     // In a cluster, webhooks and deadline sweeps run on the one node holding the lease (cluster/lease.ts).
     const background = () => {

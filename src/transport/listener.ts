@@ -14,8 +14,8 @@ export interface ListenerOptions {
   maxConnections?: number;
   /** Sockets from one IP address beyond this many are closed at once, before any handshake work. */
   maxConnectionsPerIp?: number;
-  /** Told of each socket refused by `maxConnectionsPerIp` (logging). */
-  onRefused?: (remote: string, open: number) => void;
+  /** Told of sockets refused by `maxConnectionsPerIp` (logging): at most once a second, with how many since. */
+  onRefused?: (remote: string, open: number, refused: number) => void;
   /** Give the heap back after a burst of connections (see `BurstCompactor`); default true. */
   compactAfterBurst?: boolean;
 }
@@ -30,6 +30,8 @@ export class Listener {
   private readonly burst: BurstCompactor | undefined;
   /** Open sockets by remote address (only kept with `maxConnectionsPerIp`). */
   private readonly perIp = new Map<string, number>();
+  private refused = 0;
+  private refusedReportAt = 0;
 
   constructor(o: ListenerOptions) {
     this.o = o;
@@ -74,8 +76,14 @@ export class Listener {
       const ip = socket.remoteAddress ?? '';
       const open = this.perIp.get(ip) ?? 0;
       if (open >= max) {
-        this.o.onRefused?.(ip, open);
         socket.destroy();
+        this.refused++;
+        const now = Date.now();
+        if (now - this.refusedReportAt >= 1_000) {
+          this.refusedReportAt = now;
+          this.o.onRefused?.(ip, open, this.refused);
+          this.refused = 0;
+        }
         return;
       }
       this.perIp.set(ip, open + 1);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli, cliOk, recordingHandler, setup, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
+import { cli, cliOk, randomData, recordingHandler, setup, sha256, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
 
 type Answer = { status: number; json: Record<string, unknown> };
 const code = (r: Answer) => (r.json.error as { code: string } | undefined)?.code;
@@ -280,6 +280,40 @@ describe('cancel and retry', () => {
     await agent.kill();
   });
 
+  it('a cancel while the real agent is mid-file: granted, the handler never runs, the partial spool is removed', async () => {
+    const dir = tempDir();
+    const rec = recordingHandler(dir);
+    const s = await setup({ rules: [rec.rule] });
+    const agent = spawnCli(['agent', '--home', s.home]);
+    await agent.waitLog((l) => l.msg === 'session started');
+    const size = 128 * 1024 * 1024;
+    const file = path.join(dir, 'big.bin');
+    fs.writeFileSync(file, Buffer.alloc(size, 7));
+    const res = await fetch(`${s.api.base}/v1/messages?to=${s.device}&filename=big.bin`, { method: 'POST', headers: { authorization: `Bearer ${s.token}` }, body: await fs.openAsBlob(file) });
+    const id = ((await res.json()) as { id: string }).id;
+    const part = path.join(s.home, 'spool', `${id}.part`);
+    await waitFor(() => (fs.existsSync(part) && fs.statSync(part).size > 2 * 1024 * 1024 ? true : undefined), 60_000, 'part of the file on the host');
+    process.kill(agent.pid, 'SIGSTOP'); // the host stalls mid-file
+    let del: Answer;
+    let onHost = 0;
+    try {
+      onHost = fs.statSync(part).size;
+      del = await call(s.api.base, s.token, 'DELETE', `/v1/messages/${id}`);
+    } finally {
+      process.kill(agent.pid, 'SIGCONT');
+    }
+    expect([del.status, del.json.status]).toEqual([200, 'cancelled']);
+    console.log(`cancelled with ${(onHost / 1024 / 1024).toFixed(1)} of 128 MiB on the host`);
+    await waitFor(() => (fs.existsSync(part) ? undefined : true), 20_000, 'the partial spool removed');
+    // Later messages flow; the cancelled one never reached a handler.
+    const next = await s.api.send(s.device, 'next.xml', '<next/>');
+    await s.api.until(next.json.id as string, ['handled']);
+    expect(rec.runs().map((r) => r.name)).toEqual(['next.xml']);
+    expect(fs.existsSync(path.join(s.home, 'spool', id))).toBe(false);
+    expect((await s.api.message(id)).status).toBe('cancelled');
+    await agent.kill();
+  });
+
   it('POST …/retry queues a failed message again as a new message linked both ways; asked twice, the same retry', async () => {
     const dir = tempDir();
     const s = await setup({ rules: [flakyHandler(dir)] });
@@ -312,11 +346,20 @@ describe('cancel and retry', () => {
     const out = await cliOk(['relay', 'message', 'cancel', a.json.id as string, '--data', s.data, '--json']);
     expect(JSON.parse(out)).toMatchObject({ id: a.json.id, status: 'cancelled' });
     expect((await s.api.message(a.json.id as string)).status).toBe('cancelled');
-    const expiring = await s.api.send(s.device, 'b.xml', '<b/>', {}, '&ttl=1');
+    // A body over 64 KiB (a file in blobs/), expired before any host took it, then retried and delivered.
+    const big = randomData(300 * 1024);
+    const expiring = await s.api.send(s.device, 'b.bin', big, {}, '&ttl=1');
     await s.api.until(expiring.json.id as string, ['expired']);
+    // The retry gets the same 1 s to live from its own creation: have the host online first.
+    const agent = spawnCli(['agent', '--home', s.home]);
+    await agent.waitLog((l) => l.msg === 'session started');
     const retried = JSON.parse(await cliOk(['relay', 'message', 'retry', expiring.json.id as string, '--data', s.data, '--json'])) as Record<string, unknown>;
     expect(retried).toMatchObject({ status: 'queued', retryOf: expiring.json.id });
     expect((await s.api.message(expiring.json.id as string)).retriedAs).toBe(retried.id);
+    const delivered = await s.api.until(retried.id as string, ['handled', 'failed', 'rejected', 'expired']);
+    await agent.kill();
+    expect(delivered).toMatchObject({ status: 'handled', sha256: sha256(big), retryOf: expiring.json.id });
+    expect(fs.readFileSync(path.join(s.home, 'inbox', 'b.bin')).equals(Buffer.from(big))).toBe(true);
     const handledNot = await cli(['relay', 'message', 'retry', retried.id as string, '--data', s.data]);
     expect(handledNot.code).toBe(1);
     expect(handledNot.stderr).toContain('DW_NOT_RETRYABLE');
