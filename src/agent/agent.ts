@@ -7,17 +7,25 @@ import type { ProtocolError } from '../protocol/errors.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
+import { parseTransportMode, type TransportMode } from '../transport/address.js';
 import { Dialer, type Backoff } from '../transport/dialer.js';
 import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import type { Link } from '../transport/link.js';
-import { parseHostPort } from '../shared/enrollment.js';
+import { describeRoute, RelayReach } from '../transport/reach.js';
+import type { OpenedStream } from '../transport/stream.js';
 import type { Logger } from '../shared/log.js';
-import { loadAgentConfig, paths, type AgentConfig } from './config.js';
+import { loadAgentConfig, paths, rulesVersion, type AgentConfig } from './config.js';
+import { DISK_FULL_LOG_INTERVAL_MS, DISK_FULL_RETRY_MS, isDiskFull } from './disk.js';
 import { baseEnv, runAction, type Outcome } from './handlers/index.js';
 import { Journal } from './journal.js';
 import { checkName, safeName } from './names.js';
 import { matchRule } from './rules.js';
 import { Spool, type Transfer } from './spool.js';
+
+/** How long the agent waits between attempts once the relay says it does not know this device. */
+export const REMOVED_RETRY_MS = 5 * 60_000;
+const REMOVED_MESSAGE =
+  "the relay does not know this device (it was removed): enroll again with 'dropwire init TOKEN' and a new token from 'dropwire relay device add NAME'; retrying every few minutes";
 
 export interface AgentOptions {
   home: string;
@@ -26,14 +34,24 @@ export interface AgentOptions {
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
   backoff?: Partial<Backoff>;
-  /** Overrides the relay address in the config. */
+  /** Overrides the relay addresses in the config (comma-separated). */
   relay?: string;
+  /** Override the config's transport, proxy and CA (README "Reaching the relay"). */
+  transport?: TransportMode;
+  proxy?: string;
+  ca?: string;
+  /** In auto mode, how long a TCP dial may take before WSS is tried (default FALLBACK_AFTER_MS). */
+  fallbackAfterMs?: number;
   signal?: AbortSignal;
 }
 
 export interface AgentStatus {
   connected: boolean;
+  /** The address in use (or last tried); `relays` are all of them. */
   relay: string;
+  relays: string[];
+  /** tcp, ws, wss, or "wss via proxy": how the current (last) connection reached the relay. */
+  transport?: string;
   since?: number;
   sessions: number;
   resumes: number;
@@ -53,6 +71,9 @@ export class Agent {
   private readonly spool: Spool;
   private readonly session: Session;
   private readonly dialer: Dialer;
+  private readonly reach: RelayReach;
+  /** How each link was opened (address, transport, proxy), until its session is established. */
+  private readonly routes = new WeakMap<Link, OpenedStream>();
   private decoder = new MessageDecoder();
   private transfer: Transfer | undefined;
   /** A FILE the journal already has: its CHUNKs are skipped. */
@@ -64,6 +85,12 @@ export class Agent {
   private readonly running = new Set<Promise<void>>();
   private readonly abort = new AbortController();
   private configWatcher: fs.StatWatcher | undefined;
+  /** Set while the disk of the home is full (the spool or journal could not be written). */
+  private diskFull: { since: number; loggedAt: number; stage: string; error: string } | undefined;
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  /** The relay refused this device as unknown (removed); logged once until a connection succeeds again. */
+  private removed = false;
+  private removedLogged = false;
   private closed = false;
   readonly status: AgentStatus;
 
@@ -75,12 +102,22 @@ export class Agent {
     this.journal = new Journal(p.journal);
     this.spool = new Spool(p.spool);
     this.session = new Session({ limits: o.limits ?? {} });
-    const relay = o.relay ?? this.config.relay;
-    const { host, port } = parseHostPort(relay, 'relay');
-    this.status = { connected: false, relay, sessions: 0, resumes: 0, reconnects: 0 };
+    const relays = o.relay ? o.relay.split(',') : this.config.relays;
+    this.reach = new RelayReach({
+      relays,
+      mode: o.transport ?? parseTransportMode(this.config.transport),
+      proxy: o.proxy ?? this.config.proxy,
+      caFile: o.ca ?? this.config.ca,
+      memoryFile: p.route,
+      ...(o.fallbackAfterMs !== undefined ? { fallbackAfterMs: o.fallbackAfterMs } : {}),
+      onFallback: (from, to, err) =>
+        this.o.log.warn({ from: from.text, to: to.text, code: err.code, reason: err.message }, from.kind === 'tcp' && to.kind !== 'tcp' ? `TCP to the relay failed; falling back to ${to.kind.toUpperCase()}` : 'relay address failed; trying the next'),
+    });
+    this.status = { connected: false, relay: this.reach.plan[0]!.text, relays: this.reach.list.map((a) => a.text), sessions: 0, resumes: 0, reconnects: 0 };
     this.dialer = new Dialer({
-      host,
-      port,
+      host: '',
+      port: 0,
+      connect: (signal) => this.reach.open(signal),
       backoff: o.backoff ?? {},
       connection: () =>
         Connection.initiator({
@@ -94,10 +131,19 @@ export class Agent {
           timers: o.timers ?? {},
         }),
       events: {
+        onOpen: (opened, link) => {
+          this.routes.set(link, opened);
+          this.status.relay = opened.address;
+          this.status.transport = describeRoute(opened);
+        },
         onOutput: (out, link) => this.onOutput(out, link),
         onClose: (err, link) => this.onClose(err, link),
         onRetry: (err, delay, attempt) => {
           this.status.reconnects++;
+          if (this.removed && !this.removedLogged) {
+            this.removedLogged = true;
+            this.o.log.error({ code: 'DW_UNKNOWN_DEVICE', device: this.config.name, relay: this.status.relay, retryInS: Math.round(delay / 1000) }, REMOVED_MESSAGE);
+          }
           this.o.log.debug({ code: (err as ProtocolError).code, delay, attempt }, 'reconnecting');
         },
       },
@@ -138,7 +184,12 @@ export class Agent {
 
   start(): void {
     const { log } = this.o;
-    for (const id of this.journal.recoverInterrupted(Date.now())) log.warn({ id }, 'handler was interrupted by a stop; reported failed, not run again');
+    try {
+      for (const id of this.journal.recoverInterrupted(Date.now())) log.warn({ id }, 'handler was interrupted by a stop; reported failed, not run again');
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      this.noteDiskFull(err, 'journal'); // they stay `running` and are reported at the next start with space
+    }
     for (const e of this.journal.waiting()) this.handle(e.id, e.filename, e.from);
     this.watchConfig();
     log.info({ relay: this.status.relay, device: this.config.name }, 'agent started');
@@ -149,6 +200,8 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     this.abort.abort();
+    for (const t of this.retryTimers) clearTimeout(t);
+    this.retryTimers.clear();
     this.configWatcher?.removeAllListeners();
     fs.unwatchFile(paths(this.o.home).config);
     this.dialer.close();
@@ -163,24 +216,35 @@ export class Agent {
   private onOutput(out: Exclude<Output, { type: 'write' } | { type: 'close' }>, link: Link): void {
     const { log } = this.o;
     switch (out.type) {
-      case 'established':
+      case 'established': {
         this.link = link;
+        this.removed = false;
+        this.removedLogged = false;
         this.status.connected = true;
         this.status.since = Date.now();
+        const route = this.routes.get(link);
+        this.routes.delete(link); // established: no longer a candidate for `failed` below
+        if (route) this.reach.worked(route.address);
+        const via = { relay: this.status.relay, transport: this.status.transport, ...(route?.proxy ? { proxy: route.proxy } : {}) };
         if (out.resumed) {
           this.status.resumes++;
-          log.info({ relay: this.status.relay }, 'session resumed');
+          log.info(via, 'session resumed');
           return;
         }
         this.status.sessions++;
-        log.info({ relay: this.status.relay }, 'session started');
+        log.info(via, 'session started');
         this.newStream();
         return;
+      }
       case 'data':
         this.decoder.push(out.bytes);
         try {
           for (let m = this.decoder.next(); m; m = this.decoder.next()) this.onMessage(m);
         } catch (err) {
+          if (isDiskFull(err)) {
+            this.stopOnDiskFull(err, 'spool');
+            return;
+          }
           log.error({ err }, 'bad data from the relay; starting a new session');
           this.link?.close((err as { code?: string }).code ?? 'DW_BAD_MESSAGE');
           this.session.reset();
@@ -197,12 +261,26 @@ export class Agent {
   }
 
   private onClose(err: ProtocolError, link: Link): void {
+    const route = this.routes.get(link);
+    // A stream that opened but never carried a session (a proxy or terminator in the way): next address.
+    if (route) this.reach.failed(route.address);
+    this.routes.delete(link);
     if (this.link === link) this.link = undefined;
     if (this.status.connected) this.o.log.warn({ code: err.code }, 'connection to relay lost');
     this.status.connected = false;
-    this.status.lastError = err.code;
+    this.status.lastError = this.diskFull ? diskFullText(this.diskFull) : err.code;
     if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
-    if (err.code === 'DW_HANDSHAKE_REFUSED') this.o.log.error({ reason: err.cause }, 'relay refused this device');
+    if (err.code !== 'DW_HANDSHAKE_REFUSED') return;
+    if (err.cause === 'DW_UNKNOWN_DEVICE') {
+      // The device was removed at the relay: only `init` with a new token helps. Say so once (in onRetry,
+      // with the wait), keep it as the last error for `dropwire status`, and dial only every few minutes.
+      this.removed = true;
+      this.status.lastError = `DW_UNKNOWN_DEVICE: ${REMOVED_MESSAGE}`;
+      this.dialer.slowDown(REMOVED_RETRY_MS);
+      return;
+    }
+    this.status.lastError = typeof err.cause === 'string' ? err.cause : err.code;
+    this.o.log.error({ reason: err.cause }, 'relay refused this device');
   }
 
   /** A new stream (PROTOCOL 7): re-report what the relay has not confirmed, then HELLO with partial files. */
@@ -252,6 +330,7 @@ export class Agent {
         try {
           this.transfer = this.spool.begin(h);
         } catch (err) {
+          if (isDiskFull(err)) throw err;
           log.warn({ err, id: h.id }, 'spool could not resume; asking for the whole file');
           this.spool.remove(h.id);
           this.skipping = h.id;
@@ -273,7 +352,13 @@ export class Agent {
         return;
       }
       case MessageType.CONFIRM:
-        this.journal.confirm(m.header.ids);
+        try {
+          this.journal.confirm(m.header.ids);
+        } catch (err) {
+          // Not confirmed here: the outcomes are reported again on the next stream; harmless.
+          if (!isDiskFull(err)) throw err;
+          this.noteDiskFull(err, 'journal');
+        }
         return;
       case MessageType.PRESENCE: {
         const q = this.queries.get(m.header.qid);
@@ -308,7 +393,14 @@ export class Agent {
       return;
     }
     const { from, filename } = this.incoming;
-    this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256 }, Date.now());
+    try {
+      this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256 }, Date.now());
+    } catch (err) {
+      // Not in the journal, so not acknowledged: the relay sends it again. Free its space meanwhile.
+      this.spool.remove(t.id);
+      throw err;
+    }
+    this.spaceAgain();
     log.info({ id: t.id, from, filename, size: t.size, resumedFrom: t.resumedFrom }, 'message received');
     this.send(MessageType.RECEIVED, { id: t.id });
     this.handle(t.id, filename, from);
@@ -328,11 +420,26 @@ export class Agent {
       return;
     }
     const run = async () => {
-      if (this.closed || !this.journal.running(id)) return;
+      if (this.closed) return;
+      try {
+        if (!this.journal.running(id)) return;
+      } catch (err) {
+        if (!isDiskFull(err)) throw err;
+        this.noteDiskFull(err, 'journal');
+        this.later(() => this.handle(id, filename, from)); // still `received` in the journal
+        return;
+      }
       const action = match.rule.action;
+      let file: string;
+      try {
+        file = this.spool.locate(id, name);
+      } catch (err) {
+        this.finish(id, { status: 'failed', code: 'DW_SPOOL_FAILED', detail: { error: (err as Error).message } });
+        return;
+      }
       this.o.log.info({ id, rule: match.index + 1, action: action.type, file: name }, 'handler started');
       const outcome = await runAction(action, {
-        facts: { name, from, id, file: this.spool.filePath(id) },
+        facts: { name, from, id, file },
         signal: this.abort.signal,
         env: baseEnv(),
       });
@@ -354,28 +461,101 @@ export class Agent {
 
   private finish(id: string, outcome: Outcome, as?: 'rejected'): void {
     const status = as ?? outcome.status;
-    this.journal.finish(id, status, outcome.code, outcome.detail, Date.now());
+    try {
+      this.journal.finish(id, status, outcome.code, outcome.detail, Date.now());
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      // The outcome is reported only once the journal has it: keep it and try again.
+      this.noteDiskFull(err, 'journal');
+      this.later(() => this.finish(id, outcome, as));
+      return;
+    }
+    this.spaceAgain();
     const level = status === 'handled' ? 'info' : 'warn';
     this.o.log[level]({ id, status, code: outcome.code, ...pick(outcome.detail) }, `message ${status}`);
     this.send(MessageType.RESULT, resultHeader(id, status, outcome.code, outcome.detail));
     if (this.config.retention === 'remove') this.spool.remove(id);
   }
 
+  // --- a full disk -----------------------------------------------------------------------------
+
+  /**
+   * The spool or journal could not be written because the disk is full: nothing of the message was
+   * acknowledged. Drop the transfer and the session (the relay recovers at message level, PROTOCOL 5.7, from
+   * the bytes the part file holds) and dial again a few seconds later, until there is space.
+   */
+  private stopOnDiskFull(err: unknown, stage: string): void {
+    this.transfer?.abandon();
+    this.transfer = undefined;
+    this.skipping = undefined;
+    this.noteDiskFull(err, stage);
+    this.dialer.slowDown(DISK_FULL_RETRY_MS);
+    this.link?.close('DW_SESSION_LOST');
+    this.session.reset();
+  }
+
+  /** Remembers the full disk for `dropwire status`, and logs DW_DISK_FULL at most once a minute. */
+  private noteDiskFull(err: unknown, stage: string): void {
+    const now = Date.now();
+    const error = (err as Error).message;
+    const d = (this.diskFull ??= { since: now, loggedAt: -Infinity, stage, error });
+    d.stage = stage;
+    d.error = error;
+    this.status.lastError = diskFullText(d);
+    if (now - d.loggedAt < DISK_FULL_LOG_INTERVAL_MS) return;
+    d.loggedAt = now;
+    this.o.log.error(
+      { code: 'DW_DISK_FULL', stage, home: this.o.home, error, retryInS: DISK_FULL_RETRY_MS / 1000 },
+      'the disk of the agent folder is full: nothing is acknowledged until there is space; retrying',
+    );
+  }
+
+  /** A journal write went through after the disk was full: say so once. */
+  private spaceAgain(): void {
+    if (!this.diskFull) return;
+    const fullForS = Math.round((Date.now() - this.diskFull.since) / 1000);
+    this.diskFull = undefined;
+    this.o.log.info({ fullForS }, 'the agent folder has space again');
+  }
+
+  private later(fn: () => void): void {
+    const t = setTimeout(() => {
+      this.retryTimers.delete(t);
+      if (!this.closed) fn();
+    }, DISK_FULL_RETRY_MS);
+    this.retryTimers.add(t);
+  }
+
   // --- config ----------------------------------------------------------------------------------
+
+  /**
+   * Reads config.json now and puts its rules (and retention) in force; a bad file throws DW_BAD_CONFIG and
+   * the previous rules stay. Answers what `dropwire rule …` waits for: the number and version of the rules.
+   */
+  reloadConfig(): { rules: number; version: string } {
+    const next = loadAgentConfig(this.o.home);
+    const version = rulesVersion(next.rules);
+    const changed = version !== rulesVersion(this.config.rules) || next.retention !== this.config.retention;
+    this.config = { ...next, relay: this.config.relay, relays: this.config.relays, relayKey: this.config.relayKey };
+    if (changed) this.o.log.info({ rules: next.rules.length, version }, 'config reloaded');
+    return { rules: next.rules.length, version };
+  }
 
   /** Rule edits (by `dropwire rule …` or by hand) take effect without a restart; a bad edit is refused. */
   private watchConfig(): void {
     const file = paths(this.o.home).config;
     this.configWatcher = fs.watchFile(file, { interval: 300 }, () => {
       try {
-        const next = loadAgentConfig(this.o.home);
-        this.config = { ...next, relay: this.config.relay, relayKey: this.config.relayKey };
-        this.o.log.info({ rules: next.rules.length }, 'config reloaded');
+        this.reloadConfig();
       } catch (err) {
         this.o.log.error({ err }, 'config change refused; the previous rules stay in force');
       }
     });
   }
+}
+
+function diskFullText(d: { stage: string; error: string }): string {
+  return `DW_DISK_FULL: the agent folder's disk is full (${d.stage}: ${d.error}); retrying`;
 }
 
 function resultHeader(id: string, status: 'handled' | 'failed' | 'rejected', code: string | undefined, detail: Record<string, unknown> | undefined): Headers[typeof MessageType.RESULT] {

@@ -26,7 +26,15 @@ export class AgentNotRunning extends DropwireError {
   }
 }
 
-export type ControlRequest = { op: 'status' } | { op: 'online'; device: string };
+/** `reload`: read config.json now and answer with the rules in force (`dropwire rule …` waits for it). */
+export type ControlRequest = { op: 'status' } | { op: 'online'; device: string } | { op: 'reload' };
+
+export interface ControlHandlers {
+  status: () => Record<string, unknown>;
+  online?: (device: string) => Promise<Record<string, unknown>>;
+  /** Applies config.json; answers `{ rules, version }` (see `rulesVersion`) or throws DW_BAD_CONFIG. */
+  reload?: () => Record<string, unknown>;
+}
 export type ControlAnswer = { ok: true; status: Record<string, unknown> } | { ok: false; error: { code: string; message: string } };
 
 /** Where the agent with this home listens. */
@@ -51,11 +59,11 @@ export class ControlServer {
    * Listens for `dropwire status`. Throws DW_AGENT_RUNNING when another agent already answers on this
    * home's socket; a stale socket file (an agent that was killed) is removed first.
    */
-  static async listen(o: { home: string; status: () => Record<string, unknown>; online?: (device: string) => Promise<Record<string, unknown>>; log: Logger }): Promise<ControlServer> {
+  static async listen(o: ControlHandlers & { home: string; log: Logger }): Promise<ControlServer> {
     const p = controlPath(o.home);
     if (await answers(p)) throw new DropwireError('DW_AGENT_RUNNING', `another agent is already running with the folder ${o.home} (it answers on ${p})`);
     if (process.platform !== 'win32') fs.rmSync(p, { force: true });
-    const server = net.createServer({ allowHalfOpen: false }, (sock) => serve(sock, o.status, o.online, o.log));
+    const server = net.createServer({ allowHalfOpen: false }, (sock) => serve(sock, o, o.log));
     // The socket is created with the process umask: make it 0600 from the first moment, not after a chmod.
     const umask = process.platform === 'win32' ? undefined : process.umask(0o177);
     try {
@@ -87,7 +95,8 @@ export class ControlServer {
   }
 }
 
-function serve(sock: net.Socket, status: () => Record<string, unknown>, online: ((device: string) => Promise<Record<string, unknown>>) | undefined, log: Logger): void {
+function serve(sock: net.Socket, h: ControlHandlers, log: Logger): void {
+  const { status, online, reload } = h;
   let buf = '';
   sock.setEncoding('utf8');
   sock.setTimeout(CONTROL_TIMEOUT_MS, () => sock.destroy());
@@ -111,11 +120,12 @@ function serve(sock: net.Socket, status: () => Record<string, unknown>, online: 
       );
       return;
     }
-    if (req.op !== 'status') return answer({ ok: false, error: { code: 'DW_BAD_REQUEST', message: `unknown op ${JSON.stringify(req.op)}` } });
+    const op = req.op === 'status' ? status : req.op === 'reload' ? reload : undefined;
+    if (!op) return answer({ ok: false, error: { code: 'DW_BAD_REQUEST', message: `unknown op ${JSON.stringify(req.op)}` } });
     try {
-      answer({ ok: true, status: status() });
+      answer({ ok: true, status: op() });
     } catch (err) {
-      log.warn({ err }, 'status request failed');
+      log.warn({ err, op: req.op }, 'control request failed');
       answer({ ok: false, error: { code: (err as { code?: string }).code ?? 'DW_INTERNAL', message: (err as Error).message } });
     }
   });

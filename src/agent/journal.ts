@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { isDiskFull } from './disk.js';
 
 /** Where a message is on this host (PROTOCOL 7: exactly once at the handler). */
 export type JournalState = 'received' | 'running' | 'done';
@@ -128,13 +129,23 @@ export class Journal {
     return r ? toEntry(r) : undefined;
   }
 
-  /** PROTOCOL 3.7: handshake timestamps strictly increase, even if the wall clock steps back. */
+  /**
+   * PROTOCOL 3.7: handshake timestamps strictly increase, even if the wall clock steps back. On a full disk
+   * the value cannot be stored; it is still kept here, so the agent can dial (and learn the disk is full).
+   */
   nextTimestamp(now: number): number {
     const last = Number((this.q.kvGet!.get('handshake_ts') as { v: string } | undefined)?.v ?? 0);
-    const ts = Math.max(now, last + 1);
-    this.q.kvSet!.run('handshake_ts', String(ts));
+    const ts = Math.max(now, last + 1, this.lastTimestamp + 1);
+    this.lastTimestamp = ts;
+    try {
+      this.q.kvSet!.run('handshake_ts', String(ts));
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+    }
     return ts;
   }
+
+  private lastTimestamp = 0;
 
   close(): void {
     if (this.db.isOpen) this.db.close();

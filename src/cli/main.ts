@@ -1,6 +1,8 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
+import { addNodeOptions, registerClusterCommands, storeOpt } from './relay-cluster.js';
 import { registerRuleCommands } from './rule-commands.js';
+import { registerRelayMessageCommands } from './relay-message.js';
 import { registerServiceCommands } from './service-commands.js';
 
 /**
@@ -18,15 +20,21 @@ const program = new Command('dropwire')
 const relay = program.command('relay').description('the relay: one server agents dial and senders call');
 const dataOpt = () => new Option('--data <dir>', 'relay data folder').default('./dropwire-relay');
 
-relay
+addNodeOptions(relay
   .command('start')
-  .description('run the relay in the foreground')
+  .description('run the relay in the foreground (with --store: one node of a cluster)'))
   .addOption(dataOpt())
   .option('--listen <host:port>', 'address agents connect to', '0.0.0.0:7390')
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
   .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number }) => {
+  .option('--body-timeout <s>', 'seconds an upload may send nothing before 408 DW_TIMEOUT', positiveNumber('--body-timeout'), 30)
+  .option('--max-uploads <n>', 'uploads received at once, in total (429 DW_BUSY beyond)', positiveNumber('--max-uploads'), 1024)
+  .option('--max-uploads-per-token <n>', 'uploads received at once per sender token', positiveNumber('--max-uploads-per-token'), 256)
+  .option('--max-conns-per-ip <n>', 'connections from one IP address on the agents port', positiveNumber('--max-conns-per-ip'), 256)
+  .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
+  .option('--tls-key <file>', 'the PEM private key for --tls-cert')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -36,27 +44,30 @@ device
   .command('add <name>')
   .description('register a device; prints its one-time enrollment token')
   .addOption(dataOpt())
-  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s)')
+  .addOption(storeOpt())
+  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s; a cluster\'s: all its agent addresses)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
-  .action(async (name: string, o: { data: string; public?: string; ttl: number }) => {
+  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number }) => {
     const { runDeviceAdd } = await import('./relay.js');
-    await runDeviceAdd(o.data, name, o);
+    await runDeviceAdd(o, name, o);
   });
 device
   .command('list')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--json', 'JSON output')
-  .action(async (o: { data: string; json?: boolean }) => {
+  .action(async (o: { data: string; store?: string; json?: boolean }) => {
     const { printDevices } = await import('./relay.js');
-    await printDevices(o.data, o.json === true);
+    await printDevices(o, o.json === true);
   });
 device
   .command('remove <name>')
   .description('remove a device and drop its live session')
   .addOption(dataOpt())
-  .action(async (name: string, o: { data: string }) => {
+  .addOption(storeOpt())
+  .action(async (name: string, o: { data: string; store?: string }) => {
     const { runDeviceRemove } = await import('./relay.js');
-    await runDeviceRemove(o.data, name);
+    await runDeviceRemove(o, name);
   });
 
 const token = relay.command('token').description('sender API tokens');
@@ -64,30 +75,42 @@ token
   .command('add <name>')
   .description('create a sender token (printed once; stored only as a hash)')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--to <glob>', 'devices this token may send to', '*')
   .option('--webhook <url>', 'where status events are posted')
-  .action(async (name: string, o: { data: string; to: string; webhook?: string }) => {
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o.data, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
     console.log(t.token);
     if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
   });
 token
   .command('list')
   .addOption(dataOpt())
+  .addOption(storeOpt())
   .option('--json', 'JSON output')
-  .action(async (o: { data: string; json?: boolean }) => {
+  .action(async (o: { data: string; store?: string; json?: boolean }) => {
     const { printTokens } = await import('./relay.js');
-    await printTokens(o.data, o.json === true);
+    await printTokens(o, o.json === true);
   });
 token
   .command('remove <name>')
   .addOption(dataOpt())
-  .action(async (name: string, o: { data: string }) => {
+  .addOption(storeOpt())
+  .action(async (name: string, o: { data: string; store?: string }) => {
     const { runTokenRemove } = await import('./relay.js');
-    await runTokenRemove(o.data, name);
+    await runTokenRemove(o, name);
   });
 
+function positiveNumber(flag: string): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${flag} must be a positive number`);
+    return n;
+  };
+}
+
+const transportOpt = () => new Option('--transport <mode>', 'tcp, wss, or auto: TCP first, WSS when TCP does not connect within a few seconds').choices(['tcp', 'wss', 'auto']);
 const homeOpt = () => new Option('--home <dir>', 'agent folder (default: DROPWIRE_HOME or a per-user folder)');
 
 program
@@ -95,8 +118,11 @@ program
   .description('enroll this host with a relay, using a token from `relay device add`')
   .addOption(homeOpt())
   .option('--name <name>', 'device name (default: the one in the token)')
-  .option('--relay <host:port>', 'relay address (overrides the token)')
-  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated: HOST:PORT, wss://HOST[:PORT]/v1/connect or ws://… (overrides the token)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (http://user:password@host:port; default HTTPS_PROXY, NO_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA that signed the relay\'s certificate (kept in the config)')
+  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runInit } = await import('./agent.js');
     await runInit(tokenText, o);
   });
@@ -105,8 +131,11 @@ program
   .command('agent')
   .description('run the agent in the foreground (what the service runs)')
   .addOption(homeOpt())
-  .option('--relay <host:port>', 'relay address (overrides the config)')
-  .action(async (o: { home?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated (overrides the config)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (overrides the config and HTTPS_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA (overrides the config)')
+  .action(async (o: { home?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runAgent } = await import('./agent.js');
     await runAgent(o);
   });
@@ -134,8 +163,10 @@ program
   });
 
 // Command groups declared in their own files.
+registerClusterCommands(relay);
 registerRuleCommands(program);
 registerServiceCommands(program);
+registerRelayMessageCommands(relay);
 
 async function main(argv: string[]): Promise<number> {
   try {

@@ -10,7 +10,16 @@ import { adminToken, relayPaths, type RelayInfo } from './relay.js';
 import { openSqliteStore } from './store/sqlite.js';
 import type { DeviceRecord, Store, TokenRecord } from './store/types.js';
 
-/** Operator actions on a relay's data folder; they work whether the relay runs or not (SQLite WAL). */
+/**
+ * Operator actions on a relay's data folder (they work whether the relay runs or not: SQLite WAL), or,
+ * with a store URL, on a cluster from any machine.
+ */
+
+/** A data folder, or `{ store }` (a cluster's Redis; `data` is then unused). */
+export type AdminTarget = string | { data: string; store?: string | undefined };
+
+const storeUrl = (t: AdminTarget): string | undefined => (typeof t === 'string' ? undefined : t.store);
+const dataDirOf = (t: AdminTarget): string => (typeof t === 'string' ? t : t.data);
 
 export const DEFAULT_ENROLL_TTL_H = 24;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -46,7 +55,13 @@ export function requireRelayData(dataDir: string): void {
   );
 }
 
-async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Promise<T> {
+async function withStore<T>(target: AdminTarget, fn: (s: Store) => Promise<T>): Promise<T> {
+  const url = storeUrl(target);
+  if (url) {
+    const { withClusterAdmin } = await import('./cluster/admin.js');
+    return withClusterAdmin(url, (a) => fn(a.store));
+  }
+  const dataDir = dataDirOf(target);
   requireRelayData(dataDir);
   const store = await openSqliteStore({ path: relayPaths(dataDir).db });
   try {
@@ -56,28 +71,55 @@ async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Prom
   }
 }
 
-export async function addDevice(dataDir: string, name: string, o: { public?: string; ttlHours?: number } = {}): Promise<string> {
+export async function addDevice(target: AdminTarget, name: string, o: { public?: string; ttlHours?: number } = {}): Promise<string> {
   checkName('device', name);
+  const url = storeUrl(target);
+  if (url) {
+    // A cluster: the token carries every agent address of the cluster (or --public's list), its public key.
+    const { withClusterAdmin } = await import('./cluster/admin.js');
+    return withClusterAdmin(url, async (a) => {
+      const relays = o.public ? o.public.split(',').map((s) => s.trim()).filter(Boolean) : a.config.agents;
+      const { secret, record } = newEnrollment(name, o.ttlHours);
+      await a.store.createDevice(record);
+      return encodeEnrollmentToken({ relays, relayKey: a.config.publicKey, name, secret, expiresAt: record.enrollExpiresAt! });
+    });
+  }
+  const dataDir = dataDirOf(target);
   requireRelayData(dataDir);
   const info = runningRelay(dataDir);
   const relay = o.public ?? info?.public;
   if (!relay) throw new DropwireError('DW_NO_ADDRESS', 'the relay is not running: pass --public HOST:PORT (the address agents dial)');
   const keys = loadOrCreateKeyPair(relayPaths(dataDir).key);
+  const { secret, record } = newEnrollment(name, o.ttlHours);
+  await withStore(dataDir, (s) => s.createDevice(record));
+  return encodeEnrollmentToken({ relays: [relay], relayKey: toHex(keys.publicKey), name, secret, expiresAt: record.enrollExpiresAt! });
+}
+
+/** A device waiting for enrollment, and the one-time secret its token carries (only its hash is stored). */
+function newEnrollment(name: string, ttlHours = DEFAULT_ENROLL_TTL_H): { secret: string; record: DeviceRecord } {
   const secret = randomBytes(18).toString('base64url');
   const now = Date.now();
-  const expiresAt = now + (o.ttlHours ?? DEFAULT_ENROLL_TTL_H) * 3600_000;
-  await withStore(dataDir, (s) =>
-    s.createDevice({ name, enrollSecretHash: createHash('sha256').update(secret).digest('hex'), enrollExpiresAt: expiresAt, createdAt: now }),
-  );
-  return encodeEnrollmentToken({ relays: [relay], relayKey: toHex(keys.publicKey), name, secret, expiresAt });
+  return { secret, record: { name, enrollSecretHash: createHash('sha256').update(secret).digest('hex'), enrollExpiresAt: now + ttlHours * 3600_000, createdAt: now } };
 }
 
-export function listDevices(dataDir: string): Promise<DeviceRecord[]> {
-  return withStore(dataDir, (s) => s.listDevices());
+export function listDevices(target: AdminTarget): Promise<DeviceRecord[]> {
+  return withStore(target, (s) => s.listDevices());
 }
 
-/** Removes a device; `told` says whether a running relay dropped its live session at once. */
-export async function removeDevice(dataDir: string, name: string): Promise<{ told: boolean }> {
+/** Removes a device; `told` says whether a running relay (or every node of a cluster) dropped its live session at once. */
+export async function removeDevice(target: AdminTarget, name: string): Promise<{ told: boolean }> {
+  const url = storeUrl(target);
+  if (url) {
+    const { withClusterAdmin } = await import('./cluster/admin.js');
+    const removed = await withClusterAdmin(url, async (a) => {
+      const done = await a.store.removeDevice(name, Date.now());
+      if (done) await a.dropEverywhere(name); // every node drops its live session at once
+      return done;
+    });
+    if (!removed) throw new DropwireError('DW_UNKNOWN_DEVICE', `no device named '${name}'`);
+    return { told: true };
+  }
+  const dataDir = dataDirOf(target);
   const removed = await withStore(dataDir, (s) => s.removeDevice(name, Date.now()));
   if (!removed) throw new DropwireError('DW_UNKNOWN_DEVICE', `no device named '${name}'`);
   // Drop its live session at once.
@@ -97,7 +139,7 @@ async function tellRunningRelay(dataDir: string, urlPath: string): Promise<boole
 }
 
 /** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
-export async function addToken(dataDir: string, name: string, o: { to?: string; webhook?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
+export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
   checkName('token', name);
   if (o.webhook !== undefined) {
     let u: URL;
@@ -110,21 +152,22 @@ export async function addToken(dataDir: string, name: string, o: { to?: string; 
   }
   const secret = `dwt_${randomBytes(24).toString('base64url')}`;
   const webhookSecret = o.webhook ? `whsec_${randomBytes(24).toString('base64url')}` : undefined;
-  await withStore(dataDir, async (s) => {
+  await withStore(target, async (s) => {
     await s.createToken({ name, hash: tokenHash(secret), to: o.to ?? '*', ...(o.webhook ? { webhook: o.webhook, webhookSecret } : {}), createdAt: Date.now() });
     // A new webhook starts with the events from now on, not the relay's whole history.
     if (o.webhook) await s.skipWebhookEvents(name, await s.lastEventSeq());
   });
-  await tellRunningRelay(dataDir, '/v1/admin/tokens/changed');
+  if (!storeUrl(target)) await tellRunningRelay(dataDirOf(target), '/v1/admin/tokens/changed'); // a cluster's nodes re-read tokens every 2 s
   return { token: secret, ...(webhookSecret ? { webhookSecret } : {}) };
 }
 
-export function listTokens(dataDir: string): Promise<TokenRecord[]> {
-  return withStore(dataDir, (s) => s.listTokens());
+export function listTokens(target: AdminTarget): Promise<TokenRecord[]> {
+  return withStore(target, (s) => s.listTokens());
 }
 
-export async function removeToken(dataDir: string, name: string): Promise<{ told: boolean }> {
-  const removed = await withStore(dataDir, (s) => s.removeToken(name));
+export async function removeToken(target: AdminTarget, name: string): Promise<{ told: boolean }> {
+  const removed = await withStore(target, (s) => s.removeToken(name));
   if (!removed) throw new DropwireError('DW_UNKNOWN_TOKEN', `no token named '${name}'`);
-  return { told: await tellRunningRelay(dataDir, '/v1/admin/tokens/changed') }; // stops working at once
+  // Stops working at once on a single relay; within 2 s on every node of a cluster (their token cache).
+  return { told: storeUrl(target) ? true : await tellRunningRelay(dataDirOf(target), '/v1/admin/tokens/changed') };
 }

@@ -28,12 +28,31 @@ export class Blobs {
   readonly dir: string;
   private readonly tmp: string;
 
-  constructor(dir: string) {
+  /** `keepTmp`: leave `blobs/tmp` alone (a CLI next to a relay that may be receiving uploads). */
+  constructor(dir: string, o: { keepTmp?: boolean } = {}) {
     this.dir = dir;
     this.tmp = path.join(dir, 'tmp');
     fs.mkdirSync(this.tmp, { recursive: true });
+    if (o.keepTmp) return;
     // Left over from a crash before the message was stored: never acknowledged, safe to drop.
     for (const f of fs.readdirSync(this.tmp)) fs.rmSync(path.join(this.tmp, f), { force: true });
+  }
+
+  /** The body of another message under a new id (a retry): a hard link, or a copy where links fail. */
+  async duplicate(bodyPath: string, id: string): Promise<string> {
+    const final = path.join(this.dir, id);
+    try {
+      await fsp.link(bodyPath, final);
+    } catch {
+      const tmpPath = path.join(this.tmp, id);
+      await fsp.copyFile(bodyPath, tmpPath);
+      const fh = await fsp.open(tmpPath, 'r+');
+      await fh.sync();
+      await fh.close();
+      await fsp.rename(tmpPath, final);
+    }
+    fsyncDir(this.dir);
+    return final;
   }
 
   /** Reads a body stream to its end, hashing it; refuses (DW_TOO_LARGE) past `limit` bytes, leaving nothing behind. */

@@ -33,8 +33,25 @@ export interface StatusEvent {
 /** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
 export const OFFLINE_GRACE_MS = 1_500;
 
+/**
+ * Where a cluster of relay nodes plugs in (src/relay/cluster/); absent on a single relay. The hub asks it
+ * before accepting a session and on presence changes, and hands it work for devices it has no session of.
+ */
+export interface HubCluster {
+  /** Makes this node the device's session holder; the node that held it retires its session. */
+  claim(device: string): Promise<void>;
+  /** This node's session of the device is gone. */
+  released(device: string): void;
+  /** Stop sending a message to a device whose session is on another node. */
+  cancel(device: string, id: string): void;
+  /** Records a presence change for the cluster; true when it is an event (once per cluster). */
+  presence(device: string, online: boolean): Promise<boolean>;
+  onlineElsewhere(device: string): boolean;
+}
+
 export interface HubOptions {
   store: Store;
+  cluster?: HubCluster;
   /** Told whenever events were appended (status changes, presence). */
   feed?: EventFeed;
   offlineGraceMs?: number;
@@ -70,8 +87,6 @@ interface Peer {
   drainWaiters: (() => void)[];
   linger: NodeJS.Timeout | undefined;
   onlineSince: number | undefined;
-  /** Messages expired or cancelled while this peer streams: stop sending them. */
-  cancelled: Set<string> | undefined;
   /** The delivery loop has sent everything the store had: new messages are handed over without a query. */
   caughtUp: boolean;
   handoff: Handoff[];
@@ -91,6 +106,8 @@ interface Handoff {
 
 /** A peer remembers at most this many streamed, unfinished messages (beyond, reports read the store). */
 const SENT_TO_MAX = 4_096;
+/** Stopped (expired, cancelled) message ids remembered by the hub. */
+const STOPPED_MAX = 100_000;
 
 /**
  * The relay's live side: decides handshakes (enrollment, known keys, replay guard, resume), keeps one
@@ -105,6 +122,11 @@ export class Hub extends EventEmitter {
   private closed = false;
   /** Bytes of each file written into a stream so far, until it is received (to report re-sends). */
   private readonly progress = new Map<string, number>();
+  /**
+   * Messages expired or cancelled in this process: never streamed again, by any peer, even from a page of
+   * `pending` read before the status change committed. Insertion-ordered and bounded (oldest out).
+   */
+  private readonly stopped = new Set<string>();
 
   constructor(o: HubOptions) {
     super();
@@ -118,7 +140,12 @@ export class Hub extends EventEmitter {
   }
 
   isOnline(device: string): boolean {
-    return this.peers.get(device)?.link?.connection.isEstablished === true;
+    return this.peers.get(device)?.link?.connection.isEstablished === true || this.o.cluster?.onlineElsewhere(device) === true;
+  }
+
+  /** This hub holds a session (live or lingering) of the device. */
+  hasSession(device: string): boolean {
+    return this.peers.has(device);
   }
 
   onlineCount(): number {
@@ -134,7 +161,8 @@ export class Hub extends EventEmitter {
   notify(device: string, message?: MessageRecord, body?: Uint8Array): void {
     const p = this.peers.get(device);
     if (!p) return;
-    if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
+    const live = p.link?.connection.isEstablished === true;
+    if (message && live && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
     else {
       p.dirty = true;
       p.caughtUp = false;
@@ -144,8 +172,13 @@ export class Hub extends EventEmitter {
 
   /** Drops a device's session and link at once (the device was removed). */
   drop(device: string): void {
+    this.retireSession(device, 'DW_DEVICE_REMOVED');
+  }
+
+  /** Retires a device's session here (removed, or its agent now has a session on another node). */
+  retireSession(device: string, code: string): void {
     const p = this.peers.get(device);
-    if (p) this.retire(p, 'DW_DEVICE_REMOVED');
+    if (p) this.retire(p, code);
   }
 
   close(): void {
@@ -172,8 +205,14 @@ export class Hub extends EventEmitter {
         if (!p) return;
         p.onlineSince = this.now();
         if (!out.resumed) this.newStream(p);
-        this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote }, out.resumed ? 'session resumed' : 'session started');
+        this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote, transport: link.transport }, out.resumed ? 'session resumed' : 'session started');
         this.presence(p.device, true);
+        if (out.resumed) {
+          // Delivery paused while the device was away (`sent` means written to a live connection).
+          p.dirty = true;
+          p.caughtUp = false;
+          this.deliver(p);
+        }
         return;
       }
       case 'data': {
@@ -231,7 +270,7 @@ export class Hub extends EventEmitter {
     clearTimeout(this.offlineTimers.get(device));
     this.offlineTimers.delete(device);
     if (online) {
-      if (this.announced.get(device) !== true) this.announce(device, true);
+      if (this.announced.get(device) !== true || this.o.cluster) this.announce(device, true);
       return;
     }
     const t = setTimeout(() => {
@@ -245,6 +284,18 @@ export class Hub extends EventEmitter {
   private announce(device: string, online: boolean): void {
     this.announced.set(device, online);
     const at = this.now();
+    if (this.o.cluster) {
+      // In a cluster, Redis decides whether this is an event (not when the agent only moved between nodes).
+      this.o.cluster.presence(device, online).then(
+        (event) => event && this.presenceEvent(device, online, at),
+        (err: unknown) => this.o.log.error({ err, device }, 'could not record presence in the cluster'),
+      );
+      return;
+    }
+    this.presenceEvent(device, online, at);
+  }
+
+  private presenceEvent(device: string, online: boolean, at: number): void {
     this.o.log.info({ device, online }, online ? 'device online' : 'device offline');
     this.emit('presence', { device, online, at });
     this.o.store
@@ -253,12 +304,27 @@ export class Hub extends EventEmitter {
       .catch((err: unknown) => this.o.log.error({ err, device }, 'could not store a presence event'));
   }
 
-  /** Stops sending a message that expired or was cancelled; the agent drops what it spooled. */
+  /** Stops sending a message that expired or was cancelled; the agent drops what it spooled (PROTOCOL 7.10). */
   cancel(device: string, id: string): void {
+    if (this.stopped.size >= STOPPED_MAX) this.stopped.delete(this.stopped.values().next().value!);
+    this.stopped.add(id);
     const p = this.peers.get(device);
-    if (!p) return;
-    (p.cancelled ??= new Set()).add(id);
+    if (!p) return this.o.cluster?.cancel(device, id); // the device's session is on another node
     if (p.ready) this.send(p, MessageType.CANCEL, { id });
+  }
+
+  /**
+   * Asks to stop a message for good (a sender's cancel), before its status changes. Granted only while no
+   * stream of this process has carried its last byte: then the agent cannot have the whole file, and from
+   * here on no byte more of it is written. Refused (`false`) when all of it went out, or when it is `sent`
+   * by an earlier process (the host may hold it whole). Synchronous: no delivery step runs in between.
+   */
+  stop(m: Pick<MessageRecord, 'id' | 'to' | 'size' | 'status'>): boolean {
+    if (this.stopped.has(m.id)) return true;
+    const written = this.progress.get(m.id);
+    if (written === undefined ? m.status !== 'queued' : written >= m.size) return false;
+    this.cancel(m.to, m.id);
+    return true;
   }
 
   // --- handshake ------------------------------------------------------------------------------
@@ -299,6 +365,10 @@ export class Hub extends EventEmitter {
     if (!isFresh(hello, device.lastHandshakeTs)) return refuse('DW_HANDSHAKE_REPLAYED', 'handshake timestamp not fresh');
     await store.touchDevice(device.name, this.now(), hello.timestamp);
     if (link.connection.isClosed || this.closed) return;
+    if (this.o.cluster) {
+      await this.o.cluster.claim(device.name);
+      if (link.connection.isClosed || this.closed) return;
+    }
 
     let p = this.peers.get(device.name);
     const resume =
@@ -331,7 +401,6 @@ export class Hub extends EventEmitter {
       drainWaiters: [],
       linger: undefined,
       onlineSince: undefined,
-      cancelled: undefined,
       caughtUp: false,
       handoff: [],
       pumpScheduled: false,
@@ -369,7 +438,9 @@ export class Hub extends EventEmitter {
   }
 
   private forget(p: Peer): void {
-    if (this.peers.get(p.device) === p) this.peers.delete(p.device);
+    if (this.peers.get(p.device) !== p) return;
+    this.peers.delete(p.device);
+    this.o.cluster?.released(p.device);
   }
 
   // --- messages from the agent -------------------------------------------------------------------
@@ -447,11 +518,22 @@ export class Hub extends EventEmitter {
       }
       then?.();
     });
-    const settled = work.catch((err: unknown) => log.error({ err, id }, 'could not store a status'));
+    const settled = work.catch((err: unknown) => {
+      log.error({ err, id }, 'could not store a status');
+      this.storeFailed(p, err);
+    });
     this.pendingWrites.set(p, settled);
     settled.then(() => {
       if (this.pendingWrites.get(p) === settled) this.pendingWrites.delete(p);
     });
+  }
+
+  /**
+   * The store was unreachable (a Redis outage): the session ends, so that the agent's next one re-sends
+   * what was not confirmed and HELLO starts delivery again, once the store answers (PROTOCOL 7.11).
+   */
+  private storeFailed(p: Peer, err: unknown): void {
+    if ((err as { code?: string }).code === 'DW_STORE_DOWN' && this.peers.get(p.device) === p) this.retire(p, 'DW_STORE_DOWN');
   }
 
   // --- delivery --------------------------------------------------------------------------------
@@ -479,12 +561,16 @@ export class Hub extends EventEmitter {
     });
   }
 
+  /** Delivery runs only while the device has an established connection (`sent` = written to a live one). */
   private deliver(p: Peer): void {
-    if (!p.ready || p.delivering || p.session.closed) return;
+    if (!p.ready || p.delivering || p.session.closed || p.link?.connection.isEstablished !== true) return;
     p.delivering = true;
     const gen = p.gen;
     this.deliveryLoop(p, gen)
-      .catch((err: unknown) => this.o.log.error({ err, device: p.device }, 'delivery failed'))
+      .catch((err: unknown) => {
+        this.o.log.error({ err, device: p.device }, 'delivery failed');
+        this.storeFailed(p, err);
+      })
       .finally(() => {
         p.delivering = false;
         // New work, or a new stream whose HELLO came while this loop was finishing.
@@ -495,7 +581,16 @@ export class Hub extends EventEmitter {
   private async deliveryLoop(p: Peer, gen: number): Promise<void> {
     const { store } = this.o;
     const live = () => p.gen === gen && !p.session.closed && !this.closed;
+    /** The link went away: stop before the next message; the store is asked again once it is back. */
+    const away = () => {
+      if (p.link?.connection.isEstablished === true) return false;
+      p.dirty = true;
+      p.caughtUp = false;
+      p.handoff = [];
+      return true;
+    };
     while (live()) {
+      if (away()) return;
       if (p.resend !== undefined && p.resend.size > 0) {
         const [id, offset] = p.resend.entries().next().value as [string, number];
         p.resend.delete(id);
@@ -520,8 +615,8 @@ export class Hub extends EventEmitter {
       }
       for (const { message: m, body } of batch) {
         if (m.seq <= p.cursor) continue; // handed over and also found by a query
-        if (!live()) return;
-        if (p.cancelled?.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
+        if (!live() || away()) return;
+        if (this.stopped.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
           continue; // the deadline sweeper marks it expired
         }
@@ -537,7 +632,7 @@ export class Hub extends EventEmitter {
   /** Writes one FILE and its CHUNKs into the session, waiting for drain when the replay buffer is full. */
   private async stream(p: Peer, gen: number, m: MessageRecord, offset: number, inlineBody?: Uint8Array): Promise<void> {
     const { store, log } = this.o;
-    if (p.session.closed) return;
+    if (p.session.closed || this.stopped.has(m.id)) return;
     const from = Math.min(offset, m.size);
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
@@ -565,6 +660,7 @@ export class Hub extends EventEmitter {
     if (m.inline) {
       const body = inlineBody ?? (await store.readInlineBody(m.id));
       if (!body) throw new Error(`inline body of ${m.id} missing`);
+      if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
       if (from < body.length) {
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, body.subarray(from));
         this.progress.set(m.id, body.length);
@@ -575,10 +671,12 @@ export class Hub extends EventEmitter {
     const fh = await fs.open(m.bodyPath!, 'r');
     try {
       for (let pos = from; pos < m.size; ) {
-        if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
+        if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
         const buf = new Uint8Array(Math.min(CHUNK_SIZE, m.size - pos));
         const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
         if (bytesRead <= 0) throw new Error(`body file of ${m.id} is shorter than its size`);
+        // Checked again after the read: a cancel granted meanwhile must see no byte more go out.
+        if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, buf.subarray(0, bytesRead));
         pos += bytesRead;
         this.progress.set(m.id, pos);

@@ -12,13 +12,20 @@ import { writeFileAtomic } from '../shared/files.js';
 import { FolderLock } from '../shared/lock.js';
 import { loadOrCreateKeyPair } from '../transport/identity.js';
 import { Listener } from '../transport/listener.js';
+import { CONNECT_PATH, WebSocketAcceptor } from '../transport/websocket.js';
 import { Blobs } from './blobs.js';
 import { DeadlineSweeper } from './deadlines.js';
 import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
 import { HttpApi } from './http.js';
 import { Hub } from './hub.js';
+import { TlsFiles } from './tls.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
+import type { Store } from './store/types.js';
+import type { ClusterNode } from './cluster/node.js';
+import type { RedisStore } from './store/redis/index.js';
+import type { StoreWakeups } from './store/redis/wakeups.js';
+import type { KeyPair } from '../protocol/crypto.js';
 
 export const DEFAULT_MAX_BODY = 2 * 1024 * 1024 * 1024;
 
@@ -33,14 +40,43 @@ export interface RelayOptions {
   crypto?: CryptoBackend;
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
+  /** PEM files: serve the HTTP port as HTTPS (and agents' wss://); re-read on `reloadTls()` and on change. */
+  tls?: { certFile: string; keyFile: string };
+  /** Resource caps against stalled or flooding clients (`relay start --body-timeout …`). */
+  caps?: RelayCaps;
+}
+
+export interface RelayCaps {
+  /** Seconds an upload may send nothing before 408 DW_TIMEOUT (default 30). */
+  bodyTimeoutS?: number;
+  /** Uploads at once, in total and per token (429 DW_BUSY beyond). */
+  maxUploads?: number;
+  maxUploadsPerToken?: number;
+  /** Connections from one IP address on the agents port (default: no cap). */
+  maxConnsPerIp?: number;
+}
+
+/** One node of a cluster (`relay start --store`): state in Redis, the cluster's key from `keyFile`. */
+export interface NodeOptions extends RelayOptions {
+  store: string;
+  keyFile: string;
+  node: string;
+  /** Run on a Redis that does not fsync every write (a warning is logged). */
+  unsafeRedis?: boolean;
+  /** Each 202 waits until this many replicas hold the message (WAIT N). */
+  redisReplicas?: number;
 }
 
 export interface RelayInfo {
   agents: string;
   http: string;
+  /** The URL agents may dial over WebSocket on the HTTP port (wss:// with --tls-cert), PROTOCOL 11. */
+  websocket: string;
   public: string;
   publicKey: string;
   pid: number;
+  /** The node's name, in a cluster. */
+  node?: string;
 }
 
 export const relayPaths = (dataDir: string) => ({
@@ -63,19 +99,19 @@ export function adminToken(dataDir: string): string {
   }
 }
 
-export class Relay {
+export class Relay<S extends Store = SqliteStore> {
   readonly info: RelayInfo;
-  readonly store: SqliteStore;
+  readonly store: S;
   readonly hub: Hub;
   private readonly listener: Listener;
   private readonly http: HttpApi;
   private readonly o: RelayOptions;
   private closed = false;
 
-  private readonly stopBackground: () => void;
+  private readonly stopBackground: () => Promise<void>;
   private readonly lock: FolderLock;
 
-  private constructor(o: RelayOptions, lock: FolderLock, info: RelayInfo, store: SqliteStore, hub: Hub, listener: Listener, http: HttpApi, stopBackground: () => void) {
+  private constructor(o: RelayOptions, lock: FolderLock, info: RelayInfo, store: S, hub: Hub, listener: Listener, http: HttpApi, stopBackground: () => Promise<void>) {
     this.o = o;
     this.lock = lock;
     this.stopBackground = stopBackground;
@@ -87,37 +123,83 @@ export class Relay {
   }
 
   /**
-   * Starts a relay on `o.dataDir`, creating the folder when it is new. One relay per folder: a second one
+   * A single relay: SQLite in the data folder, created when it is new. One relay per folder: a second one
    * fails with DW_DATA_LOCKED before it touches anything (the lock goes with the process, see lock.ts).
    */
   static async start(o: RelayOptions): Promise<Relay> {
+    const p = relayPaths(o.dataDir);
     fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
-    const lock = FolderLock.acquire(o.dataDir, { what: 'relay' });
+    return Relay.locked(o.dataDir, async (lock) => {
+      const keys = loadOrCreateKeyPair(p.key, o.crypto ?? nodeCrypto);
+      const store = await openSqliteStore({ path: p.db });
+      return Relay.compose(o, lock, store, keys);
+    });
+  }
+
+  private static async locked<R>(dataDir: string, fn: (lock: FolderLock) => Promise<R>): Promise<R> {
+    const lock = FolderLock.acquire(dataDir, { what: 'relay' });
     try {
-      return await Relay.startLocked(o, lock);
+      return await fn(lock);
     } catch (err) {
       lock.release();
       throw err;
     }
   }
 
-  private static async startLocked(o: RelayOptions, lock: FolderLock): Promise<Relay> {
+  /**
+   * One node of a cluster: refuses to start without an initialised cluster or with another key; then the
+   * same parts as a single relay, on the Redis store, with the cluster runtime beside the hub.
+   */
+  static async startNode(o: NodeOptions): Promise<Relay<RedisStore>> {
+    fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
+    return Relay.locked(o.dataDir, async (lock) => {
+      const { startClusterNode } = await import('./cluster/start.js');
+      const { cluster, store, keys } = await startClusterNode(o);
+      try {
+        return await Relay.compose(o, lock, store, keys, { node: cluster, wakeups: store.wakeups });
+      } catch (err) {
+        await cluster.close();
+        await store.close();
+        throw err;
+      }
+    });
+  }
+
+  private static async compose<S extends Store>(o: RelayOptions, lock: FolderLock, store: S, keys: KeyPair, inCluster?: { node: ClusterNode; wakeups: StoreWakeups }): Promise<Relay<S>> {
+    const cluster = inCluster?.node;
     const p = relayPaths(o.dataDir);
     const crypto = o.crypto ?? nodeCrypto;
-    const keys = loadOrCreateKeyPair(p.key, crypto);
-    const store = await openSqliteStore({ path: p.db });
     const blobs = new Blobs(p.blobs);
     const feed = new EventFeed();
     feed.setMaxListeners(0);
-    const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
+    const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(cluster ? { cluster } : {}), ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
     const listener = new Listener({
       host: o.listen.host,
       port: o.listen.port,
       connection: () => hub.connection(),
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
+      ...(o.caps?.maxConnsPerIp ? { maxConnectionsPerIp: o.caps.maxConnsPerIp, onRefused: (remote: string, open: number) => o.log.warn({ remote, open }, 'connection refused: too many from one address') } : {}),
     });
-    const webhooks = new Webhooks({ store, feed, log: o.log });
-    const http = new HttpApi({ onTokensChanged: () => webhooks.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir) });
+    // In a cluster, webhooks and deadline sweeps run on the one node holding the lease (cluster/lease.ts).
+    const background = () => {
+      const webhooks = new Webhooks({ store, feed, log: o.log });
+      const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
+      webhooks.refresh(); // deliver what is still owed from before a restart
+      return {
+        refresh: () => webhooks.refresh(),
+        close: () => {
+          webhooks.close();
+          sweeper.close();
+        },
+      };
+    };
+    let local: ReturnType<typeof background> | undefined;
+    const tlsFiles = o.tls ? new TlsFiles({ ...o.tls, log: o.log }) : undefined;
+    const websockets = new WebSocketAcceptor((stream) => listener.adopt(stream, tlsFiles ? 'wss' : 'ws'));
+    const http = new HttpApi({ ...(tlsFiles ? { tls: tlsFiles.read() } : {}), onUpgrade: (req, socket, head) => websockets.upgrade(req, socket, head), onTokensChanged: () => local?.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir),
+      ...(o.caps?.bodyTimeoutS ? { bodyTimeoutMs: o.caps.bodyTimeoutS * 1000 } : {}),
+      ...(o.caps?.maxUploads ? { maxUploads: o.caps.maxUploads } : {}),
+      ...(o.caps?.maxUploadsPerToken ? { maxUploadsPerToken: o.caps.maxUploadsPerToken } : {}) });
     let agents: { host: string; port: number };
     let api: { host: string; port: number };
     try {
@@ -130,31 +212,44 @@ export class Relay {
     } catch (err) {
       hub.close();
       await Promise.allSettled([listener.close(), http.close()]);
-      webhooks.close();
-      await store.close();
+      if (!inCluster) await store.close(); // a node's store is closed by startNode
       throw err;
     }
     const info: RelayInfo = {
       agents: formatHostPort(agents.host, agents.port),
       http: formatHostPort(api.host, api.port),
+      websocket: `${tlsFiles ? 'wss' : 'ws'}://${formatHostPort(api.host, api.port)}${CONNECT_PATH}`,
       public: o.public ?? formatHostPort(agents.host, agents.port),
       publicKey: toHex(keys.publicKey),
       pid: process.pid,
+      ...(cluster ? { node: cluster.name } : {}),
     };
+    if (inCluster) await inCluster.node.attach({ hub, feed, store, wakeups: inCluster.wakeups, agents: info.public, http: info.http, background });
+    else local = background();
     writeFileAtomic(p.info, JSON.stringify(info, null, 2) + '\n');
-    const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
-    webhooks.refresh(); // deliver what is still owed from before a restart
-    o.log.info(info, 'relay listening');
-    return new Relay(o, lock, info, store, hub, listener, http, () => {
-      webhooks.close();
-      sweeper.close();
+    tlsFiles?.watch((pair) => http.setSecureContext(pair));
+    o.log.info(info, cluster ? 'relay node listening' : 'relay listening');
+    const relay = new Relay<S>(o, lock, info, store, hub, listener, http, async () => {
+      websockets.close();
+      tlsFiles?.close();
+      local?.close();
+      await cluster?.close();
     });
+    relay.tlsFiles = tlsFiles;
+    return relay;
+  }
+
+  private tlsFiles: TlsFiles | undefined;
+
+  /** Re-reads the TLS certificate and key (SIGHUP); false when there is no TLS or the new pair is bad. */
+  reloadTls(): boolean {
+    return this.tlsFiles?.reload('SIGHUP') ?? false;
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.stopBackground();
+    await this.stopBackground();
     this.hub.close();
     await Promise.all([this.listener.close(), this.http.close()]);
     await this.store.close();

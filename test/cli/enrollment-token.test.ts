@@ -53,14 +53,16 @@ describe('the enrollment token as PROTOCOL 3.11 specifies it (issue 11.20)', () 
     const real = decodeEnrollmentToken(await cliOk(['relay', 'device', 'add', 'kiosk', '--data', s.data]));
     const info = JSON.parse(fs.readFileSync(path.join(s.data, 'relay.json'), 'utf8')) as { agents: string; publicKey: string };
     // Written by hand, the way the clause says: JSON object, base64url without padding, "dw1." in front.
-    const json = JSON.stringify({ r: [info.agents, 'relay-b.invalid:7390'], k: info.publicKey, n: 'kiosk', s: real.secret, e: real.expiresAt });
+    const json = JSON.stringify({ r: [info.agents, '127.0.0.1:1'], k: info.publicKey, n: 'kiosk', s: real.secret, e: real.expiresAt });
     const token = 'dw1.' + Buffer.from(json, 'utf8').toString('base64').replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
     const home = path.join(tempDir(), 'kiosk');
     const r = await cli(['init', token, '--home', home]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(`enrolled as 'kiosk' with the relay at ${info.agents}`);
-    const cfg = JSON.parse(fs.readFileSync(path.join(home, 'config.json'), 'utf8')) as { relay: string; relayKey: string };
-    expect(cfg).toMatchObject({ relay: info.agents, relayKey: info.publicKey });
+    const cfg = JSON.parse(fs.readFileSync(path.join(home, 'config.json'), 'utf8')) as { relays: string[]; relayKey: string };
+    expect(cfg.relays).toContain(info.agents);
+    expect(cfg.relays).toContain('127.0.0.1:1');
+    expect(cfg.relayKey).toBe(info.publicKey);
     const list = JSON.parse(await cliOk(['relay', 'device', 'list', '--json', '--data', s.data])) as { name: string; enrolled: boolean }[];
     expect(list.find((d) => d.name === 'kiosk')?.enrolled).toBe(true);
   });

@@ -284,6 +284,25 @@ export function storeContract(
       });
     });
 
+    describe('retries', () => {
+      it('a retry names the old message in its queued entry; the old one gets its retriedAs entry in the same write', async () => {
+        const { store } = await fresh();
+        const { message: old } = await store.enqueue(newMessage());
+        await store.setStatus([{ id: old.id, status: 'failed', at: 2_000, detail: { code: 'DW_EXEC_FAILED' } }]);
+        const retry = newMessage({ retryOf: old.id, idempotencyKey: `dropwire:retry:${old.id}`, createdAt: 3_000 });
+        const first = await store.enqueue(retry);
+        expect(first.created).toBe(true);
+        expect(await store.getHistory(retry.id)).toEqual([{ status: 'queued', at: 3_000, detail: { retryOf: old.id } }]);
+        const oldHistory = await store.getHistory(old.id);
+        expect(oldHistory.at(-1)).toEqual({ status: 'failed', at: 3_000, detail: { retriedAs: retry.id } });
+        expect((await store.getMessage(old.id))?.status).toBe('failed');
+        // Asked again (same key): the first retry, and no second link on the old message.
+        const again = await store.enqueue(newMessage({ retryOf: old.id, idempotencyKey: `dropwire:retry:${old.id}`, createdAt: 4_000 }));
+        expect(again).toMatchObject({ created: false, message: { id: retry.id } });
+        expect(await store.getHistory(old.id)).toHaveLength(oldHistory.length);
+      });
+    });
+
     describe('a failing write in a busy moment', () => {
       it('rejects only itself; the writes around it are stored', async () => {
         const { store } = await fresh();

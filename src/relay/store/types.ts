@@ -1,6 +1,6 @@
 /**
  * The relay's persistence contract. The relay reaches storage only through `Store`; every backend
- * (SQLite now, Redis later) passes the one contract suite in test/relay/store-contract.ts.
+ * (SQLite, Redis) passes the one contract suite in test/relay/store-contract.ts.
  */
 
 export const MessageStatus = {
@@ -120,6 +120,12 @@ export interface NewMessage {
   deadlineAt?: number;
   /** Epoch ms after which it is never delivered (`expired`). */
   expiresAt?: number;
+  /**
+   * The id of the message this one is a retry of. When the message is created, the store writes
+   * `{ retryOf }` as the detail of its `queued` history entry and, in the same transaction, appends to the
+   * old message's history an entry with its current status and detail `{ retriedAs: id }`.
+   */
+  retryOf?: string;
 }
 
 export interface MessageRecord {
@@ -255,4 +261,13 @@ export const StoreErrorCode = {
   VERSION: 'DW_STORE_VERSION',
   /** The backend failed (I/O, disk full, corrupt file); the original error is the `cause`. */
   FAILED: 'DW_STORE_FAILED',
+  /**
+   * A networked backend (Redis) is unreachable, or did not confirm a write as durable (replicas): nothing
+   * was acknowledged; the call may be retried once the store is back (HTTP 503).
+   */
+  DOWN: 'DW_STORE_DOWN',
+  /** The server does not persist every write (e.g. Redis without `appendonly yes` + `appendfsync always`). */
+  UNSAFE: 'DW_STORE_UNSAFE',
+  /** A store URL that cannot be understood (`--store`, DROPWIRE_STORE). */
+  URL: 'DW_STORE_URL',
 } as const;

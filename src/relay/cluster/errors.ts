@@ -1,0 +1,23 @@
+import { DropwireError } from '../../shared/errors.js';
+
+/** Stable codes of the cluster runtime (README "Several nodes"). */
+export const ClusterCode = {
+  /** `relay cluster init` on a Redis database that already holds a cluster. */
+  ALREADY_INITIALISED: 'DW_CLUSTER_EXISTS',
+  /** `relay start --store` on a database `relay cluster init` never ran on. */
+  NOT_INITIALISED: 'DW_CLUSTER_NOT_INITIALISED',
+  /** The node's `--key` is not the cluster's key. */
+  KEY_MISMATCH: 'DW_CLUSTER_KEY_MISMATCH',
+  /** A malformed `--store` URL or option. */
+  BAD_STORE_URL: 'DW_BAD_STORE_URL',
+  /** Redis could not be reached or answered an error. */
+  STORE_DOWN: 'DW_STORE_DOWN',
+  BAD_NODE_NAME: 'DW_BAD_NODE_NAME',
+} as const;
+
+export class ClusterError extends DropwireError {
+  constructor(code: (typeof ClusterCode)[keyof typeof ClusterCode], message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'ClusterError';
+  }
+}

@@ -1,0 +1,241 @@
+/**
+ * The SQLite store's statements: every SQL text, prepared once, and the mapping between rows and records.
+ */
+import type { DatabaseSync, StatementSync } from 'node:sqlite';
+import {
+  ALLOWED_FROM,
+  MessageStatus,
+  type DeviceRecord,
+  type EventType,
+  type MessageRecord,
+  type NewMessage,
+  type RelayEvent,
+  type TokenRecord,
+} from '../types.js';
+import { LIVE } from './schema.js';
+
+// Rows as the SELECTs below return them.
+
+export interface DeviceRow {
+  name: string;
+  public_key: string | null;
+  enroll_secret_hash: string | null;
+  enroll_expires_at: number | null;
+  enrolled_at: number | null;
+  created_at: number;
+  last_seen: number | null;
+  last_handshake_ts: number | null;
+}
+
+export interface TokenRow {
+  name: string;
+  hash: string;
+  to_glob: string;
+  webhook: string | null;
+  webhook_secret: string | null;
+  created_at: number;
+}
+
+export interface EventRow {
+  seq: number;
+  type: string;
+  device: string;
+  message_id: string | null;
+  sender: string | null;
+  at: number;
+  data: string;
+}
+
+export function eventFromRow(r: EventRow): RelayEvent {
+  return {
+    seq: r.seq,
+    type: r.type as EventType,
+    device: r.device,
+    ...(r.message_id !== null ? { messageId: r.message_id } : {}),
+    ...(r.sender !== null ? { sender: r.sender } : {}),
+    at: r.at,
+    data: JSON.parse(r.data) as Record<string, unknown>,
+  };
+}
+
+export interface MessageRow {
+  seq: number;
+  id: string;
+  to_device: string;
+  from_sender: string;
+  filename: string;
+  size: number;
+  sha256: string;
+  inline: number;
+  body_path: string | null;
+  status: MessageStatus;
+  idempotency_key: string | null;
+  created_at: number;
+  updated_at: number;
+  deadline_at: number | null;
+  expires_at: number | null;
+  overdue: number;
+  result: string | null;
+}
+
+export interface HistoryRow {
+  status: MessageStatus;
+  at: number;
+  detail: string | null;
+}
+
+const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
+  body_path, status, idempotency_key, created_at, updated_at, deadline_at, expires_at, overdue, result`;
+
+function opt<T>(v: T | null): T | undefined {
+  return v === null ? undefined : v;
+}
+
+export function toDevice(r: DeviceRow): DeviceRecord {
+  return {
+    name: r.name,
+    publicKey: opt(r.public_key),
+    enrollSecretHash: opt(r.enroll_secret_hash),
+    enrollExpiresAt: opt(r.enroll_expires_at),
+    enrolledAt: opt(r.enrolled_at),
+    createdAt: r.created_at,
+    lastSeen: opt(r.last_seen),
+    lastHandshakeTs: opt(r.last_handshake_ts),
+  };
+}
+
+export function toToken(r: TokenRow): TokenRecord {
+  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), createdAt: r.created_at };
+}
+
+export function toMessage(r: MessageRow): MessageRecord {
+  return {
+    id: r.id,
+    seq: r.seq,
+    to: r.to_device,
+    from: r.from_sender,
+    filename: r.filename,
+    size: r.size,
+    sha256: r.sha256,
+    inline: r.inline === 1,
+    bodyPath: opt(r.body_path),
+    status: r.status,
+    idempotencyKey: opt(r.idempotency_key),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    deadlineAt: opt(r.deadline_at),
+    expiresAt: opt(r.expires_at),
+    overdue: r.overdue === 1,
+    result: r.result === null ? undefined : (JSON.parse(r.result) as Record<string, unknown>),
+  };
+}
+
+/** The record a fresh insert produced, built without reading the row back. */
+export function insertedMessage(m: NewMessage, seq: number): MessageRecord {
+  return {
+    id: m.id,
+    seq,
+    to: m.to,
+    from: m.from,
+    filename: m.filename,
+    size: m.size,
+    sha256: m.sha256,
+    inline: m.body !== undefined,
+    bodyPath: m.bodyPath,
+    status: 'queued',
+    idempotencyKey: m.idempotencyKey,
+    createdAt: m.createdAt,
+    updatedAt: m.createdAt,
+    deadlineAt: m.deadlineAt,
+    expiresAt: m.expiresAt,
+    overdue: false,
+    result: undefined,
+  };
+}
+
+export const SCAN_SQL = {
+  pending: `SELECT ${MESSAGE_COLUMNS}, body FROM messages
+    WHERE to_device = ? AND ${LIVE} AND seq > ? ORDER BY seq LIMIT ?`,
+  countPending: `SELECT count(*) AS n FROM messages WHERE to_device = ? AND ${LIVE}`,
+  messageByIdempotency: `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE from_sender = ? AND idempotency_key = ?`,
+  dueForDeadline: `SELECT ${MESSAGE_COLUMNS} FROM messages
+    WHERE ${LIVE} AND overdue = 0 AND deadline_at IS NOT NULL AND deadline_at < ?
+    ORDER BY deadline_at, seq LIMIT ?`,
+  dueForExpiry: `SELECT ${MESSAGE_COLUMNS} FROM messages
+    WHERE ${LIVE} AND expires_at IS NOT NULL AND expires_at < ?
+    ORDER BY expires_at, seq LIMIT ?`,
+  cancelForDevice: `UPDATE messages SET status = 'cancelled', updated_at = :at
+    WHERE to_device = :name AND ${LIVE} RETURNING id`,
+} as const;
+
+export type Statements = ReturnType<typeof prepareStatements>;
+
+export function prepareStatements(db: DatabaseSync) {
+  const p = (sql: string): StatementSync => db.prepare(sql);
+  const setStatus = new Map<MessageStatus, StatementSync>();
+  for (const to of Object.values(MessageStatus)) {
+    const from = ALLOWED_FROM[to];
+    if (from.length === 0) continue;
+    setStatus.set(
+      to,
+      p(`UPDATE messages SET status = :status, updated_at = :at, result = coalesce(:result, result)
+         WHERE id = :id AND status IN (${from.map((s) => `'${s}'`).join(', ')})`),
+    );
+  }
+  return {
+    begin: p('BEGIN IMMEDIATE'),
+    commit: p('COMMIT'),
+    rollback: p('ROLLBACK'),
+    savepoint: p('SAVEPOINT write'),
+    release: p('RELEASE write'),
+    rollbackTo: p('ROLLBACK TO write'),
+
+    insertDevice: p(`INSERT INTO devices (name, public_key, enroll_secret_hash, enroll_expires_at, enrolled_at,
+        created_at, last_seen, last_handshake_ts)
+      VALUES (:name, :publicKey, :enrollSecretHash, :enrollExpiresAt, :enrolledAt, :createdAt, :lastSeen,
+        :lastHandshakeTs)`),
+    deviceByName: p('SELECT * FROM devices WHERE name = ?'),
+    deviceByKey: p('SELECT * FROM devices WHERE public_key = ?'),
+    listDevices: p('SELECT * FROM devices ORDER BY name'),
+    enrollDevice: p(`UPDATE devices SET public_key = :publicKey, enrolled_at = :at, enroll_secret_hash = NULL,
+        enroll_expires_at = NULL WHERE name = :name`),
+    deleteDevice: p('DELETE FROM devices WHERE name = ?'),
+    touchDevice: p(`UPDATE devices SET last_seen = max(coalesce(last_seen, :seen), :seen),
+        last_handshake_ts = CASE WHEN :ts IS NULL THEN last_handshake_ts
+                                 ELSE max(coalesce(last_handshake_ts, :ts), :ts) END
+      WHERE name = :name`),
+    cancelForDevice: p(SCAN_SQL.cancelForDevice),
+
+    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),
+    insertEvent: p('INSERT INTO events (type, device, message_id, sender, at, data) VALUES (?, ?, ?, ?, ?, ?)'),
+    eventsAfter: p('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?'),
+    lastEvent: p('SELECT coalesce(max(seq), 0) AS seq FROM events'),
+    messageForEvent: p('SELECT id, to_device, from_sender, filename, size FROM messages WHERE id = ?'),
+    webhookCursor: p('SELECT seq FROM webhook_cursors WHERE token = ?'),
+    setWebhookCursor: p(`INSERT INTO webhook_cursors (token, seq) VALUES (?, ?)
+      ON CONFLICT (token) DO UPDATE SET seq = max(seq, excluded.seq)`),
+    insertAttempt: p('INSERT INTO webhook_attempts (token, seq, at, ok, status, error, abandoned) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+    attempts: p('SELECT * FROM webhook_attempts WHERE token = ? ORDER BY n DESC LIMIT ?'),
+    tokenByHash: p('SELECT * FROM tokens WHERE hash = ?'),
+    listTokens: p('SELECT * FROM tokens ORDER BY name'),
+    deleteToken: p('DELETE FROM tokens WHERE name = ?'),
+
+    insertMessage: p(`INSERT INTO messages (id, to_device, from_sender, filename, size, sha256, body, body_path,
+        status, idempotency_key, created_at, updated_at, deadline_at, expires_at)
+      VALUES (:id, :to, :from, :filename, :size, :sha256, :body, :bodyPath, 'queued', :idempotencyKey,
+        :createdAt, :createdAt, :deadlineAt, :expiresAt)
+      RETURNING seq`),
+    messageById: p(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
+    messageByIdempotency: p(SCAN_SQL.messageByIdempotency),
+    body: p('SELECT body FROM messages WHERE id = ?'),
+    pending: p(SCAN_SQL.pending),
+    countPending: p(SCAN_SQL.countPending),
+    setStatus,
+    markOverdue: p(`UPDATE messages SET overdue = 1, updated_at = ? WHERE id = ? AND overdue = 0 AND ${LIVE}`),
+    dueForDeadline: p(SCAN_SQL.dueForDeadline),
+    dueForExpiry: p(SCAN_SQL.dueForExpiry),
+
+    insertHistory: p('INSERT INTO history (message_id, status, at, detail) VALUES (?, ?, ?, ?)'),
+    history: p('SELECT status, at, detail FROM history WHERE message_id = ? ORDER BY n'),
+  };
+}

@@ -1,0 +1,196 @@
+import { EventEmitter } from 'node:events';
+import type http from 'node:http';
+import type net from 'node:net';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { DropwireError } from '../shared/errors.js';
+import type { ByteStream } from './stream.js';
+
+/** PROTOCOL 11.1: the path agents open on the relay's HTTP port. */
+export const CONNECT_PATH = '/v1/connect';
+/** PROTOCOL 11.2: a receiver accepts binary messages up to this size (a sender writes at most one record batch). */
+export const MAX_WS_MESSAGE = 4 * 1024 * 1024;
+/** PROTOCOL 11.3: the close code for a text message or one over MAX_WS_MESSAGE (RFC 6455 7.4.1). */
+export const WS_UNSUPPORTED_DATA = 1003;
+
+/** Options both sides give `ws`: no compression (records are encrypted, so they do not compress). */
+const WS_OPTIONS = { perMessageDeflate: false, maxPayload: MAX_WS_MESSAGE } as const;
+
+/**
+ * A WebSocket as a `ByteStream` (PROTOCOL 11.2): each `write` becomes one binary message and each binary
+ * message received is handed on as 'data'; message boundaries mean nothing. Writes between `cork` and
+ * `uncork` leave in one message, so a pump's batch of records costs one frame header, not one per record.
+ * 'drain' follows once `bufferedAmount` has fallen below what the writer saw when it stopped.
+ */
+export class WebSocketStream extends EventEmitter implements ByteStream {
+  readonly ws: WebSocket;
+  readonly remoteAddress: string | undefined;
+  readonly remotePort: number | undefined;
+  bytesWritten = 0;
+  private corked = 0;
+  private pending: Uint8Array[] = [];
+  private pendingBytes = 0;
+  private waitingDrain = false;
+  private ended = false;
+  private gone = false;
+
+  constructor(ws: WebSocket, remote: { remoteAddress?: string | undefined; remotePort?: number | undefined } = {}) {
+    super();
+    this.ws = ws;
+    this.remoteAddress = remote.remoteAddress;
+    this.remotePort = remote.remotePort;
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      if (!isBinary) {
+        // PROTOCOL 11.3: text is not part of the stream.
+        ws.close(WS_UNSUPPORTED_DATA, 'binary messages only');
+        this.emit('error', new DropwireError('DW_BAD_WEBSOCKET', 'a text WebSocket message arrived; only binary messages carry the stream'));
+        return;
+      }
+      this.emit('data', data as Buffer);
+    });
+    ws.on('error', (err: Error) => this.emit('error', err));
+    ws.on('close', () => {
+      this.gone = true;
+      this.emit('close');
+    });
+  }
+
+  get writableLength(): number {
+    return this.ws.bufferedAmount + this.pendingBytes;
+  }
+
+  get destroyed(): boolean {
+    return this.gone || this.ws.readyState === WebSocket.CLOSED;
+  }
+
+  write(bytes: Uint8Array): boolean {
+    if (this.ended || this.ws.readyState !== WebSocket.OPEN) return false;
+    if (this.corked > 0) {
+      this.pending.push(bytes);
+      this.pendingBytes += bytes.length;
+      return true;
+    }
+    this.send(bytes);
+    return true;
+  }
+
+  cork(): void {
+    this.corked++;
+  }
+
+  uncork(): void {
+    if (this.corked === 0 || --this.corked > 0 || this.pending.length === 0) return;
+    const parts = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.send(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.uncorkAll();
+    this.ended = true;
+    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close(1000);
+  }
+
+  destroy(): void {
+    this.ended = true;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.ws.terminate();
+  }
+
+  private uncorkAll(): void {
+    while (this.corked > 0) this.uncork();
+  }
+
+  private send(bytes: Uint8Array): void {
+    this.bytesWritten += bytes.length;
+    this.ws.send(bytes, { binary: true }, () => this.sent());
+    if (this.ws.bufferedAmount > 0) this.waitingDrain = true;
+  }
+
+  /** A message reached the socket: wake the writer once the backlog is gone. */
+  private sent(): void {
+    if (!this.waitingDrain || this.ws.bufferedAmount > 0) return;
+    this.waitingDrain = false;
+    this.emit('drain');
+  }
+}
+
+/**
+ * The relay side: takes HTTP upgrades to CONNECT_PATH and hands each accepted WebSocket on as a stream.
+ * Everything else that asks to upgrade gets 404 (PROTOCOL 11.1).
+ */
+export class WebSocketAcceptor {
+  private readonly server = new WebSocketServer({ noServer: true, clientTracking: false, ...WS_OPTIONS });
+  private readonly onStream: (stream: WebSocketStream, req: http.IncomingMessage) => void;
+  private closed = false;
+
+  constructor(onStream: (stream: WebSocketStream, req: http.IncomingMessage) => void) {
+    this.onStream = onStream;
+  }
+
+  /** For `http.Server`'s 'upgrade' event. */
+  upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    const path = (req.url ?? '').split('?')[0];
+    if (this.closed || path !== CONNECT_PATH) {
+      const status = this.closed ? '503 Service Unavailable' : '404 Not Found';
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      return;
+    }
+    socket.on('error', () => socket.destroy()); // until ws takes the socket over
+    this.server.handleUpgrade(req, socket, head, (ws) => {
+      this.onStream(new WebSocketStream(ws, { remoteAddress: socket.remoteAddress, remotePort: socket.remotePort }), req);
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.server.close();
+  }
+}
+
+export interface WebSocketDialOptions {
+  /** Trust anchors for wss (PEM); undefined: Node's defaults (with NODE_EXTRA_CA_CERTS). */
+  ca?: string[] | undefined;
+  /** Makes the connection to the server (through a proxy tunnel); default: ws dials the URL's host itself. */
+  createConnection?: (() => net.Socket) | undefined;
+  timeoutMs: number;
+  signal?: AbortSignal | undefined;
+}
+
+/** Opens a WebSocket to `url` and resolves once the upgrade succeeded. */
+export function openWebSocket(url: string, o: WebSocketDialOptions): Promise<WebSocketStream> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, {
+      ...WS_OPTIONS,
+      handshakeTimeout: o.timeoutMs,
+      followRedirects: false,
+      ...(o.ca ? { ca: o.ca } : {}),
+      ...(o.createConnection ? { createConnection: o.createConnection } : {}),
+    });
+    let remote: net.Socket | undefined;
+    ws.once('upgrade', (res: http.IncomingMessage) => (remote = res.socket));
+    const onAbort = () => ws.terminate();
+    o.signal?.addEventListener('abort', onAbort, { once: true });
+    const fail = (err: Error) => {
+      o.signal?.removeEventListener('abort', onAbort);
+      ws.removeAllListeners();
+      ws.on('error', () => {});
+      ws.terminate();
+      reject(err);
+    };
+    ws.once('unexpected-response', (_req: http.ClientRequest, res: http.IncomingMessage) => {
+      res.resume();
+      fail(new DropwireError('DW_BAD_WEBSOCKET', `${url} answered HTTP ${res.statusCode} instead of a WebSocket upgrade`));
+    });
+    ws.once('error', (err: Error) => fail(err));
+    ws.once('close', () => fail(new Error('closed before the upgrade')));
+    ws.once('open', () => {
+      o.signal?.removeEventListener('abort', onAbort);
+      ws.removeAllListeners();
+      resolve(new WebSocketStream(ws, { remoteAddress: remote?.remoteAddress, remotePort: remote?.remotePort }));
+    });
+  });
+}
