@@ -2,10 +2,11 @@ import fs from 'node:fs';
 import { Agent } from '../agent/agent.js';
 import { agentHome, paths } from '../agent/config.js';
 import { resolveAgentHome } from '../service/locations.js';
-import { agentAnswers, ControlServer } from '../agent/control.js';
+import { agentAnswers, type ControlServer } from '../agent/control.js';
 import { DropwireError, isDropwireError } from '../shared/errors.js';
 import { FolderLock } from '../shared/lock.js';
 import { chooseLogTarget, createLogger, destinationOf } from '../shared/log.js';
+import { serveAgentControl } from './agent-control.js';
 import { untilSignal } from './signals.js';
 import type { ReachSettings } from '../agent/enroll.js';
 import { parseTransportMode } from '../transport/address.js';
@@ -47,16 +48,7 @@ export async function runAgent(o: { home?: string } & ReachSettings): Promise<vo
   }
   let control: ControlServer;
   try {
-    control = await ControlServer.listen({
-      home,
-      log,
-      status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: '0.1.0', log: target }),
-      reload: () => agent.reloadConfig(),
-      online: async (device) => {
-        const a = await agent.presence(device);
-        return { name: a.device, known: a.known, online: a.online, lastSeen: a.lastSeen === null ? null : new Date(a.lastSeen).toISOString() };
-      },
-    });
+    control = await serveAgentControl({ agent, home, log, target, startedAt });
   } catch (err) {
     await agent.close();
     throw err;

@@ -14,7 +14,7 @@ import { resolveAgentHome } from '../service/locations.js';
 function load(home?: string): { home: string; rules: Rule[]; save: (rules: Rule[]) => Promise<string[]> } {
   const h = resolveAgentHome(home);
   const conf = openConfigStore(h);
-  if (!conf.has('relay')) throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${h}: run 'dropwire init TOKEN' first`);
+  if (!conf.has('relay') && !conf.has('relays')) throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${h}: run 'dropwire init TOKEN' first`);
   let rules: Rule[];
   try {
     rules = validateRules(conf.get('rules') ?? []);

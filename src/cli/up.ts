@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { paths } from '../agent/config.js';
-import { ControlServer } from '../agent/control.js';
+import type { ControlServer } from '../agent/control.js';
 import { enroll } from '../agent/enroll.js';
 import { addDevice, addToken } from '../relay/admin.js';
 import { Relay } from '../relay/relay.js';
@@ -11,6 +11,7 @@ import { isDropwireError } from '../shared/errors.js';
 import { FolderLock } from '../shared/lock.js';
 import { createLogger, type LogTarget } from '../shared/log.js';
 import { writeFileAtomic } from '../shared/files.js';
+import { serveAgentControl } from './agent-control.js';
 import { untilSignal } from './signals.js';
 
 const DEVICE = 'local';
@@ -72,15 +73,7 @@ async function upLocked(o: { http: string }, dir: string, relayDir: string, home
   const startedAt = Date.now();
   let control: ControlServer;
   try {
-    control = await ControlServer.listen({
-      home,
-      log: agentLog,
-      status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: '0.1.0', log: logTarget }),
-      online: async (device) => {
-        const a = await agent.presence(device);
-        return { name: a.device, known: a.known, online: a.online, lastSeen: a.lastSeen === null ? null : new Date(a.lastSeen).toISOString() };
-      },
-    });
+    control = await serveAgentControl({ agent, home, log: agentLog, target: logTarget, startedAt });
   } catch (err) {
     await agent.close();
     await relay.close();

@@ -14,7 +14,7 @@ async function up(dir: string) {
 }
 
 describe('the agent of `npm start` / `dropwire up` can be inspected (issue 11.13)', () => {
-  it('status, logs and online with --home .dropwire/agent see the running agent; `dropwire agent` there is refused', async () => {
+  it('status, logs, online and rule with --home .dropwire/agent see the running agent; `dropwire agent` there is refused', async () => {
     const dir = tempDir();
     const u = await up(dir);
     const home = path.join(dir, '.dropwire', 'agent');
@@ -35,6 +35,11 @@ describe('the agent of `npm start` / `dropwire up` can be inspected (issue 11.13
     const online = await cli(['online', 'local', '--home', home], { env: { DROPWIRE_API: '', DROPWIRE_TOKEN: '' } });
     expect(online.code).toBe(0);
     expect(online.stdout).toContain('local is online');
+
+    // The rule commands wait for this agent too (they ask it to reload over the same socket).
+    const rule = await cli(['rule', 'add', '*.csv', 'save', '--dir', path.join(dir, 'csv'), '--at', '1', '--home', home]);
+    expect(rule.code, rule.stderr).toBe(0);
+    expect(rule.stdout + rule.stderr).toContain('the running agent applied the rules');
 
     const second = await cli(['agent', '--home', home], { env: NOT_SYSTEMD });
     expect(second.code).toBe(1);
