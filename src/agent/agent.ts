@@ -444,8 +444,8 @@ export class Agent {
 
   /**
    * The spool or journal could not be written because the disk is full: nothing of the message was
-   * acknowledged. Drop the transfer and the session (the relay recovers at message level, PROTOCOL 5.7, from
-   * the bytes the part file holds) and dial again a few seconds later, until there is space.
+   * acknowledged. Drop the transfer and the session (the relay recovers at message level, PROTOCOL 5.8 and
+   * 7.12, from the bytes the part file holds) and dial again a few seconds later, until there is space.
    */
   private stopOnDiskFull(err: unknown, stage: string): void {
     this.transfer?.abandon();
