@@ -83,7 +83,10 @@ describe.skipIf(cannotMount !== undefined)('agent on a full disk', () => {
     const full = await agent.waitLog((l) => l.code === 'DW_DISK_FULL' && l.level === 50, 30_000);
     expect(full.msg).toContain('disk of the agent folder is full');
     // It keeps trying: two more connections made while the disk stays full ...
-    const reconnects = async () => (JSON.parse((await cli(['status', '--json', '--home', home])).stdout) as { reconnects: number }).reconnects;
+    const reconnects = async () => {
+      await new Promise((r) => setTimeout(r, 500)); // one `dropwire status` process at a time, not a stream of them
+      return (JSON.parse((await cli(['status', '--json', '--home', home])).stdout) as { reconnects: number }).reconnects;
+    };
     const before = await reconnects();
     await waitFor(async () => ((await reconnects()) >= before + 2 ? true : undefined), 60_000, 'two more attempts');
     // ... yet the agent is up, nothing was acknowledged, and DW_DISK_FULL was logged once.
