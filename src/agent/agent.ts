@@ -87,7 +87,9 @@ export class Agent {
   private readonly abort = new AbortController();
   private configWatcher: fs.StatWatcher | undefined;
   /** Set while the disk of the home is full (the spool or journal could not be written). */
-  private diskFull: { since: number; loggedAt: number; stage: string; error: string } | undefined;
+  private diskFull: { since: number; stage: string; error: string } | undefined;
+  /** When DW_DISK_FULL was last logged (across episodes: at most once a minute, whatever happens between). */
+  private diskFullLoggedAt = -Infinity;
   private readonly retryTimers = new Set<NodeJS.Timeout>();
   /** The relay refused this device as unknown (removed); logged once until a connection succeeds again. */
   private removed = false;
@@ -482,8 +484,8 @@ export class Agent {
 
   /**
    * The spool or journal could not be written because the disk is full: nothing of the message was
-   * acknowledged. Drop the transfer and the session (the relay recovers at message level, PROTOCOL 5.7, from
-   * the bytes the part file holds) and dial again a few seconds later, until there is space.
+   * acknowledged. Drop the transfer and the session (the relay recovers at message level, PROTOCOL 5.8 and
+   * 7.12, from the bytes the part file holds) and dial again a few seconds later, until there is space.
    */
   private stopOnDiskFull(err: unknown, stage: string): void {
     this.transfer?.abandon();
@@ -499,12 +501,12 @@ export class Agent {
   private noteDiskFull(err: unknown, stage: string): void {
     const now = Date.now();
     const error = (err as Error).message;
-    const d = (this.diskFull ??= { since: now, loggedAt: -Infinity, stage, error });
+    const d = (this.diskFull ??= { since: now, stage, error });
     d.stage = stage;
     d.error = error;
     this.status.lastError = diskFullText(d);
-    if (now - d.loggedAt < DISK_FULL_LOG_INTERVAL_MS) return;
-    d.loggedAt = now;
+    if (now - this.diskFullLoggedAt < DISK_FULL_LOG_INTERVAL_MS) return;
+    this.diskFullLoggedAt = now;
     this.o.log.error(
       { code: 'DW_DISK_FULL', stage, home: this.o.home, error, retryInS: DISK_FULL_RETRY_MS / 1000 },
       'the disk of the agent folder is full: nothing is acknowledged until there is space; retrying',

@@ -55,7 +55,8 @@ async function applyInRunningAgent(home: string, version: string): Promise<strin
       console.error('the running agent cannot confirm rule changes; it applies them within a second');
       return [];
     }
-    throw err;
+    const e = err as { code?: string; message?: string };
+    throw new DropwireError(e.code ?? 'DW_CONTROL', `the rules are saved in config.json, but the running agent did not confirm them: ${e.message ?? String(err)}`, { cause: err });
   }
   if (answer.version !== version) {
     throw new DropwireError('DW_RULES_CHANGED', `the running agent has other rules (version ${String(answer.version)}, expected ${version}): config.json was changed again meanwhile; see 'dropwire rule list'`);

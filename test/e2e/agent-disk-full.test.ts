@@ -47,24 +47,28 @@ function fill(file: string, max = 64 * 1024 * 1024): number {
   return total;
 }
 
+/** An enrolled agent home on a fresh 2 MiB tmpfs (unmounted when the test ends, after the agent is killed). */
+async function agentOnSmallDisk(rules: unknown[]) {
+  const s = await setup({ rules });
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-full-'));
+  expect(mountTmpfs(home, '2m')).toBeUndefined();
+  const box: { agent?: ReturnType<typeof spawnCli> } = {};
+  onTestFinished(async () => {
+    await box.agent?.kill('SIGKILL');
+    execFileSync('umount', [home]);
+    fs.rmdirSync(home);
+  });
+  fs.cpSync(s.home, home, { recursive: true });
+  box.agent = spawnCli(['agent', '--home', home]);
+  await box.agent.waitLog((l) => l.msg === 'session started');
+  return { s, home, agent: box.agent };
+}
+
 describe.skipIf(cannotMount !== undefined)('agent on a full disk', () => {
   it('stays up, does not acknowledge, logs DW_DISK_FULL once, retries, and delivers exactly once when space is free', { timeout: 120_000 }, async () => {
     const dir = tempDir();
     const rec = recordingHandler(dir); // the handler's record is kept off the small disk
-    const s = await setup({ rules: [rec.rule] });
-    // The agent's home on a 2 MiB tmpfs, made from the enrolled home.
-    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-full-'));
-    const why = mountTmpfs(home, '2m');
-    expect(why).toBeUndefined();
-    let agent: ReturnType<typeof spawnCli> | undefined;
-    onTestFinished(async () => {
-      await agent?.kill('SIGKILL');
-      execFileSync('umount', [home]);
-      fs.rmdirSync(home);
-    });
-    fs.cpSync(s.home, home, { recursive: true });
-    agent = spawnCli(['agent', '--home', home]);
-    await agent.waitLog((l) => l.msg === 'session started');
+    const { s, home, agent } = await agentOnSmallDisk([rec.rule]);
     // One file through while there is space: the journal and its WAL have their pages.
     const warm = await s.api.send(s.device, 'warm.xml', '<warm/>');
     await s.api.until(warm.json.id as string, ['handled']);
@@ -79,7 +83,10 @@ describe.skipIf(cannotMount !== undefined)('agent on a full disk', () => {
     const full = await agent.waitLog((l) => l.code === 'DW_DISK_FULL' && l.level === 50, 30_000);
     expect(full.msg).toContain('disk of the agent folder is full');
     // It keeps trying: two more connections made while the disk stays full ...
-    const reconnects = async () => (JSON.parse((await cli(['status', '--json', '--home', home])).stdout) as { reconnects: number }).reconnects;
+    const reconnects = async () => {
+      await new Promise((r) => setTimeout(r, 500)); // one `dropwire status` process at a time, not a stream of them
+      return (JSON.parse((await cli(['status', '--json', '--home', home])).stdout) as { reconnects: number }).reconnects;
+    };
     const before = await reconnects();
     await waitFor(async () => ((await reconnects()) >= before + 2 ? true : undefined), 60_000, 'two more attempts');
     // ... yet the agent is up, nothing was acknowledged, and DW_DISK_FULL was logged once.
@@ -103,5 +110,43 @@ describe.skipIf(cannotMount !== undefined)('agent on a full disk', () => {
     expect(history.filter((x) => x === 'received')).toHaveLength(1);
     await agent.waitLog((l) => l.msg === 'the agent folder has space again');
     expect(agent.child.exitCode).toBeNull();
+  });
+
+  it('a handler that fills the disk: the outcome waits in memory until the journal can take it; the handler runs once', { timeout: 120_000 }, async () => {
+    const dir = tempDir();
+    const script = path.join(dir, 'fill-then-ok.mjs');
+    const runs = path.join(dir, 'runs.log');
+    fs.writeFileSync(
+      script,
+      `import fs from 'node:fs';
+const [filler, id] = process.argv.slice(2);
+fs.appendFileSync(${JSON.stringify(runs)}, id + '\\n');
+const fd = fs.openSync(filler, 'w');
+for (const size of [65536, 4096, 512, 1]) {
+  const b = Buffer.alloc(size, 97);
+  for (let i = 0; i < 100000; i++) { try { fs.writeSync(fd, b); } catch { break; } }
+}
+fs.closeSync(fd);
+console.log('disk filled');\n`,
+    );
+    const { s, home, agent } = await agentOnSmallDisk([
+      { match: '*', action: { type: 'exec', command: process.execPath, args: [script, '{file}.filler', '{id}'], timeoutS: 60 } },
+    ]);
+    const sent = await s.api.send(s.device, 'job.txt', 'fill the disk, then succeed');
+    const id = sent.json.id as string;
+    await s.api.until(id, ['received', 'handled', 'failed']);
+    const full = await agent.waitLog((l) => l.code === 'DW_DISK_FULL' && l.level === 50, 30_000);
+    expect(full.stage).toBe('journal');
+    // The handler ran and succeeded, but the outcome is not reported before the journal has it.
+    expect((await s.api.message(id)).status).toBe('received');
+    expect(agent.child.exitCode).toBeNull();
+    // Space again: the same outcome is recorded and reported; the handler did not run a second time.
+    const fillerFile = path.join(home, 'spool', id, 'job.txt.filler');
+    expect(fs.statSync(fillerFile).size).toBeGreaterThan(0);
+    fs.rmSync(fillerFile);
+    const done = await s.api.until(id, ['handled', 'failed'], 60_000);
+    expect(done.status).toBe('handled');
+    expect((done.result as { output?: string }).output).toContain('disk filled');
+    expect(fs.readFileSync(runs, 'utf8').trim().split('\n')).toEqual([id]);
   });
 });
