@@ -128,6 +128,11 @@ export class Agent {
         onClose: (err, link) => this.onClose(err, link),
         onRetry: (err, delay, attempt) => {
           this.status.reconnects++;
+          // A dial that failed before any link (proxy refused, certificate untrusted…): say why, once per
+          // reason (a link's own close has set lastError already).
+          const dialCode = (err as { code?: string }).code;
+          if (!this.status.connected && dialCode && dialCode !== this.status.lastError) this.o.log.warn({ code: dialCode, reason: err.message }, 'cannot reach the relay');
+          if (dialCode) this.status.lastError = dialCode;
           this.o.log.debug({ code: (err as ProtocolError).code, delay, attempt }, 'reconnecting');
         },
       },
