@@ -155,7 +155,7 @@ export async function startNginx(dir: string, o: { port: number; upstream: strin
     `daemon off;
 ${process.getuid?.() === 0 ? 'user root;' : ''}
 worker_processes 2;
-worker_shutdown_timeout 2s;
+worker_shutdown_timeout 1s;
 error_log ${errorLog} info;
 events { worker_connections 512; }
 http {
