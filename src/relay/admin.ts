@@ -50,7 +50,8 @@ export async function addDevice(dataDir: string, name: string, o: { public?: str
   await withStore(dataDir, (s) =>
     s.createDevice({ name, enrollSecretHash: createHash('sha256').update(secret).digest('hex'), enrollExpiresAt: expiresAt, createdAt: now }),
   );
-  return encodeEnrollmentToken({ relays: [relay], relayKey: toHex(keys.publicKey), name, secret, expiresAt });
+  // `--public a,b`: every address goes into the token (TCP and wss://…/v1/connect, or a cluster's nodes).
+  return encodeEnrollmentToken({ relays: relay.split(',').map((a) => a.trim()).filter(Boolean), relayKey: toHex(keys.publicKey), name, secret, expiresAt });
 }
 
 export function listDevices(dataDir: string): Promise<DeviceRecord[]> {
