@@ -52,9 +52,12 @@ describe.skipIf(!hasOpenssl())('TCP blocked: fallback to WSS', () => {
     const { dir, ca, data, wss } = await relayWithTls();
     const home = path.join(dir, 'agent');
     const closed = `127.0.0.1:${await freePort()}`;
-    const enrollToken = await cliOk(['relay', 'device', 'add', 'shop', '--data', data]);
+    // The token carries both addresses (--public takes a list).
+    const enrollToken = await cliOk(['relay', 'device', 'add', 'shop', '--data', data, '--public', `${closed},${wss}`]);
+    const r = JSON.parse(Buffer.from(enrollToken.slice(4), 'base64url').toString()) as { r: unknown };
+    expect(r.r).toEqual([closed, wss]);
     // Enrollment goes through the same dialing: TCP refused, then WSS.
-    const init = await cliOk(['init', enrollToken, '--home', home, '--relay', `${closed},${wss}`, '--ca', ca.caCert]);
+    const init = await cliOk(['init', enrollToken, '--home', home, '--ca', ca.caCert]);
     expect(init).toContain(`with the relay at ${wss} (wss)`);
     const cfg = JSON.parse(fs.readFileSync(path.join(home, 'config.json'), 'utf8')) as Record<string, unknown>;
     expect(cfg.relays).toEqual([closed, wss]);
