@@ -12,6 +12,9 @@ export const MAX_WS_MESSAGE = 4 * 1024 * 1024;
 /** PROTOCOL 11.3: the close code for a text message or one over MAX_WS_MESSAGE (RFC 6455 7.4.1). */
 export const WS_UNSUPPORTED_DATA = 1003;
 
+/** 'drain' is emitted once the bytes waiting below the WebSocket fall under this after a write left some. */
+export const WS_DRAIN_BELOW = 256 * 1024;
+
 /** Options both sides give `ws`: no compression (records are encrypted, so they do not compress). */
 const WS_OPTIONS = { perMessageDeflate: false, maxPayload: MAX_WS_MESSAGE } as const;
 
@@ -19,7 +22,8 @@ const WS_OPTIONS = { perMessageDeflate: false, maxPayload: MAX_WS_MESSAGE } as c
  * A WebSocket as a `ByteStream` (PROTOCOL 11.2): each `write` becomes one binary message and each binary
  * message received is handed on as 'data'; message boundaries mean nothing. Writes between `cork` and
  * `uncork` leave in one message, so a pump's batch of records costs one frame header, not one per record.
- * 'drain' follows once `bufferedAmount` has fallen below what the writer saw when it stopped.
+ * 'drain' follows once `bufferedAmount` has fallen below WS_DRAIN_BELOW, so the link refills the socket
+ * before it runs dry.
  */
 export class WebSocketStream extends EventEmitter implements ByteStream {
   readonly ws: WebSocket;
@@ -107,12 +111,12 @@ export class WebSocketStream extends EventEmitter implements ByteStream {
   private send(bytes: Uint8Array): void {
     this.bytesWritten += bytes.length;
     this.ws.send(bytes, { binary: true }, () => this.sent());
-    if (this.ws.bufferedAmount > 0) this.waitingDrain = true;
+    if (this.ws.bufferedAmount >= WS_DRAIN_BELOW) this.waitingDrain = true;
   }
 
   /** A message reached the socket: wake the writer once the backlog is gone. */
   private sent(): void {
-    if (!this.waitingDrain || this.ws.bufferedAmount > 0) return;
+    if (!this.waitingDrain || this.ws.bufferedAmount >= WS_DRAIN_BELOW) return;
     this.waitingDrain = false;
     this.emit('drain');
   }
