@@ -22,7 +22,7 @@ import type { Link } from '../../src/transport/link.js';
 import { Listener } from '../../src/transport/listener.js';
 import { bypassed, proxyFor } from '../../src/transport/proxy.js';
 import { RelayReach } from '../../src/transport/reach.js';
-import { CONNECT_PATH, WebSocketAcceptor, WS_UNSUPPORTED_DATA } from '../../src/transport/websocket.js';
+import { CONNECT_PATH, MAX_WS_MESSAGE, WebSocketAcceptor, WS_UNSUPPORTED_DATA } from '../../src/transport/websocket.js';
 import { tempDir } from '../helpers/cli.js';
 import { freePort, hasOpenssl, makeCa, serverCert } from '../helpers/reach.js';
 
@@ -166,7 +166,7 @@ describe('WebSocket transport', () => {
     expect(r.closes).toEqual([]);
   });
 
-  it('refuses text messages (close 1003) and upgrades on other paths (404)', async () => {
+  it('refuses text messages (close 1003), messages over MAX_WS_MESSAGE (1009) and upgrades on other paths (404)', async () => {
     const r = await wsRelay();
     const ws = new WebSocket(r.url, { perMessageDeflate: false });
     onTestFinished(() => ws.terminate());
@@ -175,6 +175,14 @@ describe('WebSocket transport', () => {
     ws.send('DW\u0000\u0001'); // the magic, but as text
     expect(await closed).toBe(WS_UNSUPPORTED_DATA);
     await until(() => r.closes.length === 1);
+    // A message over MAX_WS_MESSAGE: 1009, the connection ends.
+    const big = new WebSocket(r.url, { perMessageDeflate: false });
+    onTestFinished(() => big.terminate());
+    await new Promise((resolve, reject) => big.once('open', resolve).once('error', reject));
+    const bigClosed = new Promise<number>((resolve) => big.once('close', (code: number) => resolve(code)));
+    big.send(new Uint8Array(MAX_WS_MESSAGE + 1));
+    expect(await bigClosed).toBe(1009);
+    await until(() => r.closes.length === 2);
     const wrong = r.url.replace(CONNECT_PATH, '/v1/other');
     await expect(new RelayReach({ relays: [wrong], mode: 'wss' }).open()).rejects.toMatchObject({ code: 'DW_BAD_WEBSOCKET' });
   });
