@@ -4,6 +4,7 @@
  * parts of reaching the relay (address lists, the order tried, NO_PROXY).
  */
 import http from 'node:http';
+import net from 'node:net';
 import https from 'node:https';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -163,6 +164,28 @@ describe('WebSocket transport', () => {
     });
     flush();
     await until(() => established && r.established.length === 1);
+    expect(r.closes).toEqual([]);
+  });
+
+  it('PROTOCOL 11.7: the magic in the frame 82 83 00 00 00 00 44 57 00, the rest of message 1 in a second frame, read as one stream', async () => {
+    const r = await wsRelay();
+    const u = new URL(r.url);
+    const sock = net.connect({ host: u.hostname, port: Number(u.port) });
+    onTestFinished(() => void sock.destroy());
+    await new Promise((resolve) => sock.once('connect', resolve));
+    sock.write(`GET ${CONNECT_PATH} HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    const head = await new Promise<string>((resolve) => sock.once('data', (d: Buffer) => resolve(d.toString('latin1'))));
+    expect(head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(head).toContain('Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=');
+    const conn = Connection.initiator({ crypto: nodeCrypto, random, staticKey: generateKeyPair(nodeCrypto, random), remoteStatic: r.key, session: new Session(), timestamp: 1, now: Date.now(), timers: {} });
+    const out = conn.poll(Date.now(), true);
+    expect(out?.type).toBe('write');
+    const bytes = Buffer.from((out as { bytes: Uint8Array }).bytes);
+    expect(bytes.length).toBe(136); // magic + frame(msg1), as in Appendix A
+    sock.write(Buffer.from('828300000000445700', 'hex'));
+    const rest = bytes.subarray(3);
+    sock.write(Buffer.concat([Buffer.from([0x82, 0x80 | 126, rest.length >> 8, rest.length & 0xff, 0, 0, 0, 0]), rest]));
+    await until(() => r.established.length === 1);
     expect(r.closes).toEqual([]);
   });
 
