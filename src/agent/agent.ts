@@ -75,6 +75,8 @@ export class Agent {
   private readonly reach: RelayReach;
   /** How each link was opened (address, transport, proxy), until its session is established. */
   private readonly routes = new WeakMap<Link, OpenedStream>();
+  /** The last fallback logged at warn level (cleared once a session is up). */
+  private lastFallback: string | undefined;
   private decoder = new MessageDecoder();
   private transfer: Transfer | undefined;
   /** A FILE the journal already has: its CHUNKs are skipped. */
@@ -113,8 +115,13 @@ export class Agent {
       caFile: o.ca ?? this.config.ca,
       memoryFile: p.route,
       ...(o.fallbackAfterMs !== undefined ? { fallbackAfterMs: o.fallbackAfterMs } : {}),
-      onFallback: (from, to, err) =>
-        this.o.log.warn({ from: from.text, to: to.text, code: err.code, reason: err.message }, from.kind === 'tcp' && to.kind !== 'tcp' ? `TCP to the relay failed; falling back to ${to.kind.toUpperCase()}` : 'relay address failed; trying the next'),
+      onFallback: (from, to, err) => {
+        // Said once per change (a relay that is down for an hour must not fill the log every retry).
+        const key = `${from.text} ${to.text} ${err.code}`;
+        const level = key === this.lastFallback ? 'debug' : 'warn';
+        this.lastFallback = key;
+        this.o.log[level]({ from: from.text, to: to.text, code: err.code, reason: err.message }, from.kind === 'tcp' && to.kind !== 'tcp' ? `TCP to the relay failed; falling back to ${to.kind.toUpperCase()}` : 'relay address failed; trying the next');
+      },
     });
     this.status = { connected: false, relay: this.reach.plan[0]!.text, relays: this.reach.list.map((a) => a.text), sessions: 0, resumes: 0, reconnects: 0 };
     this.dialer = new Dialer({
@@ -143,6 +150,11 @@ export class Agent {
         onClose: (err, link) => this.onClose(err, link),
         onRetry: (err, delay, attempt) => {
           this.status.reconnects++;
+          // A dial that failed before any link (proxy refused, certificate untrusted…): say why, once per
+          // reason (a link's own close has set lastError already).
+          const dialCode = this.removed ? undefined : (err as { code?: string }).code;
+          if (!this.status.connected && dialCode && dialCode !== this.status.lastError) this.o.log.warn({ code: dialCode, reason: err.message }, 'cannot reach the relay');
+          if (dialCode) this.status.lastError = dialCode;
           if (this.removed && !this.removedLogged) {
             this.removedLogged = true;
             this.o.log.error({ code: 'DW_UNKNOWN_DEVICE', device: this.config.name, relay: this.status.relay, retryInS: Math.round(delay / 1000) }, REMOVED_MESSAGE);
@@ -227,6 +239,7 @@ export class Agent {
         this.status.since = Date.now();
         const route = this.routes.get(link);
         this.routes.delete(link); // established: no longer a candidate for `failed` below
+        this.lastFallback = undefined;
         if (route) this.reach.worked(route.address);
         const via = { relay: this.status.relay, transport: this.status.transport, ...(route?.proxy ? { proxy: route.proxy } : {}) };
         if (out.resumed) {

@@ -92,7 +92,8 @@ export async function addDevice(target: AdminTarget, name: string, o: { public?:
   const keys = loadOrCreateKeyPair(relayPaths(dataDir).key);
   const { secret, record } = newEnrollment(name, o.ttlHours);
   await withStore(dataDir, (s) => s.createDevice(record));
-  return encodeEnrollmentToken({ relays: [relay], relayKey: toHex(keys.publicKey), name, secret, expiresAt: record.enrollExpiresAt! });
+  // `--public a,b`: every address goes into the token (TCP and wss://…/v1/connect, or a cluster's nodes).
+  return encodeEnrollmentToken({ relays: relay.split(',').map((a) => a.trim()).filter(Boolean), relayKey: toHex(keys.publicKey), name, secret, expiresAt: record.enrollExpiresAt! });
 }
 
 /** A device waiting for enrollment, and the one-time secret its token carries (only its hash is stored). */

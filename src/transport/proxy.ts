@@ -62,7 +62,7 @@ export function redact(text: string | URL): string {
 }
 
 /**
- * Opens a CONNECT tunnel to `host:port` through `proxy`. 407 is DW_PROXY_AUTH (wrong or missing
+ * Opens a CONNECT tunnel to `host:port` through `proxy`. 407 (or 401) is DW_PROXY_AUTH (wrong or missing
  * credentials), any other refusal DW_PROXY_REFUSED, no answer in time DW_PROXY_TIMEOUT.
  */
 export function connectTunnel(proxy: URL, host: string, port: number, o: { timeoutMs: number; ca?: string[] | undefined; signal?: AbortSignal | undefined }): Promise<net.Socket> {
@@ -107,9 +107,10 @@ export function connectTunnel(proxy: URL, host: string, port: number, o: { timeo
         return;
       }
       socket.destroy();
-      if (res.statusCode === 407) {
+      // 407 is the standard answer; some proxies (tinyproxy) answer CONNECT with 401.
+      if (res.statusCode === 407 || res.statusCode === 401) {
         const why = headers['proxy-authorization'] ? 'refused the user name and password in the proxy URL' : 'asks for a user name and password (put them in the proxy URL: http://user:password@host:port)';
-        settle(new ProxyError('DW_PROXY_AUTH', `the proxy ${where} ${why} (HTTP 407)`));
+        settle(new ProxyError('DW_PROXY_AUTH', `the proxy ${where} ${why} (HTTP ${res.statusCode})`));
       } else {
         settle(new ProxyError('DW_PROXY_REFUSED', `the proxy ${where} refused a tunnel to ${authority} (HTTP ${res.statusCode} ${res.statusMessage ?? ''})`.trim()));
       }

@@ -7,10 +7,13 @@ import type { ByteStream } from './stream.js';
 
 /** PROTOCOL 11.1: the path agents open on the relay's HTTP port. */
 export const CONNECT_PATH = '/v1/connect';
-/** PROTOCOL 11.2: a receiver accepts binary messages up to this size (a sender writes at most one record batch). */
-export const MAX_WS_MESSAGE = 4 * 1024 * 1024;
-/** PROTOCOL 11.3: the close code for a text message or one over MAX_WS_MESSAGE (RFC 6455 7.4.1). */
+/** PROTOCOL 11.2: no binary message is larger; a receiver closes with 1009 beyond (bounds what `ws` buffers). */
+export const MAX_WS_MESSAGE = 1024 * 1024;
+/** PROTOCOL 11.3: the close code for a text message (RFC 6455 7.4.1); `ws` closes with 1009 for one too big. */
 export const WS_UNSUPPORTED_DATA = 1003;
+
+/** 'drain' is emitted once the bytes waiting below the WebSocket fall under this after a write left some. */
+export const WS_DRAIN_BELOW = 256 * 1024;
 
 /** Options both sides give `ws`: no compression (records are encrypted, so they do not compress). */
 const WS_OPTIONS = { perMessageDeflate: false, maxPayload: MAX_WS_MESSAGE } as const;
@@ -19,7 +22,8 @@ const WS_OPTIONS = { perMessageDeflate: false, maxPayload: MAX_WS_MESSAGE } as c
  * A WebSocket as a `ByteStream` (PROTOCOL 11.2): each `write` becomes one binary message and each binary
  * message received is handed on as 'data'; message boundaries mean nothing. Writes between `cork` and
  * `uncork` leave in one message, so a pump's batch of records costs one frame header, not one per record.
- * 'drain' follows once `bufferedAmount` has fallen below what the writer saw when it stopped.
+ * 'drain' follows once `bufferedAmount` has fallen below WS_DRAIN_BELOW, so the link refills the socket
+ * before it runs dry.
  */
 export class WebSocketStream extends EventEmitter implements ByteStream {
   readonly ws: WebSocket;
@@ -83,7 +87,19 @@ export class WebSocketStream extends EventEmitter implements ByteStream {
     const parts = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
-    this.send(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    // One message per batch, split where it would pass MAX_WS_MESSAGE (records are far smaller).
+    let group: Uint8Array[] = [];
+    let size = 0;
+    for (const p of parts) {
+      if (size > 0 && size + p.length > MAX_WS_MESSAGE) {
+        this.send(group.length === 1 ? group[0]! : Buffer.concat(group, size));
+        group = [];
+        size = 0;
+      }
+      group.push(p);
+      size += p.length;
+    }
+    this.send(group.length === 1 ? group[0]! : Buffer.concat(group, size));
   }
 
   end(): void {
@@ -105,14 +121,23 @@ export class WebSocketStream extends EventEmitter implements ByteStream {
   }
 
   private send(bytes: Uint8Array): void {
+    let rest = bytes;
+    while (rest.length > MAX_WS_MESSAGE) {
+      this.sendMessage(rest.subarray(0, MAX_WS_MESSAGE));
+      rest = rest.subarray(MAX_WS_MESSAGE);
+    }
+    this.sendMessage(rest);
+  }
+
+  private sendMessage(bytes: Uint8Array): void {
     this.bytesWritten += bytes.length;
     this.ws.send(bytes, { binary: true }, () => this.sent());
-    if (this.ws.bufferedAmount > 0) this.waitingDrain = true;
+    if (this.ws.bufferedAmount >= WS_DRAIN_BELOW) this.waitingDrain = true;
   }
 
   /** A message reached the socket: wake the writer once the backlog is gone. */
   private sent(): void {
-    if (!this.waitingDrain || this.ws.bufferedAmount > 0) return;
+    if (!this.waitingDrain || this.ws.bufferedAmount >= WS_DRAIN_BELOW) return;
     this.waitingDrain = false;
     this.emit('drain');
   }

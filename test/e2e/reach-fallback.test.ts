@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliOk, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
+import { cli, cliOk, setup, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
 import { freePort, hasOpenssl, makeCa, serverCert } from '../helpers/reach.js';
 
 /** A loopback port that takes no new connection: a listener that never accepts, with its queue filled. */
@@ -52,9 +52,12 @@ describe.skipIf(!hasOpenssl())('TCP blocked: fallback to WSS', () => {
     const { dir, ca, data, wss } = await relayWithTls();
     const home = path.join(dir, 'agent');
     const closed = `127.0.0.1:${await freePort()}`;
-    const enrollToken = await cliOk(['relay', 'device', 'add', 'shop', '--data', data]);
+    // The token carries both addresses (--public takes a list).
+    const enrollToken = await cliOk(['relay', 'device', 'add', 'shop', '--data', data, '--public', `${closed},${wss}`]);
+    const r = JSON.parse(Buffer.from(enrollToken.slice(4), 'base64url').toString()) as { r: unknown };
+    expect(r.r).toEqual([closed, wss]);
     // Enrollment goes through the same dialing: TCP refused, then WSS.
-    const init = await cliOk(['init', enrollToken, '--home', home, '--relay', `${closed},${wss}`, '--ca', ca.caCert]);
+    const init = await cliOk(['init', enrollToken, '--home', home, '--ca', ca.caCert]);
     expect(init).toContain(`with the relay at ${wss} (wss)`);
     const cfg = JSON.parse(fs.readFileSync(path.join(home, 'config.json'), 'utf8')) as Record<string, unknown>;
     expect(cfg.relays).toEqual([closed, wss]);
@@ -127,5 +130,32 @@ describe.skipIf(!hasOpenssl())('TCP blocked: fallback to WSS', () => {
     expect(bad.stderr).toContain('DW_BAD_ADDRESS');
     const badMode = await cli(['init', enrollToken, '--home', home, '--transport', 'udp']);
     expect(badMode.code).toBe(2);
+  });
+});
+
+describe('configs from before address lists', () => {
+  it('an old config with one "relay": "HOST:PORT" still works, over TCP, and status says tcp', async () => {
+    const s = await setup();
+    const file = path.join(s.home, 'config.json');
+    const cfg = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    expect(cfg.relays).toEqual([s.relay.info.agents]);
+    delete cfg.relays;
+    cfg.relay = s.relay.info.agents;
+    fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
+    fs.rmSync(path.join(s.home, 'route.json'), { force: true });
+    const agent = spawnCli(['agent', '--home', s.home]);
+    expect(await agent.waitLog((l) => l.msg === 'session started')).toMatchObject({ relay: s.relay.info.agents, transport: 'tcp' });
+    const st = JSON.parse((await cli(['status', '--json', '--home', s.home])).stdout) as Record<string, unknown>;
+    expect(st).toMatchObject({ connected: true, transport: 'tcp', relay: s.relay.info.agents, relays: [s.relay.info.agents] });
+    const r = await s.api.send(s.device, 'old.txt', 'still delivered');
+    await s.api.until(r.json.id as string, ['handled']);
+    await agent.kill();
+    // A bad address in the list is named, and the agent refuses to start (exit 78, EX_CONFIG).
+    cfg.relay = 'relay.example.com';
+    fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
+    const bad = await cli(['agent', '--home', s.home]);
+    expect(bad.code).toBe(78);
+    expect(bad.stderr).toContain("DW_BAD_CONFIG");
+    expect(bad.stderr).toContain("field 'relay'");
   });
 });

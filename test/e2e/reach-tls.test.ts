@@ -124,6 +124,40 @@ describe.skipIf(!hasOpenssl() || !hasCurl)('relay start --tls-cert', () => {
     await agent.kill();
   });
 
+  it('trusts a private CA from NODE_EXTRA_CA_CERTS as well as --ca; without either, DW_TLS_UNTRUSTED names the remedy; a trusted certificate does not replace the key pin', async () => {
+    const dir = tempDir();
+    const ca = makeCa(dir);
+    const cert = serverCert(ca);
+    const data = path.join(dir, 'relay');
+    const relay = await startRelay(data, ['--tls-cert', cert.cert, '--tls-key', cert.key]);
+    const wss = (relay.info as unknown as { websocket: string }).websocket;
+    const token = await cliOk(['relay', 'device', 'add', 'shop', '--data', data]);
+    const untrusted = await cli(['init', token, '--home', path.join(dir, 'a'), '--relay', wss]);
+    expect(untrusted.code).toBe(1);
+    expect(untrusted.stderr).toContain('DW_TLS_UNTRUSTED');
+    expect(untrusted.stderr).toContain('--ca FILE or NODE_EXTRA_CA_CERTS');
+    const home = path.join(dir, 'b');
+    await cliOk(['init', token, '--home', home, '--relay', wss], { env: { NODE_EXTRA_CA_CERTS: ca.caCert } });
+    const agent = spawnCli(['agent', '--home', home], { env: { NODE_EXTRA_CA_CERTS: ca.caCert } });
+    expect(await agent.waitLog((l) => l.msg === 'session started')).toMatchObject({ transport: 'wss' });
+    await agent.kill();
+
+    // TLS is trusted, but the pinned relay key is what authenticates the relay: another key is refused.
+    const file = path.join(home, 'config.json');
+    const cfg = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    cfg.relayKey = 'ab'.repeat(32);
+    fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
+    const pinned = spawnCli(['agent', '--home', home], { env: { NODE_EXTRA_CA_CERTS: ca.caCert } });
+    const st = await waitFor(async () => {
+      const r = JSON.parse((await cli(['status', '--json', '--home', home])).stdout) as Record<string, unknown>;
+      return (r.reconnects as number) >= 3 ? r : undefined;
+    }, 30_000, 'three failed handshakes');
+    // The relay cannot read message 1 (it is sealed to another key) and hangs up: never a session.
+    expect(st).toMatchObject({ connected: false, transport: 'wss', sessions: 0 });
+    expect(pinned.logs.filter((l) => l.msg === 'session started')).toEqual([]);
+    await pinned.kill();
+  });
+
   it('refuses to start with an unusable certificate (DW_BAD_TLS) or with only one of the two options', async () => {
     const dir = tempDir();
     const bad = path.join(dir, 'bad.pem');

@@ -155,7 +155,7 @@ export async function startNginx(dir: string, o: { port: number; upstream: strin
     `daemon off;
 ${process.getuid?.() === 0 ? 'user root;' : ''}
 worker_processes 2;
-worker_shutdown_timeout 2s;
+worker_shutdown_timeout 1s;
 error_log ${errorLog} info;
 events { worker_connections 512; }
 http {
@@ -244,7 +244,12 @@ PidFile "${path.join(dir, 'tinyproxy.pid')}"
 }
 
 /** squid on `port` with basic authentication from an htpasswd file (apr1 hash by openssl); CONNECT to any port. */
-export async function startSquid(dir: string, o: { port: number; user: string; password: string }): Promise<Daemon> {
+export async function startSquid(parent: string, o: { port: number; user: string; password: string }): Promise<Daemon> {
+  // Run as root, squid drops to the 'proxy' user, which must be able to write its logs here.
+  const dir = path.join(parent, 'squid');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const proxyUser = process.getuid?.() === 0 ? /^proxy:[^:]*:(\d+):(\d+):/m.exec(fs.readFileSync('/etc/passwd', 'utf8')) : null;
+  if (proxyUser) fs.chownSync(dir, Number(proxyUser[1]), Number(proxyUser[2]));
   const conf = path.join(dir, 'squid.conf');
   const passwd = path.join(dir, 'squid.passwd');
   const log = path.join(dir, 'squid-cache.log');
@@ -255,11 +260,11 @@ export async function startSquid(dir: string, o: { port: number; user: string; p
     `http_port 127.0.0.1:${o.port}
 pid_filename ${path.join(dir, 'squid.pid')}
 cache_log ${log}
-access_log ${path.join(dir, 'squid-access.log')}
+access_log stdio:${path.join(dir, 'squid-access.log')}
 cache_store_log none
 cache deny all
 coredump_dir ${dir}
-${process.getuid?.() === 0 ? 'cache_effective_user proxy\n' : ''}shutdown_lifetime 1 seconds
+${proxyUser ? 'cache_effective_user proxy\n' : ''}shutdown_lifetime 1 seconds
 auth_param basic program ${SQUID_NCSA} ${passwd}
 auth_param basic realm dropwire-test
 acl authenticated proxy_auth REQUIRED
@@ -270,9 +275,8 @@ http_access allow authenticated
 http_access deny all
 `,
   );
-  fs.chmodSync(dir, 0o755);
   fs.chmodSync(passwd, 0o644);
-  const d = runDaemon(SQUID, ['-N', '-f', conf], o.port, log);
+  const d = runDaemon(SQUID, ['-N', '-f', conf], o.port, path.join(dir, 'squid-access.log'));
   await waitListening(o.port, 30_000);
   return d;
 }

@@ -4,6 +4,7 @@
  * parts of reaching the relay (address lists, the order tried, NO_PROXY).
  */
 import http from 'node:http';
+import net from 'node:net';
 import https from 'node:https';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,7 +23,7 @@ import type { Link } from '../../src/transport/link.js';
 import { Listener } from '../../src/transport/listener.js';
 import { bypassed, proxyFor } from '../../src/transport/proxy.js';
 import { RelayReach } from '../../src/transport/reach.js';
-import { CONNECT_PATH, WebSocketAcceptor, WS_UNSUPPORTED_DATA } from '../../src/transport/websocket.js';
+import { CONNECT_PATH, MAX_WS_MESSAGE, WebSocketAcceptor, WS_UNSUPPORTED_DATA } from '../../src/transport/websocket.js';
 import { tempDir } from '../helpers/cli.js';
 import { freePort, hasOpenssl, makeCa, serverCert } from '../helpers/reach.js';
 
@@ -166,7 +167,29 @@ describe('WebSocket transport', () => {
     expect(r.closes).toEqual([]);
   });
 
-  it('refuses text messages (close 1003) and upgrades on other paths (404)', async () => {
+  it('PROTOCOL 11.7: the magic in the frame 82 83 00 00 00 00 44 57 00, the rest of message 1 in a second frame, read as one stream', async () => {
+    const r = await wsRelay();
+    const u = new URL(r.url);
+    const sock = net.connect({ host: u.hostname, port: Number(u.port) });
+    onTestFinished(() => void sock.destroy());
+    await new Promise((resolve) => sock.once('connect', resolve));
+    sock.write(`GET ${CONNECT_PATH} HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    const head = await new Promise<string>((resolve) => sock.once('data', (d: Buffer) => resolve(d.toString('latin1'))));
+    expect(head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(head).toContain('Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=');
+    const conn = Connection.initiator({ crypto: nodeCrypto, random, staticKey: generateKeyPair(nodeCrypto, random), remoteStatic: r.key, session: new Session(), timestamp: 1, now: Date.now(), timers: {} });
+    const out = conn.poll(Date.now(), true);
+    expect(out?.type).toBe('write');
+    const bytes = Buffer.from((out as { bytes: Uint8Array }).bytes);
+    expect(bytes.length).toBe(136); // magic + frame(msg1), as in Appendix A
+    sock.write(Buffer.from('828300000000445700', 'hex'));
+    const rest = bytes.subarray(3);
+    sock.write(Buffer.concat([Buffer.from([0x82, 0x80 | 126, rest.length >> 8, rest.length & 0xff, 0, 0, 0, 0]), rest]));
+    await until(() => r.established.length === 1);
+    expect(r.closes).toEqual([]);
+  });
+
+  it('refuses text messages (close 1003), messages over MAX_WS_MESSAGE (1009) and upgrades on other paths (404)', async () => {
     const r = await wsRelay();
     const ws = new WebSocket(r.url, { perMessageDeflate: false });
     onTestFinished(() => ws.terminate());
@@ -175,6 +198,14 @@ describe('WebSocket transport', () => {
     ws.send('DW\u0000\u0001'); // the magic, but as text
     expect(await closed).toBe(WS_UNSUPPORTED_DATA);
     await until(() => r.closes.length === 1);
+    // A message over MAX_WS_MESSAGE: 1009, the connection ends.
+    const big = new WebSocket(r.url, { perMessageDeflate: false });
+    onTestFinished(() => big.terminate());
+    await new Promise((resolve, reject) => big.once('open', resolve).once('error', reject));
+    const bigClosed = new Promise<number>((resolve) => big.once('close', (code: number) => resolve(code)));
+    big.send(new Uint8Array(MAX_WS_MESSAGE + 1));
+    expect(await bigClosed).toBe(1009);
+    await until(() => r.closes.length === 2);
     const wrong = r.url.replace(CONNECT_PATH, '/v1/other');
     await expect(new RelayReach({ relays: [wrong], mode: 'wss' }).open()).rejects.toMatchObject({ code: 'DW_BAD_WEBSOCKET' });
   });
