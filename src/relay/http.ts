@@ -161,12 +161,12 @@ export class HttpApi {
 
   private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://relay');
+    if (!url.pathname.startsWith('/v1/') && (await this.o.downloads?.handle(req, res, url))) return;
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     const method = req.method ?? 'GET';
     if (url.pathname === '/healthz' && method === 'GET') {
       return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
     }
-    if (parts[0] !== 'v1' && (await this.o.downloads?.handle(req, res, url))) return;
     if (parts[0] !== 'v1') throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
     if (parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
     const token = await this.authenticate(req);
