@@ -192,6 +192,9 @@ export async function release({ targets = Object.keys(TARGETS), out = path.join(
     .map((f) => ({ file: f, sha256: sha('sha256', path.join(out, f)), size: fs.statSync(path.join(out, f)).size }));
   fs.writeFileSync(path.join(out, 'SHA256SUMS'), sums.map((s) => `${s.sha256}  ${s.file}\n`).join(''));
   const notes = [];
+  if (built.some((t) => t.file.endsWith('.exe'))) {
+    notes.push("Windows: injecting breaks the Authenticode signature Node's node.exe carried; the .exe runs unsigned (SmartScreen may warn): sign it with signtool on Windows if needed; not done here.");
+  }
   if (built.some((t) => t.macho)) {
     notes.push('macOS: the injected binaries carry the original, now invalid, signature: sign them on a Mac before use (codesign --sign - FILE); not done here.');
   }

@@ -241,9 +241,15 @@ export class HttpApi {
 
   private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     let url: URL;
-    let parts: string[];
     try {
       url = new URL(req.url ?? '/', 'http://relay');
+    } catch {
+      throw new HttpError(400, 'DW_BAD_REQUEST', 'bad request URL');
+    }
+    // Installers and executables first: their paths are plain file names, never decoded (downloads.ts).
+    if (!url.pathname.startsWith('/v1/') && (await this.o.downloads?.handle(req, res, url))) return;
+    let parts: string[];
+    try {
       // Decoded only here, checked before any use: a bad escape is the client's error, not ours.
       parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     } catch {
@@ -254,7 +260,6 @@ export class HttpApi {
       if (method !== 'GET') throw new HttpError(405, 'DW_METHOD_NOT_ALLOWED', `${method} is not allowed here; use GET`, { allow: 'GET' });
       return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
     }
-    if (parts[0] !== 'v1' && (await this.o.downloads?.handle(req, res, url))) return;
     if (parts[0] === 'v1' && parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
     const e = endpoint(parts);
     if (!e) throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -24,9 +24,17 @@ function listFiles(dir: string): string[] {
     .sort();
 }
 
-/** A hash of every input of the executable. */
+function git(args: string[]): string {
+  try {
+    return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return 'no git';
+  }
+}
+
+/** A hash of every input of the executable, with the commit and whether the tree differs from it (both are embedded). */
 export function sourceKey(): string {
-  const h = createHash('sha256').update(process.version);
+  const h = createHash('sha256').update(process.version).update(git(['rev-parse', 'HEAD'])).update(git(['status', '--porcelain', '--untracked-files=no']) === '' ? 'clean' : 'dirty');
   const inputs = [...['src', 'scripts', 'service-templates'].flatMap((d) => listFiles(path.join(ROOT, d))), path.join(ROOT, 'package.json'), path.join(ROOT, 'package-lock.json')];
   for (const f of inputs) h.update(path.relative(ROOT, f)).update('\0').update(fs.readFileSync(f)).update('\0');
   return h.digest('hex').slice(0, 24);
