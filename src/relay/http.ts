@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import busboy from 'busboy';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import type { Blobs } from './blobs.js';
+import type { BodyStorage } from './body-storage.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
@@ -15,7 +15,7 @@ export interface HttpOptions {
   port: number;
   store: Store;
   hub: Hub;
-  blobs: Blobs;
+  blobs: BodyStorage;
   feed: EventFeed;
   log: Logger;
   /** Largest body accepted (413 beyond). */

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import fs from 'node:fs/promises';
 import { equal, toHex } from '../protocol/bytes.js';
 import { Connection, type Output } from '../protocol/connection.js';
 import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
@@ -12,6 +11,7 @@ import { Session } from '../protocol/session.js';
 import type { Link } from '../transport/link.js';
 import { random } from '../transport/identity.js';
 import type { Logger } from '../shared/log.js';
+import { diskBodyReader, type BodyReader } from './body-storage.js';
 import type { EventFeed } from './events.js';
 import { FINAL_STATUSES, type MessageRecord, type MessageStatus, type Store } from './store/types.js';
 
@@ -61,6 +61,8 @@ export interface HubOptions {
   now?: () => number;
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
+  /** Where large bodies are read from (default: files on this machine). */
+  bodies?: BodyReader;
 }
 
 /** One enrolled device that has (or recently had) a session. */
@@ -628,20 +630,14 @@ export class Hub extends EventEmitter {
       }
       return;
     }
-    const fh = await fs.open(m.bodyPath!, 'r');
-    try {
-      for (let pos = from; pos < m.size; ) {
-        if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
-        const buf = new Uint8Array(Math.min(CHUNK_SIZE, m.size - pos));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-        if (bytesRead <= 0) throw new Error(`body file of ${m.id} is shorter than its size`);
-        const ok = this.send(p, MessageType.CHUNK, { id: m.id }, buf.subarray(0, bytesRead));
-        pos += bytesRead;
-        this.progress.set(m.id, pos);
-        if (!ok) await this.drained(p, gen);
-      }
-    } finally {
-      await fh.close();
+    if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
+    let pos = from;
+    for await (const piece of (this.o.bodies ?? diskBodyReader).read(m.bodyPath!, from, m.size, CHUNK_SIZE)) {
+      const ok = this.send(p, MessageType.CHUNK, { id: m.id }, piece);
+      pos += piece.byteLength;
+      this.progress.set(m.id, pos);
+      if (!ok) await this.drained(p, gen);
+      if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
     }
   }
 

@@ -35,6 +35,8 @@ export interface OpenStoreOptions {
   replicaTimeoutMs?: number;
   commandTimeoutMs?: number;
   connectTimeoutMs?: number;
+  /** Redis over TLS: PEM of a private CA that signed the server's certificate. */
+  tlsCa?: string | Buffer;
   /** Redis: key prefix (default `dw:`). */
   prefix?: string;
   /** Redis: how long large bodies stay after their message ended. */

@@ -112,7 +112,10 @@ export interface NewMessage {
   sha256: string;
   /** Body kept inline in the store (small messages), or... */
   body?: Uint8Array;
-  /** ...the path of a body file already fsync'd in the relay's blob folder (large messages). */
+  /**
+   * ...or where the body storage keeps a large body, already durable: a file in the relay's blob folder, or
+   * `redis-blob:ID` (body-storage.ts). The Redis store takes ownership of a `redis-blob:` body.
+   */
   bodyPath?: string;
   idempotencyKey?: string;
   createdAt: number;

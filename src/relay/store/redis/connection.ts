@@ -28,6 +28,8 @@ export interface RedisConnectionOptions {
   db?: number;
   username?: string;
   password?: string;
+  /** PEM of the CA that signed the server's certificate (rediss://), when not a public one. */
+  tlsCa?: string | Buffer;
   /** Accept a server that does not fsync every write (a warning is logged). Default false. */
   unsafe?: boolean;
   /** Each write waits until this many replicas have it (WAIT); default 0. */
@@ -58,14 +60,16 @@ export function clientOptions(o: RedisConnectionOptions): RedisOptions {
     ...(o.password !== undefined ? { password: o.password } : {}),
   };
   const t = o.target;
-  if (t.kind === 'server') return { ...common, host: t.host, port: t.port, ...(t.tls ? { tls: { servername: t.host } } : {}) };
+  // The certificate is checked against the host of the URL (Node's default), with `tlsCa` as trust anchor.
+  const tls = t.tls ? { tls: o.tlsCa !== undefined ? { ca: o.tlsCa } : {} } : {};
+  if (t.kind === 'server') return { ...common, host: t.host, port: t.port, ...tls };
   return {
     ...common,
     sentinels: t.sentinels,
     name: t.name,
     sentinelRetryStrategy: () => RECONNECT_DELAY_MS,
     ...(o.password !== undefined ? { sentinelPassword: o.password } : {}),
-    ...(t.tls ? { tls: {}, enableTLSForSentinelMode: true } : {}),
+    ...(t.tls ? { ...tls, enableTLSForSentinelMode: true, sentinelTLS: tls.tls } : {}),
   };
 }
 

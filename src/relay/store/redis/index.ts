@@ -13,7 +13,6 @@ import { DropwireError } from '../../../shared/errors.js';
 import { closedError, invalid, jsonOrNull } from '../errors.js';
 import {
   MessageStatus,
-  StoreErrorCode,
   type DeviceRecord,
   type EventType,
   type HistoryEntry,
@@ -34,11 +33,11 @@ import {
   storeError,
   type RedisConnectionOptions,
 } from './connection.js';
-import { DEFAULT_PREFIX, storeKeys, type StoreKeys } from './keys.js';
+import { DEFAULT_PREFIX, REDIS_BODY_REF, storeKeys, type StoreKeys } from './keys.js';
 import { scripts, type LuaScript } from './scripts.js';
 import { RedisWakeups, type StoreWakeups } from './wakeups.js';
 
-export { DEFAULT_PREFIX, storeKeys } from './keys.js';
+export { DEFAULT_PREFIX, REDIS_BODY_REF, storeKeys } from './keys.js';
 export type { RedisConnectionOptions, RedisTarget } from './connection.js';
 export type { StoreWakeups, Wakeup } from './wakeups.js';
 
@@ -152,11 +151,6 @@ const optInt = (v: number | undefined, what: string): string => (v === undefined
 /** The field under which an idempotency key is kept: unambiguous for any sender and key. */
 const idempotencyField = (from: string, key: string): string => `${from.length}:${from}${key}`;
 
-/**
- * Large bodies kept by the Redis body storage are referenced as `redis-blob:ID`: the store then gives the
- * blob key a retention time when the message ends (body.ts writes those keys).
- */
-export const REDIS_BODY_REF = 'redis-blob:';
 
 class RedisStoreImpl implements RedisStore {
   readonly redis: Redis;
@@ -164,18 +158,26 @@ class RedisStoreImpl implements RedisStore {
   readonly keys: StoreKeys;
   private readonly retentionMs: number;
   private readonly ack: ReplicaAck;
-  private readonly options: RedisStoreOptions;
   private wakeupsImpl: RedisWakeups | undefined;
   private readonly inFlight = new Set<Promise<unknown>>();
   private closing: Promise<void> | undefined;
+  /**
+   * The persistence check of the server the client is connected to now: done at open, and again after
+   * every reconnection (a failover may have led to a server with other settings). Writes wait for it and
+   * fail with its error (DW_STORE_UNSAFE) while it does not pass.
+   */
+  private durable: Promise<void> = Promise.resolve();
 
   constructor(redis: Redis, options: RedisStoreOptions, prefix: string) {
     this.redis = redis;
-    this.options = options;
     this.prefix = prefix;
     this.keys = storeKeys(prefix);
     this.retentionMs = options.bodyRetentionMs ?? DEFAULT_BODY_RETENTION_MS;
     this.ack = new ReplicaAck(redis, options.replicas ?? 0, options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS);
+    redis.on('ready', () => {
+      this.durable = checkDurability(redis, options);
+      this.durable.catch(() => {}); // seen by the writes that wait for it
+    });
   }
 
   get wakeups(): StoreWakeups {
@@ -183,8 +185,9 @@ class RedisStoreImpl implements RedisStore {
     return this.wakeupsImpl;
   }
 
-  confirmReplicas(stage: string): Promise<void> {
-    return this.ack.confirm(stage);
+  async confirmReplicas(stage: string): Promise<void> {
+    await this.durable;
+    await this.ack.confirm(stage);
   }
 
   // --- calls: tracked so that close() settles them first ---
@@ -229,6 +232,7 @@ class RedisStoreImpl implements RedisStore {
   /** A write: the script, then (with replicas) the WAIT that makes it survive a failover. */
   private write<T>(stage: string, s: LuaScript, args: Array<string | Buffer>, map: (reply: unknown) => T): Promise<T> {
     return this.track(stage, async () => {
+      await this.durable;
       const reply = await this.runScript(s, args);
       await this.ack.confirm(stage);
       return map(reply);
@@ -251,6 +255,7 @@ class RedisStoreImpl implements RedisStore {
       opt('enrolledAt', true);
       opt('lastSeen', true);
       opt('lastHandshakeTs', true);
+      await this.durable;
       await this.runScript(scripts.createDevice, [device.name, device.publicKey ?? '', ...fields]);
       await this.ack.confirm(stage);
     });
@@ -549,4 +554,3 @@ function inserted(m: NewMessage, seq: number): MessageRecord {
   };
 }
 
-export { StoreErrorCode };

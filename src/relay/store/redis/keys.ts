@@ -54,5 +54,11 @@ export function storeKeys(prefix: string) {
 
 export type StoreKeys = ReturnType<typeof storeKeys>;
 
+/**
+ * Large bodies kept by the Redis body storage are referenced as `redis-blob:ID` (NewMessage.bodyPath):
+ * the store then owns the blob key (made permanent at enqueue, given the retention when the message ends).
+ */
+export const REDIS_BODY_REF = 'redis-blob:';
+
 /** A webhook attempt list keeps at most this many entries per token (newest). */
 export const WEBHOOK_ATTEMPTS_KEPT = 10_000;

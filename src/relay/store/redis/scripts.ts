@@ -237,6 +237,12 @@ if ifield ~= '' then
 end
 local key = K.message(id)
 if redis.call('EXISTS', key) == 1 then return refuse('DW_MESSAGE_EXISTS', 'enqueue ' .. id .. ': id already stored') end
+if blobKey ~= '' then
+  -- The body uploaded for this message now belongs to it: no more orphan expiry.
+  if redis.call('PERSIST', blobKey) == 0 and redis.call('EXISTS', blobKey) == 0 then
+    return refuse('DW_STORE_INVALID', 'enqueue ' .. id .. ': its body is not in Redis')
+  end
+end
 local seq = redis.call('INCR', K.messageSeq)
 local f = {'id', id, 'seq', seq, 'to', to, 'from', from, 'filename', ARGV[7], 'size', ARGV[8], 'sha256', ARGV[9],
   'inline', inline, 'status', 'queued', 'createdAt', createdAt, 'updatedAt', createdAt, 'overdue', '0', 'ev', ev}

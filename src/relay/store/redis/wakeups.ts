@@ -5,7 +5,7 @@
  * beside `Store`: a single-node relay does not need it.
  */
 import type { Redis } from 'ioredis';
-import { downError } from '../errors.js';
+import { closedError, downError } from '../errors.js';
 import type { EventType } from '../types.js';
 import type { StoreKeys } from './keys.js';
 
@@ -40,7 +40,7 @@ export class RedisWakeups implements StoreWakeups {
   }
 
   async subscribe(listener: (w: Wakeup) => void): Promise<() => void> {
-    if (this.closed) throw downError('subscribe to wake-ups: closed');
+    if (this.closed) throw closedError();
     this.subscribing ??= this.open();
     try {
       await this.subscribing;
