@@ -127,6 +127,9 @@ describe.skipIf(why !== undefined)('a relay of three nodes on Redis', () => {
     const bigPost = await apis[0]!.send('shop', 'big.bin', big);
     expect(bigPost.status).toBe(202);
     const bigId = bigPost.json.id as string;
+    // A large body lives in Redis, where every node can read it, not on the disk of the node that took it.
+    expect(await c.client.exists(`dw:blob:{${bigId}}`)).toBe(1);
+    expect(c.nodes.some((n) => fs.existsSync(path.join(n.data, 'blobs')) && fs.readdirSync(path.join(n.data, 'blobs'), { recursive: true }).some((f) => String(f).includes(bigId)))).toBe(false);
     const part = path.join(shop.home, 'spool', `${bigId}.part`);
     await waitFor(() => ((fs.existsSync(part) && fs.statSync(part).size > 4 * MiB) ? true : undefined), 60_000, 'part of the big file on the agent');
     await agent.kill('SIGKILL');
