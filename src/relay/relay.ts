@@ -26,6 +26,7 @@ import type { Store } from './store/types.js';
 import type { ClusterNode } from './cluster/node.js';
 import type { RedisStore } from './store/redis/index.js';
 import type { StoreWakeups } from './store/redis/wakeups.js';
+import type { BodyStorage } from './body-storage.js';
 import type { KeyPair } from '../protocol/crypto.js';
 
 export const DEFAULT_MAX_BODY = 2 * 1024 * 1024 * 1024;
@@ -157,9 +158,9 @@ export class Relay<S extends Store = SqliteStore> {
     fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
     return Relay.locked(o.dataDir, async (lock) => {
       const { startClusterNode } = await import('./cluster/start.js');
-      const { cluster, store, keys } = await startClusterNode(o);
+      const { cluster, store, keys, bodies } = await startClusterNode(o);
       try {
-        return await Relay.compose(o, lock, store, keys, { node: cluster, wakeups: store.wakeups });
+        return await Relay.compose(o, lock, store, keys, { node: cluster, wakeups: store.wakeups, bodies });
       } catch (err) {
         await cluster.close();
         await store.close();
@@ -168,14 +169,14 @@ export class Relay<S extends Store = SqliteStore> {
     });
   }
 
-  private static async compose<S extends Store>(o: RelayOptions, lock: FolderLock, store: S, keys: KeyPair, inCluster?: { node: ClusterNode; wakeups: StoreWakeups }): Promise<Relay<S>> {
+  private static async compose<S extends Store>(o: RelayOptions, lock: FolderLock, store: S, keys: KeyPair, inCluster?: { node: ClusterNode; wakeups: StoreWakeups; bodies: BodyStorage }): Promise<Relay<S>> {
     const cluster = inCluster?.node;
     const p = relayPaths(o.dataDir);
     const crypto = o.crypto ?? nodeCrypto;
-    const blobs = new Blobs(p.blobs);
+    const blobs: BodyStorage = inCluster?.bodies ?? new Blobs(p.blobs);
     const feed = new EventFeed();
     feed.setMaxListeners(0);
-    const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(cluster ? { cluster } : {}), ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
+    const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(cluster ? { cluster, bodies: blobs } : {}), ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
     const listener = new Listener({
       host: o.listen.host,
       port: o.listen.port,

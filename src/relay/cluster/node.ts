@@ -105,7 +105,12 @@ export class ClusterNode implements HubCluster {
     const { log } = this.o;
     this.hub = a.hub;
     this.feed = a.feed;
-    this.ownership.attach({ retireSession: (device, code) => a.hub.retireSession(device, code) });
+    this.ownership.attach({
+      retireSession: (device, code) => {
+        if (a.hub.hasSession(device)) log.info({ device, code }, 'session retired: the device has a session on another node now');
+        a.hub.retireSession(device, code);
+      },
+    });
     this.registry = new NodeRegistry({
       redis: this.redis,
       node: { name: this.o.node, agents: a.agents, http: a.http, pid: process.pid, startedAt: Date.now() },
