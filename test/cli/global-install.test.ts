@@ -150,7 +150,9 @@ async function checkInstalled(prefix: string, work: string, env: NodeJS.ProcessE
   expect(fs.existsSync(bin)).toBe(true);
   const version = await run('dropwire', ['--version'], { env, cwd: work });
   expect(version.stderr).toBe('');
-  expect(version.stdout.trim()).toBe('0.1.0');
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  expect(version.code).toBe(0);
+  expect(version.stdout).toMatch(new RegExp(`(^|\\s)${pkg.version.replace(/\./g, '\\.')}(\\s|$)`));
   const data = path.join(work, 'relay-data');
   const relay = execFile('dropwire', ['relay', 'start', '--data', data, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0'], { env: { ...process.env, ...env }, cwd: work });
   onTestFinished(() => {
