@@ -149,4 +149,21 @@ console.log('disk filled');\n`,
     expect((done.result as { output?: string }).output).toContain('disk filled');
     expect(fs.readFileSync(runs, 'utf8').trim().split('\n')).toEqual([id]);
   });
+
+  it('an agent started on a full disk says DW_DISK_FULL and why, without a stack trace', async () => {
+    const s = await setup();
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-full-'));
+    expect(mountTmpfs(home, '1m')).toBeUndefined();
+    onTestFinished(() => {
+      execFileSync('umount', [home]);
+      fs.rmdirSync(home);
+    });
+    fs.cpSync(s.home, home, { recursive: true });
+    fill(path.join(home, 'filler'));
+    const r = await cli(['agent', '--home', home]);
+    expect(r.code).toBe(1);
+    // (Its log file cannot be written either, which it says once, on stderr.)
+    expect(r.stderr).toMatch(new RegExp(`^dropwire: DW_DISK_FULL: the disk of ${home} is full: the agent cannot open its journal .*; free some space$`, 'm'));
+    expect(r.stderr).not.toContain('    at ');
+  });
 });
