@@ -101,8 +101,11 @@ describe.skipIf(cannotMount !== undefined)('agent on a full disk', () => {
     expect(rec.runs().map((r) => r.id)).not.toContain(id);
 
     // Space again: delivered, handled exactly once, bytes intact.
+    const attemptsWhileFull = (await reconnects()) - before + 1;
     fs.rmSync(filler);
+    const freedAt = Date.now();
     const done = await s.api.until(id, ['handled', 'failed'], 60_000);
+    console.log(`full disk: ${attemptsWhileFull} attempts while full, 1 DW_DISK_FULL line; handled ${((Date.now() - freedAt) / 1000).toFixed(1)} s after space was freed`);
     expect(done.status).toBe('handled');
     const runs = rec.runs().filter((r) => r.id === id);
     expect(runs).toEqual([{ id, sha: sha256(body), name: 'order.xml' }]);
