@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+
 /** After the disk was full, the agent tries again this long later (the dialer adds its jitter). */
 export const DISK_FULL_RETRY_MS = 5_000;
 /** While the disk stays full, DW_DISK_FULL is logged at most this often. */
@@ -19,4 +21,14 @@ export function isDiskFull(err: unknown): boolean {
     if (/database or disk is full/u.test(String(e.errstr ?? e.message))) return true;
   }
   return e.cause !== undefined && e.cause !== err && isDiskFull(e.cause);
+}
+
+/** True when the file system holding `dir` has no block left for this user (statfs), e.g. to explain an
+ * SQLite "disk I/O error" while the journal opens its shared-memory file on a full disk. */
+export function noSpaceLeft(dir: string): boolean {
+  try {
+    return fs.statfsSync(dir).bavail === 0;
+  } catch {
+    return false;
+  }
 }

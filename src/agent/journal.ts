@@ -102,7 +102,8 @@ export class Journal {
       for (const id of ids) this.q.confirm!.run(id);
       this.db.exec('COMMIT');
     } catch (err) {
-      this.db.exec('ROLLBACK');
+      // SQLite has already rolled back after some errors (SQLITE_FULL among them): keep the real error.
+      if (this.db.isTransaction) this.db.exec('ROLLBACK');
       throw err;
     }
   }

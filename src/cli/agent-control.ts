@@ -1,6 +1,7 @@
 import type { Agent } from '../agent/agent.js';
 import { ControlServer } from '../agent/control.js';
 import type { Logger, LogTarget } from '../shared/log.js';
+import { buildInfo } from '../shared/version.js';
 
 /**
  * The control socket of a running agent (`status`, `online`, the `rule` commands' reload), the same for
@@ -11,7 +12,7 @@ export function serveAgentControl(o: { agent: Agent; home: string; log: Logger; 
   return ControlServer.listen({
     home,
     log,
-    status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: '0.1.0', log: target }),
+    status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: buildInfo().version, commit: buildInfo().commit, log: target }),
     reload: () => agent.reloadConfig(),
     online: async (device) => {
       const a = await agent.presence(device);

@@ -3,6 +3,7 @@ import { Agent } from '../agent/agent.js';
 import { agentHome, paths } from '../agent/config.js';
 import { resolveAgentHome } from '../service/locations.js';
 import { agentAnswers, type ControlServer } from '../agent/control.js';
+import { isDiskFull, noSpaceLeft } from '../agent/disk.js';
 import { DropwireError, isDropwireError } from '../shared/errors.js';
 import { FolderLock } from '../shared/lock.js';
 import { chooseLogTarget, createLogger, destinationOf } from '../shared/log.js';
@@ -43,6 +44,13 @@ export async function runAgent(o: { home?: string } & ReachSettings): Promise<vo
     if (isDropwireError(err, 'DW_BAD_CONFIG') || isDropwireError(err, 'DW_NOT_ENROLLED')) {
       log.fatal({ code: err.code }, `refusing to start: ${err.message}`);
       throw Object.assign(err, { exitCode: EXIT_CONFIG });
+    }
+    if (isDiskFull(err) || noSpaceLeft(home)) {
+      // A running agent waits a full disk out; one that cannot even open its journal says why and exits
+      // (a service manager starts it again).
+      const full = new DropwireError('DW_DISK_FULL', `the disk of ${home} is full: the agent cannot open its journal (${(err as Error).message}); free some space`, { cause: err });
+      log.fatal({ code: full.code }, full.message);
+      throw full;
     }
     throw err;
   }

@@ -101,8 +101,11 @@ describe.skipIf(cannotMount !== undefined)('agent on a full disk', () => {
     expect(rec.runs().map((r) => r.id)).not.toContain(id);
 
     // Space again: delivered, handled exactly once, bytes intact.
+    const attemptsWhileFull = (await reconnects()) - before + 1;
     fs.rmSync(filler);
+    const freedAt = Date.now();
     const done = await s.api.until(id, ['handled', 'failed'], 60_000);
+    console.log(`full disk: ${attemptsWhileFull} attempts while full, 1 DW_DISK_FULL line; handled ${((Date.now() - freedAt) / 1000).toFixed(1)} s after space was freed`);
     expect(done.status).toBe('handled');
     const runs = rec.runs().filter((r) => r.id === id);
     expect(runs).toEqual([{ id, sha: sha256(body), name: 'order.xml' }]);
@@ -148,5 +151,22 @@ console.log('disk filled');\n`,
     expect(done.status).toBe('handled');
     expect((done.result as { output?: string }).output).toContain('disk filled');
     expect(fs.readFileSync(runs, 'utf8').trim().split('\n')).toEqual([id]);
+  });
+
+  it('an agent started on a full disk says DW_DISK_FULL and why, without a stack trace', async () => {
+    const s = await setup();
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-full-'));
+    expect(mountTmpfs(home, '1m')).toBeUndefined();
+    onTestFinished(() => {
+      execFileSync('umount', [home]);
+      fs.rmdirSync(home);
+    });
+    fs.cpSync(s.home, home, { recursive: true });
+    fill(path.join(home, 'filler'));
+    const r = await cli(['agent', '--home', home]);
+    expect(r.code).toBe(1);
+    // (Its log file cannot be written either, which it says once, on stderr.)
+    expect(r.stderr).toMatch(new RegExp(`^dropwire: DW_DISK_FULL: the disk of ${home} is full: the agent cannot open its journal .*; free some space$`, 'm'));
+    expect(r.stderr).not.toContain('    at ');
   });
 });

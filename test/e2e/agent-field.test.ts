@@ -44,6 +44,14 @@ describe('errors that say what to do', () => {
     expect(r.stderr.trim()).toBe('dropwire: DW_BAD_CONFIG: rule 2, from: bad glob: "{" without a closing "}"');
     expect(r.stderr).not.toContain('rules[');
     expect(JSON.parse(await cli(['rule', 'list', '--json', ...h]).then((x) => x.stdout))).toHaveLength(1);
+    // A config broken by hand: the rule commands name the rule by number, and the field in the file.
+    const file = path.join(s.home, 'config.json');
+    const cfg = JSON.parse(fs.readFileSync(file, 'utf8')) as { rules: unknown[] };
+    cfg.rules.push({ match: '*.{a', action: { type: 'open' } });
+    fs.writeFileSync(file, JSON.stringify(cfg));
+    r = await cli(['rule', 'list', ...h]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(`dropwire: DW_BAD_CONFIG: ${file}: rule 2, match: bad glob: "{" without a closing "}" (field rules[1].match); fix it there first`);
   });
 
   it('a device removed at the relay: logged once with what to do, dialed only every few minutes, shown by status', async () => {
