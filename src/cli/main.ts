@@ -24,7 +24,7 @@ relay
   .addOption(dataOpt())
   .option('--listen <host:port>', 'address agents connect to', '0.0.0.0:7390')
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
-  .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
+  .option('--public <addresses>', 'addresses agents dial, written into enrollment tokens: HOST:PORT and/or wss://HOST/v1/connect, comma-separated (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
   .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
   .option('--tls-key <file>', 'the PEM private key for --tls-cert')
@@ -38,7 +38,7 @@ device
   .command('add <name>')
   .description('register a device; prints its one-time enrollment token')
   .addOption(dataOpt())
-  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s)')
+  .option('--public <addresses>', 'relay addresses for the token, comma-separated (default: the running relay\'s)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
   .action(async (name: string, o: { data: string; public?: string; ttl: number }) => {
     const { addDevice } = await import('../relay/admin.js');
