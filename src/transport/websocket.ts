@@ -132,7 +132,8 @@ export class WebSocketStream extends EventEmitter implements ByteStream {
   private sendMessage(bytes: Uint8Array): void {
     this.bytesWritten += bytes.length;
     this.ws.send(bytes, { binary: true }, () => this.sent());
-    if (this.ws.bufferedAmount >= WS_DRAIN_BELOW) this.waitingDrain = true;
+    // Always armed: a write the kernel took at once leaves bufferedAmount small before the link saw it.
+    this.waitingDrain = true;
   }
 
   /** A message reached the socket: wake the writer once the backlog is gone. */
