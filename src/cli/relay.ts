@@ -2,11 +2,13 @@ import { listDevices, listTokens } from '../relay/admin.js';
 import { Relay } from '../relay/relay.js';
 import { parseHostPort } from '../shared/enrollment.js';
 import { DropwireError } from '../shared/errors.js';
+import { parseRelayList } from '../transport/address.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
 export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; tlsCert?: string; tlsKey?: string }): Promise<void> {
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new DropwireError('DW_BAD_TLS', '--tls-cert and --tls-key go together');
+  if (o.public) parseRelayList(o.public, '--public'); // a typo is refused here, not by every agent later
   const log = createLogger('relay');
   const relay = await Relay.start({
     dataDir: o.data,
