@@ -67,6 +67,7 @@ export async function enroll(o: { home: string; token: string; name?: string; ti
         reject(new DropwireError('DW_ENROLL_TIMEOUT', `no answer from the relay at ${relay}`));
       }, o.timeoutMs ?? 15_000);
       {
+        // The enrollment handshake (PROTOCOL 3.4) on the stream `reach` opened, whatever its transport.
         const conn = Connection.initiator({
           crypto: nodeCrypto,
           random,

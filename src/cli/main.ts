@@ -27,7 +27,7 @@ addNodeOptions(relay
   .addOption(dataOpt())
   .option('--listen <host:port>', 'address agents connect to', '0.0.0.0:7390')
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
-  .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
+  .option('--public <addresses>', 'addresses agents dial, written into enrollment tokens: HOST:PORT and/or wss://HOST/v1/connect, comma-separated (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
   .option('--body-timeout <s>', 'seconds an upload may send nothing before 408 DW_TIMEOUT', positiveNumber('--body-timeout'), 30)
   .option('--max-uploads <n>', 'uploads received at once, in total (429 DW_BUSY beyond)', positiveNumber('--max-uploads'), 1024)
@@ -47,7 +47,7 @@ device
   .description('register a device; prints its one-time enrollment token')
   .addOption(dataOpt())
   .addOption(storeOpt())
-  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s; a cluster\'s: all its agent addresses)')
+  .option('--public <addresses>', 'relay addresses for the token, comma-separated (default: the running relay\'s; a cluster\'s: all its agent addresses)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
   .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number }) => {
     const { runDeviceAdd } = await import('./relay.js');

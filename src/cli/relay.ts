@@ -5,11 +5,13 @@ import { addDevice, listDevices, listTokens, removeDevice, removeToken, type Adm
 import { Relay, type RelayInfo } from '../relay/relay.js';
 import { parseHostPort } from '../shared/enrollment.js';
 import { DropwireError } from '../shared/errors.js';
+import { parseRelayList } from '../transport/address.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
 export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }): Promise<void> {
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new DropwireError('DW_BAD_TLS', '--tls-cert and --tls-key go together');
+  if (o.public) parseRelayList(o.public, '--public'); // a typo is refused here, not by every agent later
   if (o.store) {
     // One node of a cluster (README "Several nodes").
     const { runNode } = await import('./relay-cluster.js');

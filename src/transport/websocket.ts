@@ -18,6 +18,22 @@ export const WS_DRAIN_BELOW = 256 * 1024;
 /** Options both sides give `ws`: no compression (records are encrypted, so they do not compress). */
 const WS_OPTIONS = { perMessageDeflate: false, maxPayload: MAX_WS_MESSAGE } as const;
 
+/** The stream a WebSocket feeds, for the listeners below, which every WebSocket shares (no closures per connection). */
+const STREAM = Symbol('dropwire.stream');
+type StreamedWebSocket = WebSocket & { [STREAM]?: WebSocketStream };
+
+function onMessage(this: StreamedWebSocket, data: RawData, isBinary: boolean): void {
+  this[STREAM]?.received(data as Buffer, isBinary);
+}
+
+function onError(this: StreamedWebSocket, err: Error): void {
+  this[STREAM]?.emit('error', err);
+}
+
+function onClose(this: StreamedWebSocket): void {
+  this[STREAM]?.closed();
+}
+
 /**
  * A WebSocket as a `ByteStream` (PROTOCOL 11.2): each `write` becomes one binary message and each binary
  * message received is handed on as 'data'; message boundaries mean nothing. Writes between `cork` and
@@ -43,20 +59,27 @@ export class WebSocketStream extends EventEmitter implements ByteStream {
     this.remoteAddress = remote.remoteAddress;
     this.remotePort = remote.remotePort;
     ws.binaryType = 'nodebuffer';
-    ws.on('message', (data: RawData, isBinary: boolean) => {
-      if (!isBinary) {
-        // PROTOCOL 11.3: text is not part of the stream.
-        ws.close(WS_UNSUPPORTED_DATA, 'binary messages only');
-        this.emit('error', new DropwireError('DW_BAD_WEBSOCKET', 'a text WebSocket message arrived; only binary messages carry the stream'));
-        return;
-      }
-      this.emit('data', data as Buffer);
-    });
-    ws.on('error', (err: Error) => this.emit('error', err));
-    ws.on('close', () => {
-      this.gone = true;
-      this.emit('close');
-    });
+    (ws as StreamedWebSocket)[STREAM] = this;
+    ws.on('message', onMessage);
+    ws.on('error', onError);
+    ws.on('close', onClose);
+  }
+
+  /** A WebSocket message (from the shared listeners above). */
+  received(data: Buffer, isBinary: boolean): void {
+    if (!isBinary) {
+      // PROTOCOL 11.3: text is not part of the stream.
+      this.ws.close(WS_UNSUPPORTED_DATA, 'binary messages only');
+      this.emit('error', new DropwireError('DW_BAD_WEBSOCKET', 'a text WebSocket message arrived; only binary messages carry the stream'));
+      return;
+    }
+    this.emit('data', data);
+  }
+
+  /** The WebSocket closed (from the shared listeners above). */
+  closed(): void {
+    this.gone = true;
+    this.emit('close');
   }
 
   get writableLength(): number {
@@ -132,7 +155,8 @@ export class WebSocketStream extends EventEmitter implements ByteStream {
   private sendMessage(bytes: Uint8Array): void {
     this.bytesWritten += bytes.length;
     this.ws.send(bytes, { binary: true }, () => this.sent());
-    if (this.ws.bufferedAmount >= WS_DRAIN_BELOW) this.waitingDrain = true;
+    // Always armed: a write the kernel took at once leaves bufferedAmount small before the link saw it.
+    this.waitingDrain = true;
   }
 
   /** A message reached the socket: wake the writer once the backlog is gone. */

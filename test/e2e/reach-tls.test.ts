@@ -158,7 +158,7 @@ describe.skipIf(!hasOpenssl() || !hasCurl)('relay start --tls-cert', () => {
     await pinned.kill();
   });
 
-  it('refuses to start with an unusable certificate (DW_BAD_TLS) or with only one of the two options', async () => {
+  it('refuses to start with an unusable certificate (DW_BAD_TLS), with only one of the two options, or with a bad --public address', async () => {
     const dir = tempDir();
     const bad = path.join(dir, 'bad.pem');
     fs.writeFileSync(bad, 'nothing here\n');
@@ -168,5 +168,8 @@ describe.skipIf(!hasOpenssl() || !hasCurl)('relay start --tls-cert', () => {
     const half = await cli(['relay', 'start', '--data', path.join(dir, 'relay'), '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--tls-cert', bad]);
     expect(half.code).toBe(1);
     expect(half.stderr).toContain('DW_BAD_TLS');
+    const pub = await cli(['relay', 'start', '--data', path.join(dir, 'relay'), '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--public', '127.0.0.1:7390,https://relay/v1/connect']);
+    expect(pub.code).toBe(1);
+    expect(pub.stderr).toContain('DW_BAD_ADDRESS');
   });
 });
