@@ -169,6 +169,11 @@ describe.skipIf(why !== undefined)('a relay of three nodes on Redis', () => {
     }, 30_000, 'node2 shown dead');
     expect(dead).toBeDefined();
     expect(Date.now() - killedAt).toBeGreaterThanOrEqual(8_000); // heartbeats every 2 s: dead 10 s after the last one
+
+    // A node stopped cleanly (SIGTERM) leaves the list at once and gives its sessions and lease up.
+    await n3.proc!.kill('SIGTERM');
+    const left = JSON.parse(await cliOk(['relay', 'nodes', '--json', '--store', c.url])) as { name: string }[];
+    expect(left.map((n) => n.name)).not.toContain('node3');
     await again2.kill();
   }, 300_000);
 });
