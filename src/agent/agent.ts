@@ -5,7 +5,7 @@ import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
 import type { ProtocolError } from '../protocol/errors.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
-import { encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
+import { CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
 import { parseTransportMode, type TransportMode } from '../transport/address.js';
 import { Dialer, type Backoff } from '../transport/dialer.js';
@@ -21,6 +21,7 @@ import { baseEnv, runAction, type Outcome } from './handlers/index.js';
 import { Journal } from './journal.js';
 import { checkName, safeName } from './names.js';
 import { matchRule } from './rules.js';
+import { RedirectFollower } from './redirect.js';
 import { Spool, type Transfer } from './spool.js';
 
 /** How long the agent waits between attempts once the relay says it does not know this device. */
@@ -43,6 +44,8 @@ export interface AgentOptions {
   ca?: string;
   /** In auto mode, how long a TCP dial may take before WSS is tried (default FALLBACK_AFTER_MS). */
   fallbackAfterMs?: number;
+  /** Refuse every REDIRECT (PROTOCOL 7.16): `--refuse-redirects`; also `"redirects": false` in the config. */
+  refuseRedirects?: boolean;
   signal?: AbortSignal;
 }
 
@@ -73,6 +76,7 @@ export class Agent {
   private readonly session: Session;
   private readonly dialer: Dialer;
   private readonly reach: RelayReach;
+  private readonly redirects: RedirectFollower;
   /** How each link was opened (address, transport, proxy), until its session is established. */
   private readonly routes = new WeakMap<Link, OpenedStream>();
   /** The last fallback logged at warn level (cleared once a session is up). */
@@ -163,6 +167,27 @@ export class Agent {
         },
       },
     });
+    this.redirects = new RedirectFollower({
+      log: o.log,
+      dialer: this.dialer,
+      follow: () => o.refuseRedirects !== true && this.config.redirects !== false,
+      open: (address, signal) =>
+        new RelayReach({ relays: [address], mode: this.reach.mode, proxy: o.proxy ?? this.config.proxy, caFile: o.ca ?? this.config.ca }).open(signal),
+      connection: (requestId) =>
+        Connection.initiator({
+          crypto: o.crypto ?? nodeCrypto,
+          random,
+          staticKey: this.keys,
+          remoteStatic: fromHex(this.config.relayKey),
+          session: this.session,
+          timestamp: this.journal.nextTimestamp(Date.now()),
+          now: Date.now(),
+          timers: o.timers ?? {},
+          handover: requestId,
+        }),
+      refuse: (rid, code) => this.send(MessageType.REDIRECT_REFUSED, { rid, code }),
+      current: () => this.status.relay,
+    });
     o.signal?.addEventListener('abort', () => void this.close(), { once: true });
   }
 
@@ -215,6 +240,7 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     this.abort.abort();
+    this.redirects.close();
     for (const t of this.retryTimers) clearTimeout(t);
     this.retryTimers.clear();
     this.configWatcher?.removeAllListeners();
@@ -277,6 +303,17 @@ export class Agent {
   }
 
   private onClose(err: ProtocolError, link: Link): void {
+    if (this.link !== undefined && this.link !== link) {
+      this.routes.delete(link); // the connection a hand-over replaced (PROTOCOL 7.15): the session is on the new one
+      return;
+    }
+    if (err.cause === 'DW_REDIRECTED' && this.redirects.busy) {
+      // PROTOCOL 7.15 step 6: the old node let go; the new connection takes the session in a moment.
+      this.o.log.info('old relay connection closed for the hand-over');
+      if (this.link === link) this.link = undefined;
+      this.status.connected = false;
+      return;
+    }
     const route = this.routes.get(link);
     // A stream that opened but never carried a session (a proxy or terminator in the way): next address.
     if (route) this.reach.failed(route.address);
@@ -309,7 +346,7 @@ export class Agent {
       this.send(MessageType.RECEIVED, { id: e.id });
       if (e.state === 'done' && e.status) this.send(MessageType.RESULT, resultHeader(e.id, e.status, e.code, e.result));
     }
-    this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials() });
+    this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials(), caps: [CAP_REDIRECT] });
   }
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {
@@ -384,6 +421,9 @@ export class Agent {
         }
         return;
       }
+      case MessageType.REDIRECT:
+        this.redirects.onRedirect(m.header);
+        return;
       case MessageType.CANCEL:
         if (this.transfer?.id === m.header.id) {
           this.transfer.abandon();

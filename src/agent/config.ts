@@ -24,6 +24,8 @@ export interface AgentConfig {
   rules: Rule[];
   /** What happens to the spooled file after its handler: removed, or kept in the spool. */
   retention: 'remove' | 'keep';
+  /** False: refuse every REDIRECT to another relay node (PROTOCOL 7.16); default true. */
+  redirects?: boolean;
 }
 
 /** The agent's folder: --home, DROPWIRE_HOME, or a per-user default. */
@@ -84,6 +86,7 @@ export function loadAgentConfig(home: string): AgentConfig {
   if (typeof raw.relayKey !== 'string' || !/^[0-9a-f]{64}$/.test(raw.relayKey)) throw bad('relayKey', 'must be 64 hex digits');
   const retention = raw.retention ?? 'remove';
   if (retention !== 'remove' && retention !== 'keep') throw bad('retention', "must be 'remove' or 'keep'");
+  if (raw.redirects !== undefined && typeof raw.redirects !== 'boolean') throw bad('redirects', 'must be true or false');
   let rules: Rule[];
   try {
     rules = validateRules(raw.rules ?? []);
@@ -100,6 +103,7 @@ export function loadAgentConfig(home: string): AgentConfig {
     relayKey: raw.relayKey,
     rules,
     retention,
+    ...(raw.redirects === false ? { redirects: false } : {}),
   };
 }
 

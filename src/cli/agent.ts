@@ -27,7 +27,7 @@ function reachSettings(o: ReachSettings): ReachSettings {
   return { ...(o.relay ? { relay: o.relay } : {}), ...(o.transport ? { transport: o.transport } : {}), ...(o.proxy ? { proxy: o.proxy } : {}), ...(o.ca ? { ca: o.ca } : {}) };
 }
 
-export async function runAgent(o: { home?: string } & ReachSettings): Promise<void> {
+export async function runAgent(o: { home?: string; refuseRedirects?: boolean } & ReachSettings): Promise<void> {
   const home = resolveAgentHome(o.home);
   // Before anything opens the journal or writes the log: one agent per folder. The lock is the OS's
   // (released when the process ends, however); the socket check also catches an agent without one.
@@ -39,7 +39,7 @@ export async function runAgent(o: { home?: string } & ReachSettings): Promise<vo
   let agent: Agent;
   try {
     const { transport, ...r } = reachSettings(o);
-    agent = new Agent({ home, log, ...r, ...(transport ? { transport: parseTransportMode(transport) } : {}) });
+    agent = new Agent({ home, log, ...r, ...(transport ? { transport: parseTransportMode(transport) } : {}), ...(o.refuseRedirects ? { refuseRedirects: true } : {}) });
   } catch (err) {
     if (isDropwireError(err, 'DW_BAD_CONFIG') || isDropwireError(err, 'DW_NOT_ENROLLED')) {
       log.fatal({ code: err.code }, `refusing to start: ${err.message}`);

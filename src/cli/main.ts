@@ -137,7 +137,8 @@ program
   .addOption(transportOpt())
   .option('--proxy <url>', 'HTTP(S) proxy for wss:// (overrides the config and HTTPS_PROXY)')
   .option('--ca <file>', 'PEM file of a private CA (overrides the config)')
-  .action(async (o: { home?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
+  .option('--refuse-redirects', 'stay on the relay node reached: refuse every move to another node (config "redirects": false)')
+  .action(async (o: { home?: string; relay?: string; transport?: string; proxy?: string; ca?: string; refuseRedirects?: boolean }) => {
     const { runAgent } = await import('./agent.js');
     await runAgent(o);
   });

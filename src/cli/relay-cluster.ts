@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { Command, Option } from 'commander';
+import { registerMoveCommands } from './relay-moves.js';
 
 /**
  * The cluster's command line (README "Several nodes"): `relay cluster init`, `relay nodes`, and the
@@ -67,12 +68,15 @@ export async function runNode(o: NodeCliOptions): Promise<void> {
   // SIGHUP re-reads the TLS certificate and key (a renewal); open connections stay up.
   const onHup = () => void relay.reloadTls();
   if (o.tlsCert) process.on('SIGHUP', onHup);
-  await untilSignal();
+  // Until a signal, or until `relay drain` has emptied this node (it then leaves the cluster).
+  const why = await Promise.race([untilSignal(), relay.drained.then(() => 'drained' as const)]);
+  if (why === 'drained') log.info('node drained; stopping');
   process.off('SIGHUP', onHup);
   await relay.close();
 }
 
 export function registerClusterCommands(relay: Command): void {
+  registerMoveCommands(relay);
   const cluster = relay.command('cluster').description('several relay nodes acting as one relay, their state in Redis');
   cluster
     .command('init')

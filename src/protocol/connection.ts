@@ -39,6 +39,8 @@ export type Output =
   | { type: 'lost'; code: string }
   /** The replay buffer fell to its low-water mark: writing may go on. */
   | { type: 'drain' }
+  /** Responder, after a HANDOVER (PROTOCOL 7.15 step 8): the initiator's count; this connection sends from it. */
+  | { type: 'position'; received: number }
   /** Close the socket after the writes already returned; nothing more comes from this connection. */
   | { type: 'close'; error: ProtocolError };
 
@@ -59,6 +61,8 @@ export interface InitiatorOptions extends ConnectionOptions {
   /** Strictly increasing per device key; the responder refuses a repeat (PROTOCOL 3.7). */
   timestamp: number;
   enroll?: { name: string; secret: string };
+  /** Follow a REDIRECT (PROTOCOL 7.15): take the established session to another node with this request id. */
+  handover?: Uint8Array;
 }
 
 type State = 'magic' | 'handshake' | 'deciding' | 'established' | 'closed';
@@ -87,6 +91,9 @@ export class Connection {
   private lastSent: number;
   private pongDue = false;
   private closeAfterWrite: ProtocolError | undefined;
+  /** Initiator: this connection asked HANDOVER. Responder: no DATA until the initiator's first count (7.15). */
+  private handover = false;
+  private awaitingCount = false;
   remoteStatic: Uint8Array | undefined;
 
   private constructor(role: 'initiator' | 'responder', o: ConnectionOptions, handshake: HandshakeState) {
@@ -113,12 +120,14 @@ export class Connection {
     c.remoteStatic = o.remoteStatic;
     const s = o.session;
     const resume = s.established && !s.closed;
+    c.handover = resume && o.handover !== undefined;
     const hello: ClientHello = {
-      kind: resume ? HelloKind.RESUME : o.enroll ? HelloKind.ENROLL : HelloKind.NEW,
+      kind: c.handover ? HelloKind.HANDOVER : resume ? HelloKind.RESUME : o.enroll ? HelloKind.ENROLL : HelloKind.NEW,
       timestamp: o.timestamp,
       sessionId: resume ? s.id : new Uint8Array(SESSION_ID_LENGTH),
       received: resume ? s.received : 0,
       ...(o.enroll && !resume ? { enroll: o.enroll } : {}),
+      ...(c.handover ? { requestId: o.handover! } : {}),
     };
     const msg1 = hs.writeMessage(encodeClientHello(hello)); // -> e, es, s, ss
     c.emitWrite(concat([MAGIC, encodeFrame(msg1)]), o.now);
@@ -190,6 +199,7 @@ export class Connection {
   accept(session: Session, now: number): void {
     if (this.state !== 'deciding' || !this.hello) throw new ProtocolError(ProtocolCode.PROTOCOL, 'accept() without a pending hello');
     const h = this.hello;
+    if (h.kind === HelloKind.HANDOVER) return this.acceptHandover(session, h, now);
     const resumed = session.established && h.kind === HelloKind.RESUME && equal(session.id, h.sessionId);
     const result = resumed ? HelloResult.RESUMED : h.kind === HelloKind.RESUME ? HelloResult.LOST : HelloResult.NEW;
     const peerReceived = resumed ? h.received : 0;
@@ -203,6 +213,23 @@ export class Connection {
     session.attach(this, peerReceived);
     session.ackSent = session.received;
     this.establish(now, resumed);
+  }
+
+  /**
+   * PROTOCOL 7.15 step 7: a HANDOVER carries the session handed over by another node. Its result is RESUMED
+   * with this side's count; where the initiator's stream goes on is known only from its first counter record
+   * (step 8), so no DATA goes out before it.
+   */
+  private acceptHandover(session: Session, h: ClientHello, now: number): void {
+    if (!session.established || session.closed || !equal(session.id, h.sessionId)) throw new ProtocolError(ProtocolCode.PROTOCOL, 'a HANDOVER must be accepted with the session it names');
+    const msg2 = this.handshake.writeMessage(encodeServerHello({ result: HelloResult.RESUMED, sessionId: session.id, received: session.received }));
+    this.emitWrite(encodeFrame(msg2), now);
+    this.session = session;
+    this.hello = undefined;
+    session.attach(this, session.out.base);
+    session.ackSent = session.received;
+    this.awaitingCount = true;
+    this.establish(now, true);
   }
 
   /** Responder, after a `hello` output: answer with a refusal code and close (PROTOCOL 3.5). */
@@ -282,6 +309,7 @@ export class Connection {
     if (h.result === HelloResult.REFUSED) {
       throw new ProtocolError(ProtocolCode.HANDSHAKE_REFUSED, `relay refused: ${h.code}`, { cause: h.code });
     }
+    if (this.handover) return this.handedOver(h.result, h.sessionId, h.received, now);
     if (h.result === HelloResult.RESUMED) {
       if (!s.established || !equal(h.sessionId, s.id)) throw new ProtocolError(ProtocolCode.PROTOCOL, 'msg 2: resumed a session not asked for');
       if (h.received > s.out.end) throw new ProtocolError(ProtocolCode.PROTOCOL, 'msg 2: peer claims bytes never sent');
@@ -310,6 +338,22 @@ export class Connection {
     if (h.received !== 0) throw new ProtocolError(ProtocolCode.PROTOCOL, 'msg 2: new session with a non-zero count');
     s.attach(this, 0);
     this.establish(now, false);
+    return true;
+  }
+
+  /**
+   * PROTOCOL 7.15 steps 7-8, initiator: the new node RESUMED the session. It supersedes the old connection
+   * (nothing more is taken from it), and the first record is this side's count, final from here on. Any other
+   * answer leaves the session untouched on the old connection.
+   */
+  private handedOver(result: HelloResult, sessionId: Uint8Array, received: number, now: number): boolean {
+    const s = this.session!;
+    if (result !== HelloResult.RESUMED || !s.established || s.closed || !equal(sessionId, s.id)) throw new ProtocolError(ProtocolCode.PROTOCOL, 'msg 2: a hand-over must resume the session');
+    if (received > s.wire || !s.canResume(received)) throw new ProtocolError(ProtocolCode.PROTOCOL, 'msg 2: hand-over count outside what was sent');
+    s.attach(this, received);
+    s.ackSent = s.received;
+    this.establish(now, true);
+    this.sendCounter(RecordType.ACK, now);
     return true;
   }
 
@@ -359,7 +403,7 @@ export class Connection {
       this.sendCounter(RecordType.ACK, now);
       return true;
     }
-    if (allowData && s.wire < s.out.end) {
+    if (allowData && !this.awaitingCount && s.wire < s.out.end) {
       // The type byte, then views of the replay buffer: sealed from where the bytes are, never copied.
       const plain = [DATA_TYPE];
       s.wire += s.out.readInto(s.wire, MAX_DATA_PAYLOAD, plain);
@@ -394,11 +438,11 @@ export class Connection {
         return;
       case RecordType.PING:
         this.pongDue = true;
-        s.acknowledge(r.received);
+        this.counted(s, r.received);
         return;
       case RecordType.ACK:
       case RecordType.PONG:
-        s.acknowledge(r.received);
+        this.counted(s, r.received);
         return;
       case RecordType.CLOSE:
         if (r.code === ProtocolCode.SESSION_LOST) {
@@ -408,6 +452,17 @@ export class Connection {
         this.fail(new ProtocolError(ProtocolCode.PEER_CLOSED, `peer closed: ${r.code}`, { cause: r.code }));
         return;
     }
+  }
+
+  private counted(s: Session, received: number): void {
+    if (this.awaitingCount) {
+      // PROTOCOL 7.15 step 8: the first count after a HANDOVER says where this connection sends from.
+      if (received < s.out.base || received > s.out.end) throw new ProtocolError(ProtocolCode.PROTOCOL, `hand-over count ${received} outside ${s.out.base}..${s.out.end}`);
+      this.awaitingCount = false;
+      s.wire = received;
+      this.outputs.push({ type: 'position', received });
+    }
+    s.acknowledge(received);
   }
 
   private deliver(s: Session, bytes: Uint8Array): void {

@@ -3,7 +3,7 @@ import { ProtocolCode, ProtocolError } from './errors.js';
 import { MAX_ENROLL_FIELD, PROTOCOL_VERSION, SESSION_ID_LENGTH } from './limits.js';
 
 /** PROTOCOL 3.4: what the initiator asks for, inside handshake message 1. */
-export const HelloKind = { NEW: 0, RESUME: 1, ENROLL: 2 } as const;
+export const HelloKind = { NEW: 0, RESUME: 1, ENROLL: 2, HANDOVER: 3 } as const;
 export type HelloKind = (typeof HelloKind)[keyof typeof HelloKind];
 
 export interface ClientHello {
@@ -16,6 +16,8 @@ export interface ClientHello {
   received: number;
   /** ENROLL only: the device name and one-time secret from the enrollment token. */
   enroll?: { name: string; secret: string };
+  /** HANDOVER only (PROTOCOL 3.4, 7.15): the 16-byte request id of the REDIRECT being followed. */
+  requestId?: Uint8Array;
 }
 
 /** PROTOCOL 3.5: the responder's answer, inside handshake message 2. */
@@ -31,6 +33,8 @@ export interface ServerHello {
 }
 
 const CLIENT_FIXED = 1 + 1 + 8 + SESSION_ID_LENGTH + 8;
+/** PROTOCOL 3.4: a HANDOVER hello ends with the 16-byte request id of the REDIRECT (7.15). */
+export const REQUEST_ID_LENGTH = 16;
 const SERVER_FIXED = 1 + 1 + SESSION_ID_LENGTH + 8;
 const enc = new TextEncoder();
 const dec = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }); // a leading U+FEFF is part of the field
@@ -51,7 +55,8 @@ export function encodeClientHello(h: ClientHello): Uint8Array {
     if (!h.enroll) throw bad('ENROLL without enroll fields');
     extra.push(short(h.enroll.name), short(h.enroll.secret));
   }
-  const extraLen = extra.reduce((n, b) => n + 1 + b.length, 0);
+  if (h.kind === HelloKind.HANDOVER && (!h.requestId || h.requestId.length !== REQUEST_ID_LENGTH)) throw bad('HANDOVER without a 16-byte request id');
+  const extraLen = extra.reduce((n, b) => n + 1 + b.length, 0) + (h.kind === HelloKind.HANDOVER ? REQUEST_ID_LENGTH : 0);
   const out = new Uint8Array(CLIENT_FIXED + extraLen);
   const v = new DataView(out.buffer);
   out[0] = PROTOCOL_VERSION;
@@ -65,6 +70,7 @@ export function encodeClientHello(h: ClientHello): Uint8Array {
     out.set(b, o);
     o += b.length;
   }
+  if (h.kind === HelloKind.HANDOVER) out.set(h.requestId!, o);
   return out;
 }
 
@@ -72,7 +78,7 @@ export function decodeClientHello(b: Uint8Array): ClientHello {
   if (b.length < CLIENT_FIXED) throw bad('client hello too short');
   if (b[0] !== PROTOCOL_VERSION) throw bad(`unsupported version ${b[0]}`);
   const kind = b[1]!;
-  if (kind !== HelloKind.NEW && kind !== HelloKind.RESUME && kind !== HelloKind.ENROLL) throw bad(`unknown kind ${kind}`);
+  if (kind !== HelloKind.NEW && kind !== HelloKind.RESUME && kind !== HelloKind.ENROLL && kind !== HelloKind.HANDOVER) throw bad(`unknown kind ${kind}`);
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const timestamp = readU64(v, 2);
   const received = readU64(v, 10 + SESSION_ID_LENGTH);
@@ -92,6 +98,11 @@ export function decodeClientHello(b: Uint8Array): ClientHello {
       o += 1 + n;
     }
     hello.enroll = { name: fields[0]!, secret: fields[1]! };
+  }
+  if (kind === HelloKind.HANDOVER) {
+    if (o + REQUEST_ID_LENGTH > b.length) throw bad('request id truncated');
+    hello.requestId = b.slice(o, o + REQUEST_ID_LENGTH);
+    o += REQUEST_ID_LENGTH;
   }
   if (o !== b.length) throw bad('trailing bytes in client hello');
   return hello;

@@ -18,6 +18,9 @@ export const MessageType = {
   CANCEL: 8,
   PRESENCE_QUERY: 9,
   PRESENCE: 10,
+  // 11-16 are the send messages (PROTOCOL 7.14 on the send branch); the redirect takes the next ones.
+  REDIRECT: 17,
+  REDIRECT_REFUSED: 18,
 } as const;
 export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
@@ -27,7 +30,7 @@ export interface Headers {
    * Agent → relay on every new stream, after re-sending unconfirmed reports: the partial files it holds.
    * `agent` names what it runs, `dropwire/<version> (<commit>)` (PROTOCOL 7.3).
    */
-  [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[] };
+  [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[]; caps?: string[] };
   /** Relay → agent: a file follows from `offset` in CHUNKs. */
   [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number };
   /** Relay → agent: the next bytes of the current file `id`. */
@@ -46,7 +49,17 @@ export interface Headers {
   [MessageType.PRESENCE_QUERY]: { qid: number; device: string };
   /** Relay → agent: the answer to PRESENCE_QUERY `qid`; `known` false for a device that does not exist. */
   [MessageType.PRESENCE]: { qid: number; device: string; known: boolean; online: boolean; lastSeen: number | null };
+  /** Relay → agent (PROTOCOL 7.15): continue this session at the node `to` before `deadline` (Unix ms), presenting `rid`. */
+  [MessageType.REDIRECT]: { rid: string; to: string; deadline: number };
+  /** Agent → relay (PROTOCOL 7.16): the agent stays where it is; `code` says why. */
+  [MessageType.REDIRECT_REFUSED]: { rid: string; code: string };
 }
+
+/** PROTOCOL 7.3: the capability an agent lists in HELLO `caps` when it understands REDIRECT (7.15). */
+export const CAP_REDIRECT = 'redirect';
+/** PROTOCOL 7.15: a request id is 16 bytes, written as 32 lowercase hex digits. */
+export const isRequestId = (x: unknown): x is string => typeof x === 'string' && /^[0-9a-f]{32}$/.test(x);
+const KNOWN_TYPES: ReadonlySet<number> = new Set(Object.values(MessageType));
 
 /**
  * A decoded message. `parts` is the body as it arrived (views of the received records, no copy: a
@@ -98,6 +111,7 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
         if (typeof p !== 'object' || p === null || !isStr(p.id) || !isCount(p.have)) throw fail('partial');
       }
       if (typeof h.agent !== 'string') throw fail('agent');
+      if (h.caps !== undefined && (!Array.isArray(h.caps) || h.caps.length > 64 || !h.caps.every(isStr))) throw fail('caps');
       break;
     }
     case MessageType.FILE:
@@ -129,6 +143,15 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
       if (typeof h.known !== 'boolean') throw fail('known');
       if (typeof h.online !== 'boolean') throw fail('online');
       if (h.lastSeen !== null && !isCount(h.lastSeen)) throw fail('lastSeen');
+      break;
+    case MessageType.REDIRECT:
+      if (!isRequestId(h.rid)) throw fail('rid');
+      if (!isStr(h.to)) throw fail('to');
+      if (!isCount(h.deadline)) throw fail('deadline');
+      break;
+    case MessageType.REDIRECT_REFUSED:
+      if (!isRequestId(h.rid)) throw fail('rid');
+      if (typeof h.code !== 'string' || !/^DW_[A-Z0-9_]{1,60}$/.test(h.code)) throw fail('code');
       break;
     case MessageType.RESTART:
       if (!isStr(h.id)) throw fail('id');
@@ -162,6 +185,22 @@ export class MessageDecoder {
     return this.input.length;
   }
 
+  /**
+   * The bytes of a message begun but not complete (PROTOCOL 7.15: handed over with the session), taking
+   * them out; a decoder fed them again continues where this one stopped.
+   */
+  takePending(): Uint8Array {
+    const rest = this.input.take(this.input.length);
+    if (!this.prefix) return rest;
+    const head = new Uint8Array(PREFIX);
+    const v = new DataView(head.buffer);
+    head[0] = this.prefix.type;
+    v.setUint16(1, this.prefix.headerLength);
+    v.setUint32(3, this.prefix.bodyLength);
+    this.prefix = undefined;
+    return concat([head, rest]);
+  }
+
   next(): Message | undefined {
     if (!this.prefix) {
       if (this.input.length < PREFIX) return undefined;
@@ -170,7 +209,7 @@ export class MessageDecoder {
       const type = p[0]!;
       const headerLength = v.getUint16(1);
       const bodyLength = v.getUint32(3);
-      if (type < MessageType.HELLO || type > MessageType.PRESENCE) throw bad(`unknown message type ${type}`);
+      if (!KNOWN_TYPES.has(type)) throw bad(`unknown message type ${type}`);
       if (headerLength > MAX_MESSAGE_HEADER) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `header ${headerLength} > ${MAX_MESSAGE_HEADER}`);
       if (bodyLength > MAX_MESSAGE_BODY) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `body ${bodyLength} > ${MAX_MESSAGE_BODY}`);
       this.prefix = { type, headerLength, bodyLength };

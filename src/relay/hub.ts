@@ -6,7 +6,8 @@ import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { ProtocolCode } from '../protocol/errors.js';
 import { HelloKind, isFresh, type ClientHello } from '../protocol/hello.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
-import { agentVersionOf, encodeMessage, MessageDecoder, MessageType, type Message } from '../protocol/messages.js';
+import { exportSession, restoreSession, type SessionHandoverState } from '../protocol/handover.js';
+import { agentVersionOf, CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
 import type { Link } from '../transport/link.js';
 import { random } from '../transport/identity.js';
@@ -47,6 +48,19 @@ export interface HubCluster {
   /** Records a presence change for the cluster; true when it is an event (once per cluster). */
   presence(device: string, online: boolean): Promise<boolean>;
   onlineElsewhere(device: string): boolean;
+  /**
+   * PROTOCOL 7.15 step 5-6 at the target: checks a HANDOVER's request and brings the session's state from
+   * the node that held it; rejects with a `{ code }` to refuse the handshake.
+   */
+  takeHandover?(device: string, requestId: string, sessionId: Uint8Array): Promise<SessionHandoverState>;
+}
+
+/** What the hub tells about redirects (src/relay/cluster/redirect.ts listens). */
+export interface RedirectEvents {
+  /** The agent answered REDIRECT_REFUSED (PROTOCOL 7.16). */
+  refused: { device: string; rid: string; code: string };
+  /** After a HANDOVER, the agent's count arrived: `resent` bytes were on the old wire and go out again. */
+  position: { device: string; received: number; resent: number };
 }
 
 export interface HubOptions {
@@ -98,6 +112,10 @@ interface Peer {
    * them is checked and applied without reading the message back from the store.
    */
   sentTo: Map<string, string> | undefined;
+  /** The agent listed `redirect` in HELLO `caps` (PROTOCOL 7.3): it may be sent REDIRECT. */
+  redirectable?: boolean;
+  /** Taken over by HANDOVER: how far the old node had put its stream on the wire (for the re-sent count). */
+  handedWire?: number;
 }
 
 /** A message handed straight to a caught-up delivery loop, with its inline body when the caller has it. */
@@ -122,6 +140,8 @@ export class Hub extends EventEmitter {
   private readonly byLink = new Map<Link, Peer>();
   private readonly now: () => number;
   private closed = false;
+  /** A node being drained: new agents are refused (`DW_NODE_DRAINING`), `/healthz` says 503. */
+  draining = false;
   /** Bytes of each file written into a stream so far, until it is received (to report re-sends). */
   private readonly progress = new Map<string, number>();
   /**
@@ -170,6 +190,69 @@ export class Hub extends EventEmitter {
       p.caughtUp = false;
     }
     this.deliver(p);
+  }
+
+  /** Devices with a live connection here, and whether each understands REDIRECT. */
+  liveDevices(): { device: string; redirectable: boolean }[] {
+    const out: { device: string; redirectable: boolean }[] = [];
+    for (const p of this.peers.values()) if (p.link?.connection.isEstablished) out.push({ device: p.device, redirectable: p.redirectable === true });
+    return out;
+  }
+
+  /** The id of the device's session here, if any. */
+  sessionId(device: string): Uint8Array | undefined {
+    return this.peers.get(device)?.session.id;
+  }
+
+  /** PROTOCOL 7.15 step 2: sends REDIRECT on the device's live session; false when it cannot be sent one. */
+  redirect(device: string, header: Headers[typeof MessageType.REDIRECT]): boolean {
+    const p = this.peers.get(device);
+    if (!p || p.redirectable !== true || !p.ready || p.link?.connection.isEstablished !== true) return false;
+    this.send(p, MessageType.REDIRECT, header);
+    return true;
+  }
+
+  /**
+   * PROTOCOL 7.15 step 6 at the source: stops writing to the device's session (at a message boundary), ends
+   * its connection with CLOSE(DW_REDIRECTED), and gives the session's state for the next node; the session is
+   * gone from here. Undefined when this hub holds no session of the device.
+   */
+  async handOut(device: string): Promise<SessionHandoverState | undefined> {
+    const p = this.peers.get(device);
+    if (!p || p.session.closed) return undefined;
+    const ready = p.ready;
+    p.gen++; // the delivery loop stops before its next write
+    p.ready = false;
+    clearTimeout(p.linger);
+    const link = p.link;
+    p.link = undefined;
+    if (link) {
+      this.byLink.delete(link);
+      link.close('DW_REDIRECTED'); // nothing more is read: `received` is final; unsent bytes stay in the buffer
+    }
+    for (const w of p.drainWaiters.splice(0)) w();
+    for (let i = 0; i < 400 && p.delivering; i++) await new Promise((r) => setTimeout(r, 5));
+    await (this.pendingWrites.get(p) ?? Promise.resolve()).catch(() => {});
+    await new Promise((r) => setImmediate(r)); // CONFIRMs of the writes just settled go into the stream
+    if (this.peers.get(device) !== p || p.session.closed) return undefined;
+    const partial: Record<string, number> = Object.fromEntries(p.partial ?? []);
+    // The file in flight continues from what was written of it (PROTOCOL 7.15: no byte sent twice).
+    for (const id of p.sentTo?.keys() ?? []) {
+      const written = this.progress.get(id);
+      if (written !== undefined && written > 0) partial[id] = written;
+    }
+    const state = exportSession(p.session, p.decoder.takePending(), {
+      ready,
+      cursor: p.cursor,
+      partial,
+      resend: Object.fromEntries(p.resend ?? []),
+      sentTo: Object.fromEntries(p.sentTo ?? []),
+      redirectable: p.redirectable === true,
+    });
+    p.session.close();
+    this.forget(p);
+    this.o.log.info({ device, session: toHex(state.id).slice(0, 8), unacknowledged: state.bytes.length, received: state.received }, 'session handed out');
+    return state;
   }
 
   /** Drops a device's session and link at once (the device was removed). */
@@ -237,6 +320,14 @@ export class Hub extends EventEmitter {
       case 'drain': {
         const p = this.byLink.get(link);
         if (p) for (const w of p.drainWaiters.splice(0)) w();
+        return;
+      }
+      case 'position': {
+        const p = this.byLink.get(link);
+        if (!p || p.handedWire === undefined) return;
+        const resent = Math.max(0, p.handedWire - out.received);
+        p.handedWire = undefined;
+        this.emit('redirect.position', { device: p.device, received: out.received, resent } satisfies RedirectEvents['position']);
         return;
       }
     }
@@ -367,6 +458,8 @@ export class Hub extends EventEmitter {
     if (!isFresh(hello, device.lastHandshakeTs)) return refuse('DW_HANDSHAKE_REPLAYED', 'handshake timestamp not fresh');
     await store.touchDevice(device.name, this.now(), hello.timestamp);
     if (link.connection.isClosed || this.closed) return;
+    if (this.draining) return refuse('DW_NODE_DRAINING', 'this node is being drained');
+    if (hello.kind === HelloKind.HANDOVER) return this.takeHandover(link, device.name, hello, refuse);
     if (this.o.cluster) {
       await this.o.cluster.claim(device.name);
       if (link.connection.isClosed || this.closed) return;
@@ -384,6 +477,40 @@ export class Hub extends EventEmitter {
     p!.link = link;
     this.byLink.set(link, p!);
     link.connection.accept(p!.session, this.now());
+    link.pump();
+  }
+
+  /** PROTOCOL 7.15 step 7 at the target: the session continues here at the same counts. */
+  private async takeHandover(link: Link, device: string, hello: ClientHello, refuse: (code: string, why: string) => void): Promise<void> {
+    const cluster = this.o.cluster;
+    if (!cluster?.takeHandover || !hello.requestId) return refuse('DW_REDIRECT_UNKNOWN', 'no such redirect request');
+    let state: SessionHandoverState;
+    try {
+      state = await cluster.takeHandover(device, toHex(hello.requestId), hello.sessionId);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      return refuse(code?.startsWith('DW_') ? code : 'DW_INTERNAL', (err as Error).message);
+    }
+    if (link.connection.isClosed || this.closed) {
+      cluster.released(device);
+      return;
+    }
+    const old = this.peers.get(device);
+    if (old) this.retire(old, ProtocolCode.SESSION_LOST);
+    const p = this.newPeer(device);
+    p.session = restoreSession(state, this.o.limits ?? {});
+    const st = state.state as { ready?: boolean; cursor?: number; partial?: Record<string, number>; resend?: Record<string, number>; sentTo?: Record<string, string>; redirectable?: boolean };
+    p.ready = st.ready === true;
+    p.cursor = st.cursor ?? 0;
+    p.redirectable = st.redirectable === true;
+    if (st.partial && Object.keys(st.partial).length > 0) p.partial = new Map(Object.entries(st.partial));
+    if (st.resend && Object.keys(st.resend).length > 0) p.resend = new Map(Object.entries(st.resend));
+    if (st.sentTo && Object.keys(st.sentTo).length > 0) p.sentTo = new Map(Object.entries(st.sentTo));
+    if (state.pending.length > 0) p.decoder.push(state.pending);
+    p.handedWire = state.wire;
+    p.link = link;
+    this.byLink.set(link, p);
+    link.connection.accept(p.session, this.now());
     link.pump();
   }
 
@@ -451,6 +578,7 @@ export class Hub extends EventEmitter {
     switch (m.type) {
       case MessageType.HELLO: {
         for (const { id, have } of m.header.partial) (p.partial ??= new Map()).set(id, have);
+        p.redirectable = m.header.caps?.includes(CAP_REDIRECT) === true;
         const version = agentVersionOf(m.header.agent); // PROTOCOL 7.3; shown by GET /v1/devices/NAME
         if (version) this.o.store.setAgentVersion(p.device, version).catch(() => {});
         // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
@@ -478,6 +606,9 @@ export class Hub extends EventEmitter {
         );
         return;
       }
+      case MessageType.REDIRECT_REFUSED:
+        this.emit('redirect.refused', { device: p.device, rid: m.header.rid, code: m.header.code } satisfies RedirectEvents['refused']);
+        return;
       case MessageType.RESTART:
         this.o.log.warn({ device: p.device, id: m.header.id, code: m.header.code }, 'agent asked for a file again');
         (p.resend ??= new Map()).set(m.header.id, m.header.offset);
@@ -637,7 +768,7 @@ export class Hub extends EventEmitter {
   /** Writes one FILE and its CHUNKs into the session, waiting for drain when the replay buffer is full. */
   private async stream(p: Peer, gen: number, m: MessageRecord, offset: number, inlineBody?: Uint8Array): Promise<void> {
     const { store, log } = this.o;
-    if (p.session.closed || this.stopped.has(m.id)) return;
+    if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
     const from = Math.min(offset, m.size);
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();

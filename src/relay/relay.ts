@@ -241,10 +241,17 @@ export class Relay<S extends Store = SqliteStore> {
       await cluster?.close();
     });
     relay.tlsFiles = tlsFiles;
+    relay.clusterNode = cluster;
     return relay;
   }
 
   private tlsFiles: TlsFiles | undefined;
+  private clusterNode: ClusterNode | undefined;
+
+  /** Resolves once `relay drain` has moved every agent off this node (never on a single relay). */
+  get drained(): Promise<void> {
+    return this.clusterNode?.drained ?? new Promise(() => {});
+  }
 
   /** Re-reads the TLS certificate and key (SIGHUP); false when there is no TLS or the new pair is bad. */
   reloadTls(): boolean {

@@ -53,6 +53,8 @@ export class Dialer {
   private slowMs = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** While set, a lost link is not redialed (a hand-over to another relay node is under way). */
+  private held = false;
   /** The `connect` under way, if any. */
   private dialing: AbortController | undefined;
   /** The events of every link this dialer makes (the link is passed along). */
@@ -71,9 +73,11 @@ export class Dialer {
         this.o.events.onOutput(out, l);
       },
       onClose: (error: ProtocolError, l) => {
+        // An older link that another took over from (a hand-over) ending is no reason to dial.
+        const current = this.link === l || this.link === undefined;
         if (this.link === l) this.link = undefined;
         this.o.events.onClose(error, l);
-        this.retry(error);
+        if (current) this.retry(error);
       },
     };
     o.signal?.addEventListener('abort', () => this.close(), { once: true });
@@ -90,6 +94,37 @@ export class Dialer {
     this.timer = undefined;
     if (this.link) this.link.close();
     else if (!this.dialing) this.dial();
+  }
+
+  /** The events a link made outside the dialer must carry to be adopted later (`adopt`). */
+  get linkEvents(): LinkEvents {
+    return this.events;
+  }
+
+  /** While on, a lost link is not redialed; off again, dials at once when no link is up. */
+  hold(on: boolean): void {
+    this.held = on;
+    if (!on && !this.closed && !this.link && !this.dialing) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.dial();
+    }
+  }
+
+  /**
+   * `link`, made with `linkEvents` and established, is the dialer's link from now on (a hand-over to another
+   * relay node): the link it replaces, already superseded, closes without a redial.
+   */
+  adopt(link: Link): void {
+    const old = this.link;
+    this.link = link;
+    this.held = false;
+    this.attempt = 0;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.dialing?.abort();
+    this.dialing = undefined;
+    if (old && old !== link) old.pump();
   }
 
   /**
@@ -165,7 +200,7 @@ export class Dialer {
   }
 
   private retry(error: Error): void {
-    if (this.closed || this.timer) return;
+    if (this.closed || this.timer || this.held) return;
     const delay =
       this.slowMs > 0
         ? backoffDelay(0, { ...this.backoff, initial: this.slowMs, max: this.slowMs })

@@ -112,6 +112,8 @@ const headerArbs: { [T in MessageType]: fc.Arbitrary<Record<string, unknown>> } 
   [MessageType.CANCEL]: fc.record({ id: idArb }),
   [MessageType.PRESENCE_QUERY]: fc.record({ qid: countArb, device: idArb }),
   [MessageType.PRESENCE]: fc.record({ qid: countArb, device: idArb, known: fc.boolean(), online: fc.boolean(), lastSeen: fc.option(countArb, { nil: null }) }),
+  [MessageType.REDIRECT]: fc.record({ rid: fc.uint8Array({ minLength: 16, maxLength: 16 }).map(hex), to: idArb, deadline: countArb }),
+  [MessageType.REDIRECT_REFUSED]: fc.record({ rid: fc.uint8Array({ minLength: 16, maxLength: 16 }).map(hex), code: fc.constantFrom('DW_REDIRECT_REFUSED', 'DW_REDIRECT_TIMEOUT', 'DW_X') }),
 };
 
 const messageArb = fc
@@ -336,6 +338,8 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
     [MessageType.CANCEL]: { id: 'f1' },
     [MessageType.PRESENCE_QUERY]: { qid: 1, device: 'shop' },
     [MessageType.PRESENCE]: { qid: 1, device: 'shop', known: true, online: false, lastSeen: null },
+    [MessageType.REDIRECT]: { rid: '00112233445566778899aabbccddeeff', to: '127.0.0.1:7391', deadline: 1700000010000 },
+    [MessageType.REDIRECT_REFUSED]: { rid: '00112233445566778899aabbccddeeff', code: 'DW_REDIRECT_REFUSED' },
   };
   const notString = [undefined, null, 1, true, [], {}];
   const notId = [...notString, '', 'x'.repeat(1025)];
@@ -364,6 +368,12 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
     [MessageType.PRESENCE, 'known', [undefined, null, 1, 'true']],
     [MessageType.PRESENCE, 'online', [undefined, null, 1, 'true']],
     [MessageType.PRESENCE, 'lastSeen', [undefined, -1, 1.5, '1']],
+    [MessageType.HELLO, 'caps', [null, 'redirect', [1], [''], {}]],
+    [MessageType.REDIRECT, 'rid', [undefined, null, '', '00112233445566778899AABBCCDDEEFF', '0011', 1]],
+    [MessageType.REDIRECT, 'to', notId],
+    [MessageType.REDIRECT, 'deadline', notCount],
+    [MessageType.REDIRECT_REFUSED, 'rid', [undefined, 'x'.repeat(32)]],
+    [MessageType.REDIRECT_REFUSED, 'code', [undefined, null, 'refused', 'DW_', 1]],
   ];
 
   const decodeOne = (type: number, header: Uint8Array, body = new Uint8Array(0)) => {
@@ -396,7 +406,7 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
 
   it('refuses an unknown type on its prefix, before the header arrives', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 255 }).filter((t) => t < MessageType.HELLO || t > MessageType.PRESENCE), fc.nat({ max: 100 }), (type, hl) => {
+      fc.property(fc.integer({ min: 0, max: 255 }).filter((t) => !(Object.values(MessageType) as number[]).includes(t)), fc.nat({ max: 100 }), (type, hl) => {
         const d = new MessageDecoder();
         d.push(prefix(type, hl, 0));
         expect(codeOf(() => d.next())).toBe(ProtocolCode.BAD_MESSAGE);
@@ -482,7 +492,9 @@ describe('hellos (PROTOCOL 3.4-3.5)', () => {
     const cases: [string, () => unknown][] = [
       ['client version 0', () => decodeClientHello(edit(c, 0, 0))],
       ['client version 2', () => decodeClientHello(edit(c, 0, 2))],
-      ['client kind 3', () => decodeClientHello(edit(c, 1, 3))],
+      ['client kind 4', () => decodeClientHello(edit(c, 1, 4))],
+      ['HANDOVER without its 16-byte request id', () => decodeClientHello(edit(c, 1, 3))],
+      ['HANDOVER request id missing when encoding', () => encodeClientHello({ kind: HelloKind.HANDOVER, timestamp: 1, sessionId: new Uint8Array(16), received: 0 })],
       ['timestamp > 2^53', () => decodeClientHello(edit(c, 2, 0x00, 0x20, 0, 0, 0, 0, 0, 0))],
       ['received > 2^53', () => decodeClientHello(edit(c, 26, 0xff))],
       ['enroll name not UTF-8', () => decodeClientHello(edit(c, 35, 0xff))],

@@ -13,7 +13,21 @@ export type BusMessage =
   /** A device was announced online at `node` or offline (`node` absent). */
   | { t: 'presence'; device: string; node?: string }
   /** A device was removed: drop its session wherever it is. */
-  | { t: 'drop'; device: string };
+  | { t: 'drop'; device: string }
+  /** PROTOCOL 7.15 step 6: the source froze the device's session; its state is at `keys.handoverState(rid)`. */
+  | { t: 'handover-state'; rid: string; device: string; ok: boolean }
+  /** Step 9: the target carries the session now (the hand-over is complete). */
+  | { t: 'redirect-done'; rid: string; device: string }
+  /** The source cancelled a pending request (refused by the agent, or timed out). */
+  | { t: 'redirect-cancel'; rid: string; device: string; reason: string }
+  /** From `relay drain|rebalance|move` on any machine: work for this node; answers go to `reply`. */
+  | { t: 'command'; id: string; reply: string; cmd: NodeCommand };
+
+/** What the command channel asks of a node (control.ts). */
+export type NodeCommand =
+  | { op: 'status' }
+  | { op: 'drain'; to?: string; rate: number; timeoutMs: number }
+  | { op: 'move'; to: string; count?: number; device?: string; rate: number; timeoutMs: number };
 
 export type BusHandler = (m: BusMessage, from: string) => void;
 

@@ -72,6 +72,8 @@ return 0`;
 export interface SessionRetirer {
   /** Closes this node's session of the device, if any (the agent is elsewhere now). */
   retireSession(device: string, code: string): void;
+  /** PROTOCOL 7.15 step 6: the device's session goes to node `by` for redirect `requestId` (redirect.ts). */
+  handOut?(device: string, requestId: string, by: string): void;
 }
 
 /** Device ownership across the cluster and the hand-over between nodes (one session per device). */
@@ -149,7 +151,8 @@ export class DeviceOwnership implements SessionHandover {
       const epoch = this.mine.get(m.device);
       if (epoch !== undefined && epoch > m.epoch) return; // we claimed it again since: that retire is stale
       this.mine.delete(m.device);
-      this.retirer?.retireSession(m.device, m.reason === 'redirect' ? 'DW_REDIRECTED' : 'DW_SESSION_MOVED');
+      if (m.reason === 'redirect' && m.requestId && this.retirer?.handOut) this.retirer.handOut(m.device, m.requestId, m.by);
+      else this.retirer?.retireSession(m.device, m.reason === 'redirect' ? 'DW_REDIRECTED' : 'DW_SESSION_MOVED');
       this.o.bus.toNode(m.by, { t: 'retired', device: m.device, epoch: m.epoch, by: this.o.node });
     } else if (m.t === 'retired') {
       this.waiting.get(`${m.device}\n${m.epoch}`)?.done(true);

@@ -18,6 +18,12 @@ export const keys = {
   /** String: `node|fence` of the holder of a lease; `fence` counts takeovers. */
   lease: (name: string) => `${PREFIX}lease:${name}`,
   fence: (name: string) => `${PREFIX}fence:${name}`,
+  /** Hash: a pending redirect (PROTOCOL 7.15): device, from, to, deadline, session, state, resent. */
+  redirect: (rid: string) => `${PREFIX}redirect:${rid}`,
+  /** String (bytes): the session state handed over for a redirect (protocol/handover.ts). */
+  handoverState: (rid: string) => `${PREFIX}handover:${rid}`,
+  /** Counter: bytes sent again at hand-overs, over the cluster's life (goal 0). */
+  redirectResent: `${PREFIX}stats:redirect:resent`,
 } as const;
 
 export const channels = {
@@ -25,4 +31,6 @@ export const channels = {
   node: (name: string) => `${PREFIX}ch:node:${name}`,
   /** Messages for every node (event log appended, status changes, presence, a device removed). */
   all: `${PREFIX}ch:all`,
+  /** Answers to one command of `relay drain|rebalance|move` (control.ts). */
+  reply: (id: string) => `${PREFIX}ch:reply:${id}`,
 } as const;

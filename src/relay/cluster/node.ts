@@ -10,6 +10,9 @@ import { openRedis } from './connect.js';
 import { ClusterCode, ClusterError } from './errors.js';
 import { DeviceOwnership, type SessionHandover } from './handover.js';
 import { Lease } from './lease.js';
+import { NodeControl } from './control.js';
+import { Redirects } from './redirect.js';
+import type { SessionHandoverState } from '../../protocol/handover.js';
 import { ClusterPresence } from './presence.js';
 import { offlineEvent, PresenceReaper } from './reaper.js';
 import { HEARTBEAT_MS, NodeRegistry } from './registry.js';
@@ -52,6 +55,9 @@ export class ClusterNode implements HubCluster {
   readonly handover: SessionHandover;
   private readonly ownership: DeviceOwnership;
   private readonly presenceState: ClusterPresence;
+  /** Seamless moves of agents between nodes (PROTOCOL 7.15): drain, rebalance. */
+  readonly redirects: Redirects;
+  private control: NodeControl | undefined;
   private registry: NodeRegistry | undefined;
   private lease: Lease | undefined;
   private hub: Hub | undefined;
@@ -73,6 +79,7 @@ export class ClusterNode implements HubCluster {
     this.ownership = new DeviceOwnership({ redis, bus, node: o.node });
     this.handover = this.ownership;
     this.presenceState = new ClusterPresence({ redis, bus, node: o.node, log: o.log });
+    this.redirects = new Redirects({ redis, bus, node: o.node, ownership: this.ownership, log: o.log });
     bus.on((m) => this.onBus(m));
     bus.onResync(() => this.resync());
   }
@@ -108,7 +115,10 @@ export class ClusterNode implements HubCluster {
         if (a.hub.hasSession(device)) log.info({ device, code }, 'session retired: the device has a session on another node now');
         a.hub.retireSession(device, code);
       },
+      handOut: (device, requestId, by) => this.redirects.handOut(device, requestId, by),
     });
+    this.redirects.attach(a.hub);
+    this.control = new NodeControl({ redis: this.redis, bus: this.bus, node: this.o.node, hub: a.hub, redirects: this.redirects, log });
     this.registry = new NodeRegistry({
       redis: this.redis,
       node: { name: this.o.node, agents: a.agents, http: a.http, pid: process.pid, startedAt: Date.now() },
@@ -160,7 +170,16 @@ export class ClusterNode implements HubCluster {
     }
   }
 
+  /** Resolves once `relay drain` emptied this node. */
+  get drained(): Promise<void> {
+    return this.control?.drained ?? new Promise(() => {});
+  }
+
   // --- HubCluster ------------------------------------------------------------------------------
+
+  takeHandover(device: string, requestId: string, sessionId: Uint8Array): Promise<SessionHandoverState> {
+    return this.redirects.take(device, requestId, sessionId);
+  }
 
   async claim(device: string): Promise<void> {
     const h = await this.ownership.takeOver({ device, reason: 'reconnect' });

@@ -24,6 +24,13 @@ export interface NodeInfo {
   messagesPerS: number;
   lastHeartbeat: number;
   alive: boolean;
+  /** `draining` once `relay drain` runs on it (it takes no new agents); else `ready`. */
+  state: 'ready' | 'draining';
+}
+
+/** Marks a node draining (or ready): `relay nodes` shows it, and no agent is moved to it. */
+export async function setNodeState(redis: Redis, name: string, state: 'ready' | 'draining'): Promise<void> {
+  await redis.hset(keys.node(name), 'state', state);
 }
 
 export interface LocalNode {
@@ -115,6 +122,7 @@ export async function listNodes(redis: Redis, now = Date.now()): Promise<NodeInf
       messagesPerS: Number(r.messagesPerS),
       lastHeartbeat,
       alive: now - lastHeartbeat <= DEAD_AFTER_MS,
+      state: r.state === 'draining' ? 'draining' : 'ready',
     });
   }
   return out.sort((a, b) => Number(b.alive) - Number(a.alive) || a.name.localeCompare(b.name));
