@@ -298,6 +298,8 @@ export class Agent {
         return;
       case 'drain':
       case 'hello':
+      case 'handover-ready':
+      case 'position':
         return;
     }
   }
@@ -307,11 +309,12 @@ export class Agent {
       this.routes.delete(link); // the connection a hand-over replaced (PROTOCOL 7.15): the session is on the new one
       return;
     }
-    if (err.cause === 'DW_REDIRECTED' && this.redirects.busy) {
-      // PROTOCOL 7.15 step 6: the old node let go; the new connection takes the session in a moment.
-      this.o.log.info('old relay connection closed for the hand-over');
+    if (this.redirects.busy) {
+      // PROTOCOL 7.15 step 6: the old node let go; the new connection takes the session now.
+      this.o.log.info({ code: err.code, reason: err.cause }, 'old relay connection closed during a hand-over');
       if (this.link === link) this.link = undefined;
       this.status.connected = false;
+      this.redirects.oldClosed();
       return;
     }
     const route = this.routes.get(link);

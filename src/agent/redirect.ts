@@ -19,7 +19,7 @@ const MAX_WAIT_MS = 60_000;
  * has passed; gives up by itself at the deadline and stays where it is.
  */
 export class RedirectFollower {
-  private pending: { rid: string; abort: AbortController; timer: NodeJS.Timeout; link?: Link } | undefined;
+  private pending: { rid: string; abort: AbortController; timer: NodeJS.Timeout; link?: Link; ready?: boolean; oldClosed?: boolean } | undefined;
 
   private readonly o: {
     log: Logger;
@@ -73,6 +73,12 @@ export class RedirectFollower {
           this.o.connection(fromHex(r.rid)),
           {
             onOutput: (out, l) => {
+              if (out.type === 'handover-ready') {
+                // Make before break: swap once the old connection has delivered all it carried and closed.
+                p.ready = true;
+                if (p.oldClosed || !dialer.link || dialer.link.connection.isClosed) this.swap(p);
+                return;
+              }
               if (!adopted && out.type === 'established') {
                 adopted = true;
                 clearTimeout(timer);
@@ -97,6 +103,21 @@ export class RedirectFollower {
         if (this.pending === p) this.giveUp(r, (err as { code?: string }).code ?? 'DW_RELAY_UNREACHABLE');
       },
     );
+  }
+
+  /** The agent's connection closed (PROTOCOL 7.15 step 6: the old node let go): swap if the new one is ready. */
+  oldClosed(): void {
+    const p = this.pending;
+    if (!p) return;
+    p.oldClosed = true;
+    if (p.ready) this.swap(p);
+  }
+
+  private swap(p: NonNullable<RedirectFollower['pending']>): void {
+    const link = p.link;
+    if (!link || link.connection.isClosed) return;
+    link.connection.swap(Date.now());
+    link.pump();
   }
 
   /** The hand-over did not happen (refused, unreachable, timed out): stay on the current connection. */

@@ -41,6 +41,8 @@ export type Output =
   | { type: 'drain' }
   /** Responder, after a HANDOVER (PROTOCOL 7.15 step 8): the initiator's count; this connection sends from it. */
   | { type: 'position'; received: number }
+  /** Initiator, HANDOVER: the new node resumed the session; call `swap()` once the old connection has closed. */
+  | { type: 'handover-ready' }
   /** Close the socket after the writes already returned; nothing more comes from this connection. */
   | { type: 'close'; error: ProtocolError };
 
@@ -94,6 +96,8 @@ export class Connection {
   /** Initiator: this connection asked HANDOVER. Responder: no DATA until the initiator's first count (7.15). */
   private handover = false;
   private awaitingCount = false;
+  /** Initiator, HANDOVER: the answer read, waiting for `swap()`. */
+  private swapTo: { received: number } | undefined;
   remoteStatic: Uint8Array | undefined;
 
   private constructor(role: 'initiator' | 'responder', o: ConnectionOptions, handshake: HandshakeState) {
@@ -350,11 +354,29 @@ export class Connection {
     const s = this.session!;
     if (result !== HelloResult.RESUMED || !s.established || s.closed || !equal(sessionId, s.id)) throw new ProtocolError(ProtocolCode.PROTOCOL, 'msg 2: a hand-over must resume the session');
     if (received > s.wire || !s.canResume(received)) throw new ProtocolError(ProtocolCode.PROTOCOL, 'msg 2: hand-over count outside what was sent');
-    s.attach(this, received);
-    s.ackSent = s.received;
-    this.establish(now, true);
-    this.sendCounter(RecordType.ACK, now);
+    this.swapTo = { received };
+    this.outputs.push({ type: 'handover-ready' });
     return true;
+  }
+
+  /**
+   * Initiator, after `handover-ready`, once the old connection has closed (everything it carried is
+   * delivered): this connection carries the session from here, and its first record is this side's count.
+   */
+  swap(now: number): void {
+    const to = this.swapTo;
+    if (!to || this.state !== 'handshake') throw new ProtocolError(ProtocolCode.PROTOCOL, 'swap() without a hand-over ready');
+    this.swapTo = undefined;
+    const s = this.session!;
+    try {
+      if (!s.established || s.closed || !s.canResume(to.received)) throw new ProtocolError(ProtocolCode.SESSION_LOST, 'the session changed before the swap');
+      s.attach(this, to.received);
+      s.ackSent = s.received;
+      this.establish(now, true);
+      this.sendCounter(RecordType.ACK, now);
+    } catch (err) {
+      this.fail(asProtocolError(err));
+    }
   }
 
   private splitKeys(): void {

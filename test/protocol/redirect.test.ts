@@ -117,6 +117,12 @@ describe('PROTOCOL 7.15: a session handed from one relay node to another', () =>
       agentSession.write(Buffer.alloc(5_000, 1));
       t += 100; // past ackDelay: counts go both ways
       const got = exchange(source, agentOld, t, lostOnOldWire);
+      // The source stops writing: CLOSE(DW_REDIRECTED) after what it put on the wire (lost with it, or not).
+      source.close('DW_REDIRECTED');
+      const closing = exchange(source, agentOld, t, lostOnOldWire === undefined ? undefined : 0);
+      got.b.push(...closing.b);
+      if (lostOnOldWire !== undefined) agentOld.abort(); // the old socket died instead
+      expect(agentOld.isClosed).toBe(true);
       const sourceWire = sourceSession.wire;
       // The source stops writing and hands its state over (what the agent has not acknowledged).
       const state = decodeHandoverState(encodeHandoverState(exportSession(sourceSession, new Uint8Array(0), { cursor: 3 })));
@@ -136,13 +142,19 @@ describe('PROTOCOL 7.15: a session handed from one relay node to another', () =>
       expect(hello?.type === 'hello' && hello.hello.kind).toBe(HelloKind.HANDOVER);
       expect(hello?.type === 'hello' && hex(hello.hello.requestId!)).toBe(RID);
       target.accept(targetSession, t);
+      const ready = exchange(agentNew, target, t);
+      expect(ready.a.map((o) => o.type)).toEqual(['handover-ready']);
+      expect(agentNew.isEstablished).toBe(false);
+      // The old connection is closed: swap.
+      agentNew.swap(t);
       const after = exchange(agentNew, target, t);
-      expect(agentOld.isClosed).toBe(true); // superseded
+      expect(after.a[0]).toMatchObject({ type: 'established', resumed: true });
+      expect(agentNew.isEstablished).toBe(true);
       const position = after.b.find((o) => o.type === 'position');
       const agentHad = got.b.length ? dataOf(got.b).length : 0;
       expect(position).toEqual({ type: 'position', received: agentHad });
       // The agent's stream as delivered: every byte once, in order, whatever the old wire lost.
-      const delivered = Buffer.concat([dataOf(got.b), dataOf(after.a)]);
+      const delivered = Buffer.concat([dataOf(got.b), dataOf(ready.a), dataOf(after.a)]);
       expect(delivered.length).toBe(stream.length);
       expect(delivered.equals(stream)).toBe(true);
       // Re-sent: only bytes the old wire carried but the agent never had.
