@@ -17,7 +17,9 @@ import { nobleCrypto } from '../src/protocol/crypto-noble.js';
 import { nodeCrypto } from '../src/protocol/crypto-node.js';
 import type { ProtocolError } from '../src/protocol/errors.js';
 import type { ConnectionTimers } from '../src/protocol/limits.js';
-import { encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../src/protocol/messages.js';
+import { CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../src/protocol/messages.js';
+import { RedirectFollower } from '../src/agent/redirect.js';
+import { pino } from 'pino';
 import { Session } from '../src/protocol/session.js';
 import { Dialer, type Backoff } from '../src/transport/dialer.js';
 import { random } from '../src/transport/identity.js';
@@ -35,7 +37,11 @@ export interface LightAgentOptions {
   hash: boolean;
   backoff?: Partial<Backoff>;
   timers?: Partial<ConnectionTimers>;
+  /** Follow REDIRECT to another relay node as the real agent does (src/agent/redirect.ts; PROTOCOL 7.15). */
+  redirects?: boolean;
   events: {
+    /** A hand-over to another relay node completed. */
+    handedOver?(agent: LightAgent): void;
     established(agent: LightAgent, resumed: boolean): void;
     received(agent: LightAgent, filename: string, size: number, at: number, ok: boolean): void;
     closed?(agent: LightAgent, code: string): void;
@@ -68,6 +74,8 @@ export class LightAgent {
   /** Ids whose RECEIVED/RESULT the relay has not confirmed yet: re-reported on a new stream. */
   private readonly unconfirmed = new Set<string>();
   private lastTs = 0;
+  private readonly follower: RedirectFollower | undefined;
+  handovers = 0;
   connected = false;
   started = false;
   redelivered = 0;
@@ -96,6 +104,34 @@ export class LightAgent {
         onClose: (err, link) => this.onClose(err, link),
       },
     });
+    if (o.redirects) {
+      this.follower = new RedirectFollower({
+        log: pino({ level: 'silent' }),
+        handedOver: () => {
+          this.handovers++;
+          o.events.handedOver?.(this);
+        },
+        dialer: this.dialer,
+        follow: () => true,
+        open: (address, signal) =>
+          new Promise((resolve, reject) => {
+            const i = address.lastIndexOf(':');
+            const sock = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)), ...(o.localAddress ? { localAddress: o.localAddress } : {}) });
+            const abort = () => sock.destroy(new Error('cancelled'));
+            signal.addEventListener('abort', abort, { once: true });
+            sock.once('error', reject);
+            sock.once('connect', () => {
+              signal.removeEventListener('abort', abort);
+              sock.off('error', reject);
+              resolve({ stream: sock, transport: 'tcp', address });
+            });
+          }),
+        connection: (requestId) =>
+          Connection.initiator({ crypto: o.crypto, random, staticKey: o.keys, remoteStatic: o.relayKey, session: this.session, timestamp: this.nextTimestamp(), now: Date.now(), timers: o.timers ?? {}, handover: requestId }),
+        refuse: (rid, code) => this.send(MessageType.REDIRECT_REFUSED, { rid, code }),
+        current: () => `${o.relay.host}:${o.relay.port}`,
+      });
+    }
   }
 
   start(): void {
@@ -137,6 +173,12 @@ export class LightAgent {
   }
 
   private onClose(err: ProtocolError, link: Link): void {
+    if (this.link !== undefined && this.link !== link) return; // replaced by a hand-over
+    if (this.follower?.busy) {
+      if (this.link === link) this.link = undefined;
+      this.follower.oldClosed();
+      return;
+    }
     if (this.link === link) this.link = undefined;
     this.connected = false;
     if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
@@ -152,7 +194,7 @@ export class LightAgent {
       this.send(MessageType.RECEIVED, { id });
       this.send(MessageType.RESULT, { id, status: 'handled' });
     }
-    this.send(MessageType.HELLO, { agent: AGENT, partial: [] });
+    this.send(MessageType.HELLO, { agent: AGENT, partial: [], ...(this.follower ? { caps: [CAP_REDIRECT] } : {}) });
   }
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {
@@ -198,6 +240,10 @@ export class LightAgent {
       case MessageType.CANCEL:
         if (this.incoming?.id === m.header.id) this.incoming = undefined;
         return;
+      case MessageType.REDIRECT:
+        if (!this.follower) throw Object.assign(new Error('REDIRECT to an agent that did not list it'), { code: 'DW_BAD_MESSAGE' });
+        this.follower.onRedirect(m.header);
+        return;
       default:
         throw Object.assign(new Error(`message type ${m.type} is not for the agent`), { code: 'DW_BAD_MESSAGE' });
     }
@@ -231,6 +277,8 @@ export interface LoadAgentsOptions {
   hash?: boolean;
   backoff?: Partial<Backoff>;
   localAddresses?: readonly string[];
+  /** The agents follow REDIRECT (PROTOCOL 7.15). */
+  redirects?: boolean;
   onReceived?(device: string, filename: string, size: number, at: number, ok: boolean): void;
 }
 
@@ -264,6 +312,7 @@ export class LoadAgents {
           relayKey: o.relayKey,
           crypto,
           hash: o.hash ?? false,
+          ...(o.redirects ? { redirects: true } : {}),
           ...(addresses.length > 0 ? { localAddress: addresses[i % addresses.length]! } : {}),
           ...(o.backoff ? { backoff: o.backoff } : {}),
           events: {

@@ -33,6 +33,8 @@ export class RedirectFollower {
     refuse: (rid: string, code: string) => void;
     /** The address the agent is connected to now. */
     current: () => string;
+    /** Told after each hand-over (bench counters). */
+    handedOver?: (info: { from: string; to: string; rid: string; durationMs: number }) => void;
   };
 
   constructor(o: RedirectFollower['o']) {
@@ -84,7 +86,9 @@ export class RedirectFollower {
                 clearTimeout(timer);
                 this.pending = undefined;
                 dialer.adopt(l);
-                log.info({ from, to: r.to, rid: r.rid, durationMs: Date.now() - started }, 'handed over to another relay node');
+                const info = { from, to: r.to, rid: r.rid, durationMs: Date.now() - started };
+                log.info(info, 'handed over to another relay node');
+                this.o.handedOver?.(info);
               }
               dialer.linkEvents.onOutput(out, l);
             },
