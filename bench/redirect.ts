@@ -4,7 +4,7 @@
  * the swaps (goal 0). The agents are light agents in one process (bench/load-agents.ts) that follow REDIRECT
  * with the real agent's code (src/agent/redirect.ts). Everything runs on this machine's loopback.
  *
- *   npm run build && node dist/bench/redirect.js [--agents 2000] [--rate 200] [--out bench/REDIRECT.md]
+ *   npm run build && node dist/bench/redirect.js [--agents 2000] [--rate 200 | --rates 200,1000] [--out bench/REDIRECT.md]
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -26,7 +26,7 @@ function arg(name: string, fallback: number): number {
   return i > 0 ? Number(process.argv[i + 1]) : fallback;
 }
 const AGENTS = arg('agents', 2000);
-const RATE = arg('rate', 200);
+const RATES = (process.argv.includes('--rates') ? process.argv[process.argv.indexOf('--rates') + 1]! : String(arg('rate', 200))).split(',').map(Number);
 const outIdx = process.argv.indexOf('--out');
 const OUT = outIdx > 0 ? process.argv[outIdx + 1]! : path.join(ROOT, 'bench', 'REDIRECT.md');
 
@@ -55,7 +55,22 @@ function spawnCli(args: string[]): ChildProcess {
   return c;
 }
 
-async function main(): Promise<void> {
+interface Row {
+  agents: number;
+  rate: number;
+  drainMs: number;
+  wallMs: number;
+  moved: number;
+  handovers: number;
+  stayed: number;
+  resentBytes: number;
+  unacknowledgedBytes: number;
+  connectedAfter: number;
+  node1CpuMs: number | undefined;
+  nodesAfter: Record<string, number>;
+}
+
+async function drainOnce(RATE: number): Promise<Row> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-bench-redirect-'));
   try {
     const redisPort = await freePort();
@@ -119,7 +134,7 @@ async function main(): Promise<void> {
     redis.disconnect();
     agents.close();
 
-    const row = {
+    const row: Row = {
       agents: AGENTS,
       rate: RATE,
       drainMs: summary.durationMs,
@@ -134,24 +149,26 @@ async function main(): Promise<void> {
       nodesAfter: counts,
     };
     console.log(JSON.stringify(row));
-    const md = [
-      '# Drain of idle agents (bench/redirect.ts)',
-      '',
-      `Run ${new Date().toISOString()} on ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}: three nodes, redis-server and the light agents on one machine's loopback.`,
-      '',
-      '| agents | rate (agents/s asked) | drain (s, node side) | wall (s, CLI) | moved | hand-overs seen by agents | stayed | bytes re-sent | unacknowledged at the swaps | connected after | node1 CPU (ms) |',
-      '|---|---|---|---|---|---|---|---|---|---|---|',
-      `| ${row.agents} | ${row.rate} | ${(row.drainMs / 1000).toFixed(1)} | ${(row.wallMs / 1000).toFixed(1)} | ${row.moved} | ${row.handovers} | ${row.stayed} | ${row.resentBytes} | ${row.unacknowledgedBytes} | ${row.connectedAfter} | ${row.node1CpuMs ?? '—'} |`,
-      '',
-      `Agents per node after: ${Object.entries(counts).map(([n, c]) => `${n} ${c}`).join(', ')} (node1 exited once empty).`,
-      '',
-    ].join('\n');
-    fs.writeFileSync(OUT, md);
-    console.log(`written ${OUT}`);
+    return row;
   } finally {
     for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
-await main();
+const rows: Row[] = [];
+for (const rate of RATES) rows.push(await drainOnce(rate));
+const md = [
+  '# Drain of idle agents (bench/redirect.ts)',
+  '',
+  `Run ${new Date().toISOString()} on ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}: three nodes, redis-server and the light agents (one process) on one machine's loopback. \`relay drain --node node1\` with every agent on node1; each row is a fresh cluster.`,
+  '',
+  '| agents | rate asked (agents/s) | drain (s, node side) | wall (s, CLI) | moved | hand-overs seen by agents | stayed | bytes re-sent | unacknowledged at the swaps | connected after | node1 CPU (ms) |',
+  '|---|---|---|---|---|---|---|---|---|---|---|',
+  ...rows.map((row) => `| ${row.agents} | ${row.rate} | ${(row.drainMs / 1000).toFixed(1)} | ${(row.wallMs / 1000).toFixed(1)} | ${row.moved} | ${row.handovers} | ${row.stayed} | ${row.resentBytes} | ${row.unacknowledgedBytes} | ${row.connectedAfter} | ${row.node1CpuMs ?? '—'} |`),
+  '',
+  'Unacknowledged bytes are what the agents had not acknowledged when their node froze the session (idle agents: the REDIRECT itself and a last CONFIRM); bytes re-sent are what the new node sent again after the agent told its count (goal 0).',
+  '',
+].join('\n');
+fs.writeFileSync(OUT, md);
+console.log(`written ${OUT}`);
