@@ -565,6 +565,10 @@ function randomHeader(rng: Prng, type: MessageType): { [k: string]: unknown } {
       return { qid: randomCount(rng), device: id() };
     case MessageType.PRESENCE:
       return { qid: randomCount(rng), device: id(), known: rng.chance(0.5), online: rng.chance(0.5), lastSeen: rng.chance(0.5) ? null : randomCount(rng) };
+    case MessageType.REDIRECT:
+      return { rid: toHex(rng.bytes(16)), to: id(), deadline: randomCount(rng) };
+    case MessageType.REDIRECT_REFUSED:
+      return { rid: toHex(rng.bytes(16)), code: rng.pick(['DW_REDIRECT_REFUSED', 'DW_REDIRECT_BUSY', 'DW_' + randomString(rng, 8)]) };
     default:
       return { id: id() };
   }
@@ -612,13 +616,14 @@ function structuredMessage(rng: Prng): Uint8Array {
 }
 
 function randomClientHello(rng: Prng): ClientHello {
-  const kind = rng.pick([HelloKind.NEW, HelloKind.RESUME, HelloKind.ENROLL]);
+  const kind = rng.pick([HelloKind.NEW, HelloKind.RESUME, HelloKind.ENROLL, HelloKind.HANDOVER]);
   return {
     kind,
     timestamp: Math.max(0, randomCount(rng)),
-    sessionId: kind === HelloKind.RESUME ? rng.bytes(SESSION_ID_LENGTH) : new Uint8Array(SESSION_ID_LENGTH),
+    sessionId: kind === HelloKind.RESUME || kind === HelloKind.HANDOVER ? rng.bytes(SESSION_ID_LENGTH) : new Uint8Array(SESSION_ID_LENGTH),
     received: Math.max(0, randomCount(rng)),
     ...(kind === HelloKind.ENROLL ? { enroll: { name: randomString(rng, 60, false), secret: randomString(rng, 60, false) } } : {}),
+    ...(kind === HelloKind.HANDOVER ? { requestId: rng.bytes(16) } : {}),
   };
 }
 
@@ -746,7 +751,7 @@ function messageErrorPoint(bytes: Uint8Array, consumed: number): number {
   const type = bytes[consumed]!;
   const hl = v.getUint16(consumed + 1);
   const bl = v.getUint32(consumed + 3);
-  const prefixBad = type < MessageType.HELLO || type > MessageType.PRESENCE || hl > MAX_MESSAGE_HEADER || bl > MAX_MESSAGE_BODY;
+  const prefixBad = !(MESSAGE_TYPES as number[]).includes(type) || hl > MAX_MESSAGE_HEADER || bl > MAX_MESSAGE_BODY;
   return consumed + 7 + (prefixBad ? 0 : hl + bl);
 }
 
@@ -847,7 +852,9 @@ function sameHello(a: ClientHello, b: ClientHello): boolean {
     a.timestamp === b.timestamp &&
     a.received === b.received &&
     equal(a.sessionId, b.sessionId) &&
-    JSON.stringify(a.enroll) === JSON.stringify(b.enroll)
+    JSON.stringify(a.enroll) === JSON.stringify(b.enroll) &&
+    (a.requestId === undefined) === (b.requestId === undefined) &&
+    (a.requestId === undefined || equal(a.requestId, b.requestId!))
   );
 }
 
