@@ -259,6 +259,7 @@ export class HttpApi {
     if (url.pathname === '/healthz') {
       if (method !== 'GET') throw new HttpError(405, 'DW_METHOD_NOT_ALLOWED', `${method} is not allowed here; use GET`, { allow: 'GET' });
       // A node being drained (`relay drain`) says so with 503, so that a load balancer stops sending it agents.
+      if (!this.o.hub.ready) return send(res, 503, { ok: false, ready: false, online: 0, error: { code: 'DW_NODE_NOT_READY', message: 'this relay node is still joining the cluster' } });
       if (this.o.hub.draining) return send(res, 503, { ok: false, draining: true, online: this.o.hub.onlineCount(), error: { code: 'DW_NODE_DRAINING', message: 'this relay node is being drained' } });
       return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
     }

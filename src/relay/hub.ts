@@ -142,6 +142,8 @@ export class Hub extends EventEmitter {
   private closed = false;
   /** A node being drained: new agents are refused (`DW_NODE_DRAINING`), `/healthz` says 503. */
   draining = false;
+  /** False while a cluster node is still joining: agents are refused (`DW_NODE_NOT_READY`) until it is ready. */
+  ready = true;
   /** Bytes of each file written into a stream so far, until it is received (to report re-sends). */
   private readonly progress = new Map<string, number>();
   /**
@@ -459,6 +461,7 @@ export class Hub extends EventEmitter {
     await store.touchDevice(device.name, this.now(), hello.timestamp);
     if (link.connection.isClosed || this.closed) return;
     if (this.draining) return refuse('DW_NODE_DRAINING', 'this node is being drained');
+    if (!this.ready) return refuse('DW_NODE_NOT_READY', 'this node is still joining the cluster');
     if (hello.kind === HelloKind.HANDOVER) return this.takeHandover(link, device.name, hello, refuse);
     if (this.o.cluster) {
       await this.o.cluster.claim(device.name);

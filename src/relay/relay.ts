@@ -177,6 +177,7 @@ export class Relay<S extends Store = SqliteStore> {
     const feed = new EventFeed();
     feed.setMaxListeners(0);
     const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(cluster ? { cluster, bodies: blobs } : {}), ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
+    if (cluster) hub.ready = false; // agents only once the node is registered and heart-beating (below)
     const listener = new Listener({
       host: o.listen.host,
       port: o.listen.port,
@@ -229,7 +230,10 @@ export class Relay<S extends Store = SqliteStore> {
       pid: process.pid,
       ...(cluster ? { node: cluster.name } : {}),
     };
-    if (inCluster) await inCluster.node.attach({ hub, feed, store, wakeups: inCluster.wakeups, agents: info.public, http: info.http, background });
+    if (inCluster) {
+      await inCluster.node.attach({ hub, feed, store, wakeups: inCluster.wakeups, agents: info.public, http: info.http, background });
+      hub.ready = true;
+    }
     else local = background();
     writeFileAtomic(p.info, JSON.stringify(info, null, 2) + '\n');
     tlsFiles?.watch((pair) => http.setSecureContext(pair));
