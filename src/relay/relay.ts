@@ -142,9 +142,9 @@ export class Relay<S extends Store = SqliteStore> {
       events: { onOutput: (out, link) => hub.onOutput(out, link), onClose: (err, link) => hub.onClose(link, err.code) },
     });
     // In a cluster, webhooks and deadline sweeps run on the one node holding the lease (cluster/lease.ts).
-    const background = () => {
-      const webhooks = new Webhooks({ store, feed, log: o.log });
-      const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
+    const background = (gate?: () => boolean) => {
+      const webhooks = new Webhooks({ store, feed, log: o.log, ...(gate ? { gate } : {}) });
+      const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log, ...(gate ? { gate } : {}) });
       webhooks.refresh(); // deliver what is still owed from before a restart
       return {
         refresh: () => webhooks.refresh(),

@@ -36,8 +36,8 @@ export interface AttachOptions {
   /** This node's addresses, for the registry. */
   agents: string;
   http: string;
-  /** Starts the once-per-cluster work when this node gets the lease. */
-  background: () => Background;
+  /** Starts the once-per-cluster work when this node gets the lease; `gate` says whether it still holds it. */
+  background: (gate: () => boolean) => Background;
 }
 
 const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -132,8 +132,8 @@ export class ClusterNode implements HubCluster {
       log,
       holder: {
         gained: () => {
-          work = a.background();
-          reaping = setInterval(() => void reaper.sweep().catch((err: unknown) => log.warn({ err }, 'presence sweep failed')), HEARTBEAT_MS);
+          work = a.background(() => this.lease?.held() === true);
+          reaping = setInterval(() => void (this.lease?.held() ? reaper.sweep() : Promise.resolve(0)).catch((err: unknown) => log.warn({ err }, 'presence sweep failed')), HEARTBEAT_MS);
           reaping.unref();
         },
         lost: () => {
