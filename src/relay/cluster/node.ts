@@ -133,7 +133,13 @@ export class ClusterNode implements HubCluster {
       holder: {
         gained: () => {
           work = a.background(() => this.lease?.held() === true);
-          reaping = setInterval(() => void (this.lease?.held() ? reaper.sweep() : Promise.resolve(0)).catch((err: unknown) => log.warn({ err }, 'presence sweep failed')), HEARTBEAT_MS);
+          // Reaping starts two heartbeats after the lease was taken: after a Redis outage every live node
+          // has heart-beaten again by then, and is not taken for dead.
+          const since = Date.now();
+          reaping = setInterval(() => {
+            if (!this.lease?.held() || Date.now() - since < 2 * HEARTBEAT_MS) return;
+            reaper.sweep().catch((err: unknown) => log.warn({ err }, 'presence sweep failed'));
+          }, HEARTBEAT_MS);
           reaping.unref();
         },
         lost: () => {
