@@ -155,8 +155,12 @@ describe.skipIf(why !== undefined)('three nodes, nodes killed and restarted whil
       return ((await res.json()) as { status: string }).status;
     }));
     expect(new Set(handled)).toEqual(new Set(['handled']));
+    // `relay nodes`: every node alive, and, a heartbeat later, every agent counted once.
+    await new Promise((r) => setTimeout(r, 2_500));
     const nodes = JSON.parse(await cliOk(['relay', 'nodes', '--json', '--store', c.url])) as { name: string; state: string; connected: number }[];
     console.log(`nodes at the end: ${nodes.map((n) => `${n.name} ${n.state} ${n.connected} agents`).join(', ')}; moves took ${moves.join(', ')} ms`);
+    expect(nodes.map((n) => n.state)).toEqual(['alive', 'alive', 'alive']);
+    expect(nodes.reduce((n, x) => n + x.connected, 0)).toBe(AGENTS);
     expect(kills).toBeGreaterThanOrEqual(1);
     for (const ms of moves) expect(ms).toBeLessThanOrEqual(5_000);
     for (const a of agents.values()) await a.proc!.kill();
