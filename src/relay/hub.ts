@@ -458,15 +458,17 @@ export class Hub extends EventEmitter {
     const device = await store.getDeviceByKey(key);
     if (!device) return refuse('DW_UNKNOWN_DEVICE', 'unknown device key');
     if (!isFresh(hello, device.lastHandshakeTs)) return refuse('DW_HANDSHAKE_REPLAYED', 'handshake timestamp not fresh');
-    await store.touchDevice(device.name, this.now(), hello.timestamp);
-    if (link.connection.isClosed || this.closed) return;
     if (this.draining) return refuse('DW_NODE_DRAINING', 'this node is being drained');
     if (!this.ready) return refuse('DW_NODE_NOT_READY', 'this node is still joining the cluster');
-    if (hello.kind === HelloKind.HANDOVER) return this.takeHandover(link, device.name, hello, refuse);
-    if (this.o.cluster) {
-      await this.o.cluster.claim(device.name);
+    if (hello.kind === HelloKind.HANDOVER) {
+      // PROTOCOL 7.15: the device is claimed for the redirect, once its request is checked (takeHandover).
+      await store.touchDevice(device.name, this.now(), hello.timestamp);
       if (link.connection.isClosed || this.closed) return;
+      return this.takeHandover(link, device.name, hello, refuse);
     }
+    // In a cluster, this node claims the device's session meanwhile (the node holding it retires it).
+    await Promise.all([store.touchDevice(device.name, this.now(), hello.timestamp), this.o.cluster?.claim(device.name)]);
+    if (link.connection.isClosed || this.closed) return;
 
     let p = this.peers.get(device.name);
     const resume =

@@ -39,8 +39,8 @@ export interface AttachOptions {
   /** This node's addresses, for the registry. */
   agents: string;
   http: string;
-  /** Starts the once-per-cluster work when this node gets the lease. */
-  background: () => Background;
+  /** Starts the once-per-cluster work when this node gets the lease; `gate` says whether it still holds it. */
+  background: (gate: () => boolean) => Background;
 }
 
 const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -142,8 +142,14 @@ export class ClusterNode implements HubCluster {
       log,
       holder: {
         gained: () => {
-          work = a.background();
-          reaping = setInterval(() => void reaper.sweep().catch((err: unknown) => log.warn({ err }, 'presence sweep failed')), HEARTBEAT_MS);
+          work = a.background(() => this.lease?.held() === true);
+          // Reaping starts two heartbeats after the lease was taken: after a Redis outage every live node
+          // has heart-beaten again by then, and is not taken for dead.
+          const since = Date.now();
+          reaping = setInterval(() => {
+            if (!this.lease?.held() || Date.now() - since < 2 * HEARTBEAT_MS) return;
+            reaper.sweep().catch((err: unknown) => log.warn({ err }, 'presence sweep failed'));
+          }, HEARTBEAT_MS);
           reaping.unref();
         },
         lost: () => {
