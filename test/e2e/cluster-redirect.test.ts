@@ -322,6 +322,7 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     const r = JSON.parse(out.stdout.trim().split('\n').at(-1)!) as { before: Record<string, number>; after: Record<string, number>; balanced: boolean; summaries: { moved: number; resentBytes: number; unacknowledgedBytes: number }[] };
     console.log(`rebalance: before ${JSON.stringify(r.before)} after ${JSON.stringify(r.after)}; ${JSON.stringify(r.summaries)}`);
     expect(r.before.node4).toBe(0);
+    if (!r.balanced) for (const a of agents) console.log(a.device, (await holders(c, [a.device])).get(a.device), a.proc.logs.filter((l) => /hand|relay|session|redirect/.test(String(l.msg))).map((l) => `${String(l.msg)} ${String(l.code ?? '')} ${String(l.reason ?? '')}`).join(' | '));
     expect(r.balanced).toBe(true);
     const mean = devices.length / 4;
     for (const n of ['node1', 'node2', 'node3', 'node4']) expect(Math.abs(r.after[n]! - mean)).toBeLessThanOrEqual(0.1 * mean);
