@@ -37,12 +37,15 @@ async function startAgent(c: TestCluster, device: string, o: { extra?: string[];
 async function startAgents(c: TestCluster, n: number, prefix = 'host'): Promise<TestAgent[]> {
   const agents: TestAgent[] = [];
   for (let i = 0; i < n; i++) agents.push(await startAgent(c, `${prefix}${i}`));
-  await waitForOwners(c, agents.map((a) => a.device));
+  await waitForSessions(c, agents);
   return agents;
 }
 
-async function waitForOwners(c: TestCluster, devices: string[]): Promise<void> {
-  await waitFor(async () => ([...(await owners(c.client, devices)).values()].every((o) => o.node) ? true : undefined), 60_000, 'every agent to have a session');
+/** Every agent process has its own session (not only the one its enrollment made), and the cluster knows where. */
+async function waitForSessions(c: TestCluster, agents: TestAgent[]): Promise<void> {
+  for (const a of agents) await a.proc.waitLog((l) => l.msg === 'session started', 60_000);
+  await waitFor(async () => ([...(await owners(c.client, agents.map((a) => a.device))).values()].every((o) => o.node) ? true : undefined), 60_000, 'every agent to have a session');
+  await new Promise((r) => setTimeout(r, 1_000)); // the enrollment sessions' ends are told meanwhile
 }
 
 async function holders(c: TestCluster, devices: string[]): Promise<Map<string, string | undefined>> {
@@ -223,7 +226,7 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     const configured = await startAgent(c, 'configured', { config: { redirects: false } });
     const willing = await startAgent(c, 'willing');
     const agents = [stubborn, configured, willing];
-    await waitForOwners(c, agents.map((a) => a.device));
+    await waitForSessions(c, agents);
     c.front.backends = () => c.nodes.filter((n) => n.proc).map((n) => n.agentsPort);
     const token = (await cliOk(['relay', 'token', 'add', 'site', '--store', c.url])).split('\n')[0]!;
     await new Promise((r) => setTimeout(r, 2_500));
@@ -272,7 +275,7 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     const [n1, n2] = c.nodes as [NodeHandle, NodeHandle];
     c.front.backends = () => [n1.agentsPort];
     const a = await startAgent(c, 'shop');
-    await waitForOwners(c, ['shop']);
+    await waitForSessions(c, [a]);
     const token = (await cliOk(['relay', 'token', 'add', 'site', '--store', c.url])).split('\n')[0]!;
     await new Promise((r) => setTimeout(r, 2_500));
     const flow = traffic(() => [n1], token, ['shop']);
