@@ -230,7 +230,9 @@ export class Hub extends EventEmitter {
     p.link = undefined;
     if (link) {
       this.byLink.delete(link);
-      link.close('DW_REDIRECTED'); // nothing more is read: `received` is final; unsent bytes stay in the buffer
+      // Nothing more is read: `received` is final; unsent bytes stay in the buffer. What is on the wire gets
+      // time to arrive (the agent swaps only once it has), rather than being sent again by the next node.
+      link.close('DW_REDIRECTED', 15_000);
     }
     for (const w of p.drainWaiters.splice(0)) w();
     for (let i = 0; i < 400 && p.delivering; i++) await new Promise((r) => setTimeout(r, 5));

@@ -106,10 +106,14 @@ export class Link {
   }
 
   /** Ends the connection from this side (sends CLOSE when established). */
-  close(code: string = ProtocolCode.CLOSED): void {
+  close(code: string = ProtocolCode.CLOSED, graceMs?: number): void {
+    if (graceMs !== undefined) this.graceMs = graceMs;
     this.connection.close(code);
     this.pump();
   }
+
+  /** How long the socket may take to deliver its last writes after the close (a hand-over: all of them). */
+  private graceMs = 2_000;
 
   /** The socket ended or failed: nothing more can be sent. */
   lost(err?: Error): void {
@@ -127,7 +131,7 @@ export class Link {
     socket.end();
     // Give the last writes (a CLOSE record, a refusal) a moment, then make sure the socket is gone.
     if (!socket.destroyed) {
-      const t = setTimeout(() => socket.destroy(), 2_000);
+      const t = setTimeout(() => socket.destroy(), this.graceMs);
       t.unref();
       socket.once('close', () => clearTimeout(t));
     }
