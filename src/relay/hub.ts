@@ -140,6 +140,8 @@ export class Hub extends EventEmitter {
   private readonly byLink = new Map<Link, Peer>();
   private readonly now: () => number;
   private closed = false;
+  /** Sockets of sessions handed out (PROTOCOL 7.15) still delivering their last bytes. */
+  private readonly flushing = new Set<Link['socket']>();
   /** A node being drained: new agents are refused (`DW_NODE_DRAINING`), `/healthz` says 503. */
   draining = false;
   /** False while a cluster node is still joining: agents are refused (`DW_NODE_NOT_READY`) until it is ready. */
@@ -201,6 +203,14 @@ export class Hub extends EventEmitter {
     return out;
   }
 
+  /**
+   * Resolves once the connections of the sessions handed out have delivered their last bytes and closed (or
+   * after `ms`): a node that stops before would cut them, and the next node would send those bytes again.
+   */
+  async flushed(ms: number): Promise<void> {
+    for (const until = Date.now() + ms; this.flushing.size > 0 && Date.now() < until; ) await new Promise((r) => setTimeout(r, 20));
+  }
+
   /** The id of the device's session here, if any. */
   sessionId(device: string): Uint8Array | undefined {
     return this.peers.get(device)?.session.id;
@@ -233,6 +243,11 @@ export class Hub extends EventEmitter {
       // Nothing more is read: `received` is final; unsent bytes stay in the buffer. What is on the wire gets
       // time to arrive (the agent swaps only once it has), rather than being sent again by the next node.
       link.close('DW_REDIRECTED', 15_000);
+      const socket = link.socket;
+      if (!socket.destroyed) {
+        this.flushing.add(socket);
+        socket.once('close', () => this.flushing.delete(socket));
+      }
     }
     for (const w of p.drainWaiters.splice(0)) w();
     for (let i = 0; i < 400 && p.delivering; i++) await new Promise((r) => setTimeout(r, 5));

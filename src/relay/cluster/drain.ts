@@ -71,8 +71,10 @@ export async function moveAgents(o: {
     );
   }
   await Promise.all(running);
+  // The old connections deliver what they carried before the agents swap and tell their counts.
+  await o.hub.flushed(o.timeoutMs);
   const moved = results.filter((r) => r.outcome === 'moved');
-  const counted = await countResent(o.redis, moved.map((r) => r.rid!));
+  const counted = await countResent(o.redis, moved.map((r) => r.rid!), o.timeoutMs);
   const pick = (outcome: MoveResult['outcome']) => results.filter((r) => r.outcome === outcome).map((r) => r.device).sort();
   return {
     node: o.node,
@@ -87,11 +89,11 @@ export async function moveAgents(o: {
 }
 
 /** Sums what the targets recorded per request (they record it when the agent's first count arrives). */
-async function countResent(redis: Redis, rids: string[]): Promise<{ resentBytes: number; unacknowledgedBytes: number }> {
+async function countResent(redis: Redis, rids: string[], ms: number): Promise<{ resentBytes: number; unacknowledgedBytes: number }> {
   let resentBytes = 0;
   let unacknowledgedBytes = 0;
   let missing = rids;
-  for (let i = 0; i < 40 && missing.length > 0; i++) {
+  for (let i = 0, tries = Math.max(40, Math.ceil(ms / 50)); i < tries && missing.length > 0; i++) {
     const pipe = redis.pipeline();
     for (const rid of missing) pipe.hmget(keys.redirect(rid), 'resent', 'unacked');
     const rows = (await pipe.exec()) ?? [];
