@@ -99,6 +99,13 @@ describe.skipIf(!canBuild || !hasCurl)('install.sh', () => {
     expect(good.stdout).toContain('service uninstall');
     expect(good.stdout).toContain(`rm ${bin}`);
 
+    // Running it again (an update) replaces the executable and keeps the enrollment.
+    const keyBefore = fs.readFileSync(path.join(homeIn(root), 'device.key'));
+    const again = await pipeInstall(base, ['dw1.unused', '--root', root], env);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain('Already enrolled');
+    expect(fs.readFileSync(path.join(homeIn(root), 'device.key'))).toEqual(keyBefore);
+
     // --dry-run downloads and checks, then installs nothing.
     const dryRoot = path.join(dir, 'dry-root');
     const token3 = await cliOk(['relay', 'device', 'add', 'office', '--data', data]);
