@@ -43,13 +43,33 @@ export function sourceKey(): string {
   return h.digest('hex').slice(0, 24);
 }
 
-/** Runs `scripts/release.mjs --targets linux-x64 --out OUT`; resolves with its stdout. */
-export function buildLinuxX64(out: string): Promise<string> {
+/** Runs `scripts/release.mjs --targets linux-x64 --out OUT` in `root`; resolves with its stdout. */
+export function buildLinuxX64(out: string, root = ROOT, env: NodeJS.ProcessEnv = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, [path.join(ROOT, 'scripts', 'release.mjs'), '--targets', 'linux-x64', '--out', out, '--no-typecheck'], { cwd: ROOT, timeout: BUILD_MS, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+    execFile(process.execPath, [path.join(root, 'scripts', 'release.mjs'), '--targets', 'linux-x64', '--out', out, '--no-typecheck'], { cwd: root, env: { ...process.env, ...env }, timeout: BUILD_MS, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
       err ? reject(new Error(`release build failed: ${err.message}\n${stderr.slice(-4000)}`)) : resolve(stdout),
     );
   });
+}
+
+/**
+ * The same build from a copy of the checkout's build inputs in another folder (no .git there: the commit
+ * string is passed in), node_modules linked: what lands in the executable must not depend on where the
+ * checkout is.
+ */
+export async function buildLinuxX64Elsewhere(out: string, commit: string): Promise<string> {
+  const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-elsewhere-'));
+  const root = path.join(copy, 'a', 'different', 'checkout');
+  try {
+    fs.mkdirSync(root, { recursive: true });
+    for (const p of ['src', 'scripts', 'service-templates', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json']) {
+      fs.cpSync(path.join(ROOT, p), path.join(root, p), { recursive: true });
+    }
+    fs.symlinkSync(fs.realpathSync(path.join(ROOT, 'node_modules')), path.join(root, 'node_modules'));
+    return await buildLinuxX64(out, root, { DROPWIRE_COMMIT: commit });
+  } finally {
+    fs.rmSync(copy, { recursive: true, force: true });
+  }
 }
 
 export interface Release {
