@@ -106,12 +106,13 @@ describe.skipIf(!canBuild || !hasCurl)('install.sh', () => {
     expect(again.stdout).toContain('Already enrolled');
     expect(fs.readFileSync(path.join(homeIn(root), 'device.key'))).toEqual(keyBefore);
 
-    // --dry-run downloads and checks, then installs nothing.
+    // --dry-run downloads and checks, then installs nothing (DESTDIR as the root this time).
     const dryRoot = path.join(dir, 'dry-root');
     const token3 = await cliOk(['relay', 'device', 'add', 'office', '--data', data]);
-    const dry = await pipeInstall(base, [token3, '--root', dryRoot, '--dry-run'], env);
+    const dry = await pipeInstall(base, [token3, '--dry-run'], { ...env, DESTDIR: dryRoot });
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toContain('Dry run: nothing installed');
+    expect(dry.stdout).toContain(`install -m 0755 dropwire-linux-x64 ${binIn(dryRoot)}`); // DESTDIR is the root
     expect(fs.existsSync(dryRoot)).toBe(false);
 
     await relay.proc.kill();
