@@ -439,6 +439,12 @@ export class Hub extends EventEmitter {
     this.forget(p);
   }
 
+  /** A durable write only when the version changed: every reconnect sends HELLO, few bring a new version. */
+  private async recordAgentVersion(device: string, version: string): Promise<void> {
+    const d = await this.o.store.getDevice(device);
+    if (d && d.agentVersion !== version) await this.o.store.setAgentVersion(device, version);
+  }
+
   private forget(p: Peer): void {
     if (this.peers.get(p.device) !== p) return;
     this.peers.delete(p.device);
@@ -452,7 +458,7 @@ export class Hub extends EventEmitter {
       case MessageType.HELLO: {
         for (const { id, have } of m.header.partial) (p.partial ??= new Map()).set(id, have);
         const version = agentVersionOf(m.header.agent); // PROTOCOL 7.3; shown by GET /v1/devices/NAME
-        if (version) this.o.store.setAgentVersion(p.device, version).catch(() => {});
+        if (version) this.recordAgentVersion(p.device, version).catch(() => {});
         // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
         this.afterWrites(p, () => {
           p.ready = true;
