@@ -3,7 +3,7 @@ import { fromHex } from '../protocol/bytes.js';
 import { Connection, type Output } from '../protocol/connection.js';
 import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
-import type { ProtocolError } from '../protocol/errors.js';
+import { ProtocolError } from '../protocol/errors.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
@@ -152,7 +152,8 @@ export class Agent {
           this.status.reconnects++;
           // A dial that failed before any link (proxy refused, certificate untrusted…): say why, once per
           // reason (a link's own close has set lastError already).
-          const dialCode = this.removed ? undefined : (err as { code?: string }).code;
+          // A link's end (a ProtocolError) was told to onClose, which keeps the more precise last error.
+          const dialCode = this.removed || err instanceof ProtocolError ? undefined : (err as { code?: string }).code;
           if (!this.status.connected && dialCode && dialCode !== this.status.lastError) this.o.log.warn({ code: dialCode, reason: err.message }, 'cannot reach the relay');
           if (dialCode) this.status.lastError = dialCode;
           if (this.removed && !this.removedLogged) {
