@@ -13,8 +13,11 @@ import { ROOT } from '../helpers/cli.js';
  */
 
 export const canBuild = process.platform === 'linux' && process.arch === 'x64' && process.versions.node.startsWith('24.');
-/** Per checkout: several worktrees on one machine keep their own builds. */
-const CACHE = path.join(os.tmpdir(), 'dropwire-sea-test', createHash('sha256').update(ROOT).digest('hex').slice(0, 12));
+/**
+ * Per checkout: several worktrees on one machine keep their own builds. Not under a temporary folder:
+ * `service install` rightly refuses an executable there (a reboot empties it), and the tests install it.
+ */
+const CACHE = path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'dropwire-sea-test', createHash('sha256').update(ROOT).digest('hex').slice(0, 12));
 /** An older build of this checkout is removed only when it has not been used for this long. */
 const KEEP_UNUSED_MS = 60 * 60_000;
 const BUILD_MS = 5 * 60_000;
