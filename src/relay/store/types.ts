@@ -278,3 +278,26 @@ export const StoreErrorCode = {
   /** A store URL that cannot be understood (`--store`, DROPWIRE_STORE). */
   URL: 'DW_STORE_URL',
 } as const;
+
+/** The record a fresh insert produced, built without reading it back (every backend). */
+export function insertedMessage(m: NewMessage, seq: number): MessageRecord {
+  return {
+    id: m.id,
+    seq,
+    to: m.to,
+    from: m.from,
+    filename: m.filename,
+    size: m.size,
+    sha256: m.sha256,
+    inline: m.body !== undefined,
+    bodyPath: m.bodyPath,
+    status: 'queued',
+    idempotencyKey: m.idempotencyKey,
+    createdAt: m.createdAt,
+    updatedAt: m.createdAt,
+    deadlineAt: m.deadlineAt,
+    expiresAt: m.expiresAt,
+    overdue: false,
+    result: undefined,
+  };
+}

@@ -12,6 +12,7 @@ import type { Redis } from 'ioredis';
 import { DropwireError } from '../../../shared/errors.js';
 import { closedError, invalid, jsonOrNull } from '../errors.js';
 import {
+  insertedMessage,
   MessageStatus,
   type DeviceRecord,
   type EventType,
@@ -373,7 +374,7 @@ class RedisStoreImpl implements RedisStore {
     return this.write(label, scripts.enqueue, args, (reply) => {
       const [created, rest] = reply as [number, number | string[]];
       if (created === 0) return { message: toMessage(hashFrom(rest as string[])), created: false };
-      return { message: inserted(message, Number(rest)), created: true };
+      return { message: insertedMessage(message, Number(rest)), created: true };
     });
   }
 
@@ -537,26 +538,4 @@ class RedisStoreImpl implements RedisStore {
   }
 }
 
-/** The record a fresh insert produced, built without reading it back. */
-function inserted(m: NewMessage, seq: number): MessageRecord {
-  return {
-    id: m.id,
-    seq,
-    to: m.to,
-    from: m.from,
-    filename: m.filename,
-    size: m.size,
-    sha256: m.sha256,
-    inline: m.body !== undefined,
-    bodyPath: m.bodyPath,
-    status: 'queued',
-    idempotencyKey: m.idempotencyKey,
-    createdAt: m.createdAt,
-    updatedAt: m.createdAt,
-    deadlineAt: m.deadlineAt,
-    expiresAt: m.expiresAt,
-    overdue: false,
-    result: undefined,
-  };
-}
 

@@ -11,6 +11,7 @@ import { closedError, failed, invalid, jsonOrNull } from '../errors.js';
 import {
   EventType,
   FINAL_STATUSES,
+  insertedMessage,
   MessageStatus,
   StoreErrorCode,
   type DeviceRecord,
@@ -27,7 +28,6 @@ import {
 import { openDatabase } from './schema.js';
 import {
   eventFromRow,
-  insertedMessage,
   prepareStatements,
   toDevice,
   toMessage,

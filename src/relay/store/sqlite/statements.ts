@@ -132,28 +132,6 @@ export function toMessage(r: MessageRow): MessageRecord {
   };
 }
 
-/** The record a fresh insert produced, built without reading the row back. */
-export function insertedMessage(m: NewMessage, seq: number): MessageRecord {
-  return {
-    id: m.id,
-    seq,
-    to: m.to,
-    from: m.from,
-    filename: m.filename,
-    size: m.size,
-    sha256: m.sha256,
-    inline: m.body !== undefined,
-    bodyPath: m.bodyPath,
-    status: 'queued',
-    idempotencyKey: m.idempotencyKey,
-    createdAt: m.createdAt,
-    updatedAt: m.createdAt,
-    deadlineAt: m.deadlineAt,
-    expiresAt: m.expiresAt,
-    overdue: false,
-    result: undefined,
-  };
-}
 
 export const SCAN_SQL = {
   pending: `SELECT ${MESSAGE_COLUMNS}, body FROM messages
