@@ -82,10 +82,10 @@ export function registerClusterCommands(relay: Command): void {
     .requiredOption('--public <list>', 'the addresses agents dial, comma-separated HOST:PORT (all go into enrollment tokens)')
     .action(async (o: { store: string; data: string; public: string }) => {
       const { openRedis } = await import('../relay/cluster/connect.js');
-      const { initCluster } = await import('../relay/cluster/config.js');
+      const { agentAddresses, initCluster } = await import('../relay/cluster/config.js');
+      const agents = agentAddresses(o.public);
       const redis = await openRedis(o.store);
       try {
-        const agents = o.public.split(',').map((s) => s.trim()).filter(Boolean);
         const cfg = await initCluster(redis, { dataDir: o.data, agents });
         console.log(`cluster initialised: relay key ${cfg.publicKey}`);
         console.log(`key file: ${cfg.keyFile} (copy it to every node; it never goes into Redis)`);

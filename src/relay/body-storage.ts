@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { DropwireError } from '../shared/errors.js';
+import { transferred } from '../transport/memory.js';
 
 /** Bodies up to this size are kept inline in the store (one group commit covers them). */
 export const INLINE_MAX = 64 * 1024;
@@ -72,6 +73,7 @@ export async function receiveBody(
       size += chunk.length;
       if (size > limit) throw new DropwireError('DW_TOO_LARGE', `body larger than the limit of ${limit} bytes`);
       hash.update(chunk);
+      transferred(chunk.length); // an upload alone (a cluster node with no agent traffic) also frees its buffers
       held.push(chunk);
       heldBytes += chunk.length;
       if (!sink) {

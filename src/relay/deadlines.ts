@@ -5,6 +5,17 @@ import type { Store } from './store/types.js';
 
 export const SWEEP_MS = 500;
 
+export interface SweeperOptions {
+  store: Store;
+  hub: Hub;
+  feed: EventFeed;
+  log: Logger;
+  now?: () => number;
+  intervalMs?: number;
+  /** In a cluster: whether this node still holds the lease for once-per-cluster work (else it skips). */
+  gate?: () => boolean;
+}
+
 /**
  * Flags messages not `received` by their deadline as overdue (an event; they stay queued), and expires
  * those past their time to live (never delivered after it).
@@ -12,16 +23,16 @@ export const SWEEP_MS = 500;
 export class DeadlineSweeper {
   private readonly timer: NodeJS.Timeout;
   private busy = false;
-  private readonly o: { store: Store; hub: Hub; feed: EventFeed; log: Logger; now?: () => number; intervalMs?: number };
+  private readonly o: SweeperOptions;
 
-  constructor(o: { store: Store; hub: Hub; feed: EventFeed; log: Logger; now?: () => number; intervalMs?: number }) {
+  constructor(o: SweeperOptions) {
     this.o = o;
     this.timer = setInterval(() => void this.sweep(), o.intervalMs ?? SWEEP_MS);
     this.timer.unref();
   }
 
   async sweep(): Promise<void> {
-    if (this.busy) return;
+    if (this.busy || (this.o.gate && !this.o.gate())) return;
     this.busy = true;
     const { store, hub, feed, log } = this.o;
     const now = (this.o.now ?? Date.now)();

@@ -365,12 +365,9 @@ export class Hub extends EventEmitter {
     const device = await store.getDeviceByKey(key);
     if (!device) return refuse('DW_UNKNOWN_DEVICE', 'unknown device key');
     if (!isFresh(hello, device.lastHandshakeTs)) return refuse('DW_HANDSHAKE_REPLAYED', 'handshake timestamp not fresh');
-    await store.touchDevice(device.name, this.now(), hello.timestamp);
+    // In a cluster, this node claims the device's session meanwhile (the node holding it retires it).
+    await Promise.all([store.touchDevice(device.name, this.now(), hello.timestamp), this.o.cluster?.claim(device.name)]);
     if (link.connection.isClosed || this.closed) return;
-    if (this.o.cluster) {
-      await this.o.cluster.claim(device.name);
-      if (link.connection.isClosed || this.closed) return;
-    }
 
     let p = this.peers.get(device.name);
     const resume =

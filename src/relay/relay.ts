@@ -185,9 +185,9 @@ export class Relay<S extends Store = SqliteStore> {
       ...(o.caps?.maxConnsPerIp ? { maxConnectionsPerIp: o.caps.maxConnsPerIp, onRefused: (remote: string, open: number, refused: number) => o.log.warn({ remote, open, refused }, 'connection refused: too many from one address') } : {}),
     });
     // In a cluster, webhooks and deadline sweeps run on the one node holding the lease (cluster/lease.ts).
-    const background = () => {
-      const webhooks = new Webhooks({ store, feed, log: o.log });
-      const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
+    const background = (gate?: () => boolean) => {
+      const webhooks = new Webhooks({ store, feed, log: o.log, ...(gate ? { gate } : {}) });
+      const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log, ...(gate ? { gate } : {}) });
       webhooks.refresh(); // deliver what is still owed from before a restart
       return {
         refresh: () => webhooks.refresh(),

@@ -26,6 +26,11 @@ export interface WebhookOptions {
   /** An event still failing this long after its first attempt is given up (recorded as abandoned). */
   horizonMs?: number;
   timeoutMs?: number;
+  /**
+   * In a cluster: whether this node still holds the lease for once-per-cluster work (checked before every
+   * attempt, so a node that lost it sends nothing more). Always true on a single relay.
+   */
+  gate?: () => boolean;
 }
 
 export const DEFAULT_HORIZON_MS = 24 * 3600_000;
@@ -49,14 +54,14 @@ interface Worker {
  * receiver that was down gets everything, in order, when it is back — within the retry horizon.
  */
 export class Webhooks {
-  private readonly o: Required<Omit<WebhookOptions, 'now'>> & { now: () => number };
+  private readonly o: Required<Omit<WebhookOptions, 'now' | 'gate'>> & { now: () => number; gate: () => boolean };
   private readonly workers = new Map<string, Worker>();
   private closed = false;
   private readonly onAppended = () => this.kick();
   private readonly poll: NodeJS.Timeout;
 
   constructor(o: WebhookOptions) {
-    this.o = { initialDelayMs: 500, maxDelayMs: 10_000, horizonMs: DEFAULT_HORIZON_MS, timeoutMs: 10_000, now: Date.now, ...o };
+    this.o = { initialDelayMs: 500, maxDelayMs: 10_000, horizonMs: DEFAULT_HORIZON_MS, timeoutMs: 10_000, now: Date.now, gate: () => true, ...o };
     o.feed.on('appended', this.onAppended);
     // Tokens are added by the CLI from another process: look for new ones now and then.
     this.poll = setInterval(() => this.refresh(), TOKEN_POLL_MS);
@@ -136,6 +141,7 @@ export class Webhooks {
           await store.skipWebhookEvents(token.name, skipTo);
           skipTo = 0;
         }
+        if (this.closed || !this.o.gate()) return;
         if (!(await this.deliver(token, w, e))) return;
       }
       if (skipTo) await store.skipWebhookEvents(token.name, skipTo);

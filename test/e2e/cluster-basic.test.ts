@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { decodeEnrollmentToken } from '../../src/shared/enrollment.js';
 import { Api, cli, cliOk, randomData, recordingHandler, sha256, spawnCli, tempDir, waitFor } from '../helpers/cli.js';
 import { owners, startCluster, type TestCluster } from '../helpers/cluster.js';
-import { redisUnavailableReason } from '../helpers/redis.js';
+import { redisUnavailableReason, startRedis } from '../helpers/redis.js';
+import { onTestFinished } from 'vitest';
 
 const why = redisUnavailableReason();
 if (why) console.log(`skipping the cluster end-to-end tests: ${why}`);
@@ -169,6 +170,27 @@ describe.skipIf(why !== undefined)('a relay of three nodes on Redis', () => {
     }, 30_000, 'node2 shown dead');
     expect(dead).toBeDefined();
     expect(Date.now() - killedAt).toBeGreaterThanOrEqual(8_000); // heartbeats every 2 s: dead 10 s after the last one
+
+    // A node stopped cleanly (SIGTERM) leaves the list at once and gives its sessions and lease up.
+    await n3.proc!.kill('SIGTERM');
+    const left = JSON.parse(await cliOk(['relay', 'nodes', '--json', '--store', c.url])) as { name: string }[];
+    expect(left.map((n) => n.name)).not.toContain('node3');
     await again2.kill();
   }, 300_000);
+
+  it('a node refuses a Redis that does not fsync every write, unless started with --unsafe-redis (then it warns)', async () => {
+    const r = await startRedis({ durable: false });
+    onTestFinished(() => r.dispose());
+    const dir = tempDir();
+    await cliOk(['relay', 'cluster', 'init', '--store', r.url, '--data', path.join(dir, 'key'), '--public', '127.0.0.1:7390']);
+    const args = ['relay', 'start', '--store', r.url, '--key', path.join(dir, 'key', 'relay.key'), '--node', 'n1', '--data', path.join(dir, 'n1'), '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0'];
+    const refused = await cli(args);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('DW_STORE_UNSAFE');
+    const node = spawnCli([...args, '--unsafe-redis']);
+    const warned = await node.waitLog((l) => l.level === 40 && /unsafe/.test(String(l.msg)), 20_000);
+    expect(warned).toMatchObject({ appendfsync: 'everysec' });
+    await node.waitLog((l) => l.msg === 'relay node listening', 20_000);
+    await node.kill();
+  });
 });

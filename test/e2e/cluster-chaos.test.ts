@@ -74,7 +74,8 @@ describe.skipIf(why !== undefined)('three nodes, nodes killed and restarted whil
       fs.writeFileSync(path.join(home, 'config.json'), JSON.stringify(cfg, null, 2));
       agents.set(d, { home, runs: rec.runs });
     }
-    for (const a of agents.values()) a.proc = spawnCli(['agent', '--home', a.home]);
+    // Debug logs: a slow move prints how the agents' reconnections went.
+    for (const a of agents.values()) a.proc = spawnCli(['agent', '--home', a.home], { env: { DROPWIRE_LOG_LEVEL: 'debug' } });
     await waitFor(async () => ([...(await owners(c.client, devices)).values()].every((o) => o.node) ? true : undefined), 60_000, 'every agent to have a session');
     const spread = new Map<string, number>();
     for (const o of (await owners(c.client, devices)).values()) spread.set(o.node!, (spread.get(o.node!) ?? 0) + 1);
@@ -122,6 +123,13 @@ describe.skipIf(why !== undefined)('three nodes, nodes killed and restarted whil
         }, 30_000, `the agents of ${node.name} to be back on other nodes`);
         const took = Date.now() - t0;
         moves.push(took);
+        if (took > 2_500) {
+          for (const [d] of on) {
+            const lines = fs.readFileSync(path.join(agents.get(d)!.home, 'agent.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+            const seen = lines.filter((l) => Date.parse(String(l.time)) >= t0 - 200 && /reconnect|lost|session|refused/.test(String(l.msg)));
+            console.log(`  ${d}: ${seen.map((l) => `+${Date.parse(String(l.time)) - t0}ms ${String(l.msg)}${l.code ? ` ${String(l.code)}` : ''}${l.delay ? ` (next in ${String(l.delay)} ms)` : ''}`).join('; ')}`);
+          }
+        }
         console.log(`killed ${node.name} with ${on.length} agents: all back on other nodes after ${took} ms`);
         await c.startNode(node);
       }
@@ -147,8 +155,12 @@ describe.skipIf(why !== undefined)('three nodes, nodes killed and restarted whil
       return ((await res.json()) as { status: string }).status;
     }));
     expect(new Set(handled)).toEqual(new Set(['handled']));
+    // `relay nodes`: every node alive, and, a heartbeat later, every agent counted once.
+    await new Promise((r) => setTimeout(r, 2_500));
     const nodes = JSON.parse(await cliOk(['relay', 'nodes', '--json', '--store', c.url])) as { name: string; state: string; connected: number }[];
     console.log(`nodes at the end: ${nodes.map((n) => `${n.name} ${n.state} ${n.connected} agents`).join(', ')}; moves took ${moves.join(', ')} ms`);
+    expect(nodes.map((n) => n.state)).toEqual(['alive', 'alive', 'alive']);
+    expect(nodes.reduce((n, x) => n + x.connected, 0)).toBe(AGENTS);
     expect(kills).toBeGreaterThanOrEqual(1);
     for (const ms of moves) expect(ms).toBeLessThanOrEqual(5_000);
     for (const a of agents.values()) await a.proc!.kill();

@@ -9,7 +9,7 @@ const why = redisUnavailableReason();
 if (why) console.log(`skipping the once-per-cluster test: ${why}`);
 
 describe.skipIf(why !== undefined)('once per cluster', () => {
-  it('webhooks, overdue and expiry fire once each with three nodes up, and again once after the node running them is killed', async () => {
+  it('webhooks, overdue and expiry fire once each with three nodes up, and again once after the node running them is killed; presence told once, also for a node that dies', async () => {
     const c = await startCluster({ nodes: 3 });
     const enroll = await cliOk(['relay', 'device', 'add', 'shop', '--store', c.url]);
     await cliOk(['relay', 'device', 'add', 'kiosk', '--store', c.url]); // never connects: its messages go overdue
@@ -88,6 +88,19 @@ describe.skipIf(why !== undefined)('once per cluster', () => {
     await new Promise((r) => setTimeout(r, 3_000));
     expect(hook.of('device.offline', 'shop')).toHaveLength(offlineBefore + 1);
     expect(hook.of('device.online', 'shop')).toHaveLength(offlineBefore);
+
+    // A node dies with an agent that never comes back: the node running the once-per-cluster work tells
+    // device.offline once, after the dead node's heartbeats have been missing for 10 s.
+    agent = spawnCli(['agent', '--home', home]);
+    await waitFor(() => (hook.of('device.online', 'shop').length === offlineBefore + 1 ? true : undefined), 30_000, 'shop online again');
+    const on = (await owners(c.client, ['shop'])).get('shop')!.node!;
+    await agent.kill('SIGKILL');
+    const diedAt = Date.now();
+    await c.killNode(c.nodes.find((n) => n.name === on)!);
+    await waitFor(() => (hook.of('device.offline', 'shop').length === offlineBefore + 2 ? true : undefined), 40_000, 'shop offline after its node died');
+    console.log(`${on} died with shop on it: device.offline told ${Date.now() - diedAt} ms later`);
+    await new Promise((r) => setTimeout(r, 4_000));
+    expect(hook.of('device.offline', 'shop')).toHaveLength(offlineBefore + 2);
     console.log(`webhook events: ${hook.received.length}, each once`);
   }, 300_000);
 });

@@ -67,11 +67,11 @@ describe.skipIf(why !== undefined)('redis-server SIGKILLed and restarted under l
     });
 
     await new Promise((r) => setTimeout(r, 3_000));
-    await c.redis.kill();
+    await c.redis!.kill();
     const downAt = Date.now();
     await new Promise((r) => setTimeout(r, 4_000));
     const upAt = Date.now();
-    await c.redis.restart();
+    await c.redis!.restart();
     console.log(`redis-server SIGKILLed for ${upAt - downAt} ms, then restarted from its AOF`);
     // Nodes reconnect by themselves: POSTs are taken again on every node.
     await waitFor(() => {

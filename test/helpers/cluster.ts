@@ -7,9 +7,10 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { openRedis } from '../../src/relay/cluster/connect.js';
 import { onTestFinished } from 'vitest';
-import { cliOk, spawnCli, tempDir, waitFor, type Proc, type RelayInfo } from './cli.js';
+import { cliOk, randomData, recordingHandler, sha256, spawnCli, tempDir, waitFor, type Proc, type RelayInfo } from './cli.js';
 import { freePort, startRedis, type PrivateRedis } from './redis.js';
 
 export interface NodeHandle {
@@ -80,7 +81,8 @@ export class AgentFront {
 
 export interface TestCluster {
   dir: string;
-  redis: PrivateRedis;
+  /** The private redis-server, unless the test gave its own store URL (Sentinel). */
+  redis: PrivateRedis | undefined;
   url: string;
   keyFile: string;
   nodes: NodeHandle[];
@@ -91,11 +93,12 @@ export interface TestCluster {
   killNode(n: NodeHandle): Promise<void>;
 }
 
-/** Redis, `relay cluster init`, and `count` nodes started. */
-export async function startCluster(o: { nodes: number; nodeArgs?: string[] }): Promise<TestCluster> {
+/** Redis (a private redis-server, or `url`), `relay cluster init`, and `nodes` nodes started. */
+export async function startCluster(o: { nodes: number; nodeArgs?: string[]; url?: string }): Promise<TestCluster> {
   const dir = tempDir('dw-cluster-');
-  const redis = await startRedis();
-  onTestFinished(() => redis.dispose());
+  const redis = o.url ? undefined : await startRedis();
+  if (redis) onTestFinished(() => redis.dispose());
+  const url = o.url ?? redis!.url;
   const nodes: NodeHandle[] = [];
   for (let i = 1; i <= o.nodes; i++) {
     const agentsPort = await freePort();
@@ -103,11 +106,11 @@ export async function startCluster(o: { nodes: number; nodeArgs?: string[] }): P
     nodes.push({ name: `node${i}`, data: path.join(dir, `node${i}`), agentsPort, httpPort, proc: undefined, info: undefined, http: `127.0.0.1:${httpPort}` });
   }
   const keyDir = path.join(dir, 'cluster');
-  await cliOk(['relay', 'cluster', 'init', '--store', redis.url, '--data', keyDir, '--public', nodes.map((n) => `127.0.0.1:${n.agentsPort}`).join(',')]);
+  await cliOk(['relay', 'cluster', 'init', '--store', url, '--data', keyDir, '--public', nodes.map((n) => `127.0.0.1:${n.agentsPort}`).join(',')]);
   const keyFile = path.join(keyDir, 'relay.key');
   const startNode = async (n: NodeHandle, extra: string[] = []) => {
     fs.rmSync(path.join(n.data, 'relay.json'), { force: true });
-    const proc = spawnCli(['relay', 'start', '--store', redis.url, '--key', keyFile, '--node', n.name, '--data', n.data, '--listen', `127.0.0.1:${n.agentsPort}`, '--http', n.http, ...(o.nodeArgs ?? []), ...extra]);
+    const proc = spawnCli(['relay', 'start', '--store', url, '--key', keyFile, '--node', n.name, '--data', n.data, '--listen', `127.0.0.1:${n.agentsPort}`, '--http', n.http, ...(o.nodeArgs ?? []), ...extra]);
     n.proc = proc;
     n.info = await waitFor(() => {
       try {
@@ -126,11 +129,9 @@ export async function startCluster(o: { nodes: number; nodeArgs?: string[] }): P
   const front = new AgentFront(() => nodes.filter((n) => n.proc).map((n) => n.agentsPort));
   await front.listen();
   onTestFinished(() => front.close());
-  const client = new Redis({ host: redis.host, port: redis.port, lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => 200 });
-  client.on('error', () => {});
-  await client.connect();
+  const client = await openRedis(url, { subscriber: true }); // waits through a failover instead of failing
   onTestFinished(() => void client.disconnect());
-  return { dir, redis, url: redis.url, keyFile, nodes, front, client, startNode, killNode };
+  return { dir, redis, url, keyFile, nodes, front, client, startNode, killNode };
 }
 
 /** The node holding each device's session, and the claim's epoch (cluster/handover.ts). */
@@ -141,4 +142,65 @@ export async function owners(client: Redis, devices: string[]): Promise<Map<stri
     out.set(d, { node: h.node, epoch: Number(h.epoch ?? 0) });
   }
   return out;
+}
+
+/** Enrolls `device` through the agents' front with an exec rule that records every run; starts its agent. */
+export async function recordingAgent(c: TestCluster, device: string): Promise<{ home: string; runs: () => { id: string; sha: string }[]; proc: Proc }> {
+  const enroll = await cliOk(['relay', 'device', 'add', device, '--store', c.url]);
+  const dir = tempDir();
+  const home = path.join(dir, 'agent');
+  await cliOk(['init', enroll, '--home', home, '--relay', `127.0.0.1:${c.front.port}`]);
+  const rec = recordingHandler(dir);
+  const cfg = JSON.parse(fs.readFileSync(path.join(home, 'config.json'), 'utf8')) as Record<string, unknown>;
+  cfg.rules = [rec.rule];
+  fs.writeFileSync(path.join(home, 'config.json'), JSON.stringify(cfg, null, 2));
+  return { home, runs: rec.runs, proc: spawnCli(['agent', '--home', home]) };
+}
+
+export interface PostOutcome {
+  status: number | 'hang' | 'error';
+  code?: string;
+  id?: string;
+  sha: string;
+  device: string;
+  sentAt: number;
+  answeredAt: number;
+}
+
+/** One poster per device, round-robin over the nodes' HTTP ports, until `stop()`; every answer recorded. */
+export function posters(c: TestCluster, token: string, devices: string[]): { outcomes: PostOutcome[]; stop: () => Promise<void> } {
+  const outcomes: PostOutcome[] = [];
+  let stopped = false;
+  let turn = 0;
+  const running = devices.map(async (device) => {
+    for (let i = 0; !stopped && i < 100_000; i++) {
+      const body = randomData(1024 + ((i * 7919) % (256 * 1024)));
+      const node = c.nodes[turn++ % c.nodes.length]!;
+      const o: PostOutcome = { status: 'error', sha: sha256(body), device, sentAt: Date.now(), answeredAt: 0 };
+      try {
+        const res = await fetch(`http://${node.http}/v1/messages?to=${device}&filename=f${i}.bin`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${token}` },
+          body: body as unknown as RequestInit['body'],
+          signal: AbortSignal.timeout(15_000),
+        });
+        const json = (await res.json()) as { id?: string; error?: { code: string } };
+        o.status = res.status;
+        if (json.id) o.id = json.id;
+        if (json.error) o.code = json.error.code;
+      } catch (err) {
+        o.status = (err as Error).name === 'TimeoutError' ? 'hang' : 'error';
+      }
+      o.answeredAt = Date.now();
+      outcomes.push(o);
+      if (o.status !== 202) await new Promise((r) => setTimeout(r, 50));
+    }
+  });
+  return {
+    outcomes,
+    stop: async () => {
+      stopped = true;
+      await Promise.all(running);
+    },
+  };
 }

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Store } from '../store/types.js';
-import type { BusMessage } from './bus.js';
+import { envelope } from './bus.js';
 import { requireClusterConfig, type ClusterConfig } from './config.js';
 import { openRedis } from './connect.js';
 import { channels } from './keys.js';
@@ -25,8 +25,7 @@ export async function withClusterAdmin<T>(url: string, fn: (a: ClusterAdmin) => 
         store,
         config,
         dropEverywhere: async (device) => {
-          const m: BusMessage = { t: 'drop', device };
-          await redis.publish(channels.all, JSON.stringify({ f: 'admin', m }));
+          await redis.publish(channels.all, envelope('admin', { t: 'drop', device }));
         },
       });
     } finally {

@@ -17,6 +17,11 @@ export type BusMessage =
 
 export type BusHandler = (m: BusMessage, from: string) => void;
 
+/** What goes on the wire: the sender's node name and the message (Lua scripts that publish build the same). */
+export function envelope(from: string, m: BusMessage): string {
+  return JSON.stringify({ f: from, m });
+}
+
 /**
  * The cluster's pub/sub: one subscriber connection per node on its own channel and the broadcast channel;
  * publishing goes through the command connection. A message published while Redis is away is lost: the
@@ -44,14 +49,13 @@ export class Bus {
     const bus = new Bus(o.pub, o.sub, o.node, o.log);
     o.sub.on('message', (_channel: string, text: string) => bus.receive(text));
     await o.sub.subscribe(channels.node(o.node), channels.all);
-    let first = true;
+    // From here on, 'ready' means a reconnection (ioredis subscribes again by itself): what was published
+    // meanwhile is lost, so the receivers re-read what they care about.
     o.sub.on('ready', () => {
-      // ioredis re-subscribed after a reconnect: what was published meanwhile is lost, so re-read.
-      if (first || bus.closed) return;
+      if (bus.closed) return;
       o.log.info('cluster bus reconnected; resynchronising');
       for (const r of bus.resyncs) r();
     });
-    first = false;
     return bus;
   }
 
@@ -82,18 +86,13 @@ export class Bus {
 
   /** The envelope every publisher writes (scripts that publish use the same). */
   envelope(m: BusMessage): string {
-    return JSON.stringify({ f: this.node, m });
+    return envelope(this.node, m);
   }
 
   /** Fire and forget: a lost publish is made up for by the receivers' resync. */
   toNode(node: string, m: BusMessage): void {
     if (this.closed) return;
     this.pub.publish(channels.node(node), this.envelope(m)).catch(() => {});
-  }
-
-  toAll(m: BusMessage): void {
-    if (this.closed) return;
-    this.pub.publish(channels.all, this.envelope(m)).catch(() => {});
   }
 
   async close(): Promise<void> {

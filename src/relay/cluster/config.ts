@@ -28,9 +28,16 @@ return 1`;
  * becoming a cluster keeps its enrolled agents), its public key and the agents' addresses in Redis. The
  * private key never leaves the file.
  */
+/** `--public A1,A2,…`: the agents' addresses, each HOST:PORT; at least one. */
+export function agentAddresses(list: string[] | string): string[] {
+  const agents = (typeof list === 'string' ? list.split(',') : list).map((s) => s.trim()).filter(Boolean);
+  if (agents.length === 0) throw new ClusterError(ClusterCode.BAD_ARGUMENT, '--public needs at least one HOST:PORT');
+  for (const a of agents) parseHostPort(a, '--public');
+  return agents;
+}
+
 export async function initCluster(redis: Redis, o: { dataDir: string; agents: string[]; now?: number }): Promise<ClusterConfig & { keyFile: string }> {
-  if (o.agents.length === 0) throw new ClusterError(ClusterCode.BAD_STORE_URL, '--public needs at least one HOST:PORT');
-  for (const a of o.agents) parseHostPort(a, '--public');
+  o = { ...o, agents: agentAddresses(o.agents) };
   fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
   const keyFile = path.join(o.dataDir, 'relay.key');
   const pair = loadOrCreateKeyPair(keyFile, nodeCrypto);

@@ -8,8 +8,10 @@ export const ClusterCode = {
   NOT_INITIALISED: 'DW_CLUSTER_NOT_INITIALISED',
   /** The node's `--key` is not the cluster's key. */
   KEY_MISMATCH: 'DW_CLUSTER_KEY_MISMATCH',
-  /** A malformed `--store` URL or option. */
-  BAD_STORE_URL: 'DW_BAD_STORE_URL',
+  /** A `--store` URL that does not name a Redis (the store's own code for store URLs). */
+  BAD_STORE_URL: 'DW_STORE_URL',
+  /** A bad option value (e.g. an empty `--public`). */
+  BAD_ARGUMENT: 'DW_BAD_ARGUMENT',
   /** Redis could not be reached or answered an error. */
   STORE_DOWN: 'DW_STORE_DOWN',
   BAD_NODE_NAME: 'DW_BAD_NODE_NAME',

@@ -36,8 +36,8 @@ export interface AttachOptions {
   /** This node's addresses, for the registry. */
   agents: string;
   http: string;
-  /** Starts the once-per-cluster work when this node gets the lease. */
-  background: () => Background;
+  /** Starts the once-per-cluster work when this node gets the lease; `gate` says whether it still holds it. */
+  background: (gate: () => boolean) => Background;
 }
 
 const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -56,8 +56,6 @@ export class ClusterNode implements HubCluster {
   private lease: Lease | undefined;
   private hub: Hub | undefined;
   private feed: EventFeed | undefined;
-  /** True while a notification from another node is being passed on locally (not to be re-published). */
-  private relaying = false;
   private appendedPending = false;
   private unsubscribe: (() => void) | undefined;
   private closed = false;
@@ -119,7 +117,7 @@ export class ClusterNode implements HubCluster {
     });
     await this.registry.beat();
     a.hub.on('status', (e: StatusEvent) => {
-      if (!this.relaying && e.status === 'received') this.registry?.countDelivered();
+      if (e.status === 'received') this.registry?.countDelivered(); // messages/s in `relay nodes`
     });
     // Every change in the store publishes its device's wake-up in the same script (store/redis/wakeups.ts):
     // new messages reach the node holding the device, and every node's long-polls and event streams wake.
@@ -134,8 +132,14 @@ export class ClusterNode implements HubCluster {
       log,
       holder: {
         gained: () => {
-          work = a.background();
-          reaping = setInterval(() => void reaper.sweep().catch((err: unknown) => log.warn({ err }, 'presence sweep failed')), HEARTBEAT_MS);
+          work = a.background(() => this.lease?.held() === true);
+          // Reaping starts two heartbeats after the lease was taken: after a Redis outage every live node
+          // has heart-beaten again by then, and is not taken for dead.
+          const since = Date.now();
+          reaping = setInterval(() => {
+            if (!this.lease?.held() || Date.now() - since < 2 * HEARTBEAT_MS) return;
+            reaper.sweep().catch((err: unknown) => log.warn({ err }, 'presence sweep failed'));
+          }, HEARTBEAT_MS);
           reaping.unref();
         },
         lost: () => {
@@ -190,11 +194,6 @@ export class ClusterNode implements HubCluster {
     return n !== undefined && n !== this.o.node;
   }
 
-  /** Tells every node (this one included) that a device was removed. */
-  dropEverywhere(device: string): void {
-    this.bus.toAll({ t: 'drop', device });
-  }
-
   // --- from other nodes ------------------------------------------------------------------------
 
   private onWakeup(w: Wakeup): void {
@@ -205,14 +204,14 @@ export class ClusterNode implements HubCluster {
     if (status && w.messageId && FINAL_STATUSES.has(status)) {
       // Wakes `GET /v1/messages/ID?wait=` here, whichever node applied the status (it re-reads the store).
       const e: StatusEvent = { id: w.messageId, to: w.device, from: '', status, at: Date.now() };
-      this.locally(() => hub.emit('status', e));
+      hub.emit('status', e);
     }
     // One wake-up of the event readers (SSE streams, webhook runner) per turn of the event loop.
     if (this.appendedPending) return;
     this.appendedPending = true;
     setImmediate(() => {
       this.appendedPending = false;
-      this.locally(() => this.feed?.notify());
+      this.feed?.notify();
     });
   }
 
@@ -229,19 +228,10 @@ export class ClusterNode implements HubCluster {
     }
   }
 
-  private locally(fn: () => void): void {
-    this.relaying = true;
-    try {
-      fn();
-    } finally {
-      this.relaying = false;
-    }
-  }
-
   /** After the bus was away: look for work of every local session, and let every reader re-read the log. */
   private resync(): void {
     for (const device of this.ownership.claimed()) if (this.hub?.hasSession(device)) this.hub.notify(device);
-    this.locally(() => this.feed?.notify());
+    this.feed?.notify();
   }
 
   async close(): Promise<void> {
