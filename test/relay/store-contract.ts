@@ -149,6 +149,25 @@ export function storeContract(
         expect(await store.getDevice('ghost')).toBeUndefined();
       });
 
+      it('a device sends nowhere until allowed: sendTo is kept by createDevice and replaced by setSendTo', async () => {
+        const { store } = await fresh();
+        await store.createDevice({ name: 'till', createdAt: 1 });
+        await store.createDevice({ name: 'kitchen', createdAt: 1, sendTo: 'office-*' });
+        expect((await store.getDevice('till'))?.sendTo).toBeUndefined();
+        expect((await store.getDevice('kitchen'))?.sendTo).toBe('office-*');
+        await expect(store.setSendTo('till', 'office')).resolves.toBe(true);
+        await store.enrollDevice('till', KEY_A, 2);
+        expect(await store.getDeviceByKey(KEY_A)).toMatchObject({ name: 'till', sendTo: 'office' });
+        expect((await store.listDevices()).find((d) => d.name === 'till')?.sendTo).toBe('office');
+        await store.touchDevice('till', 5, 5);
+        await store.setAgentVersion('till', 'dropwire/0.2.0');
+        expect((await store.getDevice('till'))?.sendTo).toBe('office');
+        await expect(store.setSendTo('kitchen', undefined)).resolves.toBe(true);
+        expect((await store.getDevice('kitchen'))?.sendTo).toBeUndefined();
+        await expect(store.setSendTo('ghost', '*')).resolves.toBe(false);
+        expect(await store.getDevice('ghost')).toBeUndefined();
+      });
+
       it('removeDevice deletes it and cancels its undelivered messages only', async () => {
         const { store } = await fresh();
         await store.createDevice({ name: 'shop1', createdAt: 1 });

@@ -40,6 +40,11 @@ export interface DeviceRecord {
   lastHandshakeTs?: number;
   /** What the agent last said it runs, from its HELLO (PROTOCOL 7.3): `dropwire/0.1.0 (0123abcd4567)`. */
   agentVersion?: string;
+  /**
+   * Glob of the names this device may send files to (devices, or sites with a receiving token); none until
+   * an operator allows it (`relay device allow NAME --send-to GLOB`, PROTOCOL 7.14).
+   */
+  sendTo?: string;
 }
 
 export interface TokenRecord {
@@ -178,6 +183,8 @@ export interface Store {
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void>;
   /** Replaces the agent version the device reported (its HELLO); an unknown device is a no-op. */
   setAgentVersion(name: string, agentVersion: string): Promise<void>;
+  /** Replaces the device's send-to glob (undefined: it sends nowhere). False for an unknown device. */
+  setSendTo(name: string, sendTo: string | undefined): Promise<boolean>;
 
   /** Sender tokens. `createToken` fails with DW_TOKEN_EXISTS when the name is taken. */
   createToken(token: TokenRecord): Promise<void>;

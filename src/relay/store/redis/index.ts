@@ -102,6 +102,7 @@ function toDevice(h: Hash): DeviceRecord {
     lastSeen: num(h.lastSeen),
     lastHandshakeTs: num(h.lastHandshakeTs),
     agentVersion: h.agentVersion,
+    sendTo: h.sendTo,
   };
 }
 
@@ -252,6 +253,7 @@ class RedisStoreImpl implements RedisStore {
       opt('enrolledAt', true);
       opt('lastSeen', true);
       opt('lastHandshakeTs', true);
+      opt('sendTo', false);
       await this.runScript(scripts.createDevice, [device.name, device.publicKey ?? '', ...fields]);
       await this.ack.confirm(stage);
     });
@@ -298,6 +300,10 @@ class RedisStoreImpl implements RedisStore {
 
   setAgentVersion(name: string, agentVersion: string): Promise<void> {
     return this.write(`setAgentVersion ${name}`, scripts.setAgentVersion, [name, agentVersion], () => undefined);
+  }
+
+  setSendTo(name: string, sendTo: string | undefined): Promise<boolean> {
+    return this.write(`setSendTo ${name}`, scripts.setSendTo, [name, sendTo ?? ''], (r) => Number(r) === 1);
   }
 
   // --- tokens ---

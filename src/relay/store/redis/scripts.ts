@@ -185,6 +185,17 @@ return 1
 `,
   ),
 
+  /** ARGV: name, send-to glob ('' clears it). Returns 1, or 0 for an unknown device. */
+  setSendTo: script(
+    'setSendTo',
+    `
+local key = K.device(ARGV[3])
+if redis.call('EXISTS', key) == 0 then return 0 end
+if ARGV[4] == '' then redis.call('HDEL', key, 'sendTo') else redis.call('HSET', key, 'sendTo', ARGV[4]) end
+return 1
+`,
+  ),
+
   /** ARGV: name, hash, token JSON. */
   createToken: script(
     'createToken',

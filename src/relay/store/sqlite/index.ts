@@ -254,6 +254,7 @@ class SqliteStoreImpl implements SqliteStore {
         createdAt: device.createdAt,
         lastSeen: device.lastSeen ?? null,
         lastHandshakeTs: device.lastHandshakeTs ?? null,
+        sendTo: device.sendTo ?? null,
       });
     });
   }
@@ -290,6 +291,10 @@ class SqliteStoreImpl implements SqliteStore {
     return this.write(`setAgentVersion ${name}`, undefined, () => {
       this.sql.setAgentVersion.run({ name, agentVersion });
     });
+  }
+
+  setSendTo(name: string, sendTo: string | undefined): Promise<boolean> {
+    return this.write(`setSendTo ${name}`, undefined, () => this.sql.setSendTo.run({ name, sendTo: sendTo ?? null }).changes > 0);
   }
 
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void> {

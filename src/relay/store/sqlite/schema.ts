@@ -112,6 +112,10 @@ const MIGRATIONS: readonly string[] = [
   -- What each agent reports it runs (its HELLO, PROTOCOL 7.3).
   ALTER TABLE devices ADD COLUMN agent_version TEXT;
   `,
+  `
+  -- Where a device may send files (relay device allow NAME --send-to GLOB); NULL: nowhere.
+  ALTER TABLE devices ADD COLUMN send_to TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

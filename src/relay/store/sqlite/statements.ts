@@ -26,6 +26,7 @@ export interface DeviceRow {
   last_seen: number | null;
   last_handshake_ts: number | null;
   agent_version: string | null;
+  send_to: string | null;
 }
 
 export interface TokenRow {
@@ -103,6 +104,7 @@ export function toDevice(r: DeviceRow): DeviceRecord {
     lastSeen: opt(r.last_seen),
     lastHandshakeTs: opt(r.last_handshake_ts),
     agentVersion: opt(r.agent_version),
+    sendTo: opt(r.send_to),
   };
 }
 
@@ -193,9 +195,9 @@ export function prepareStatements(db: DatabaseSync) {
     rollbackTo: p('ROLLBACK TO write'),
 
     insertDevice: p(`INSERT INTO devices (name, public_key, enroll_secret_hash, enroll_expires_at, enrolled_at,
-        created_at, last_seen, last_handshake_ts)
+        created_at, last_seen, last_handshake_ts, send_to)
       VALUES (:name, :publicKey, :enrollSecretHash, :enrollExpiresAt, :enrolledAt, :createdAt, :lastSeen,
-        :lastHandshakeTs)`),
+        :lastHandshakeTs, :sendTo)`),
     deviceByName: p('SELECT * FROM devices WHERE name = ?'),
     deviceByKey: p('SELECT * FROM devices WHERE public_key = ?'),
     listDevices: p('SELECT * FROM devices ORDER BY name'),
@@ -207,6 +209,7 @@ export function prepareStatements(db: DatabaseSync) {
                                  ELSE max(coalesce(last_handshake_ts, :ts), :ts) END
       WHERE name = :name`),
     setAgentVersion: p('UPDATE devices SET agent_version = :agentVersion WHERE name = :name'),
+    setSendTo: p('UPDATE devices SET send_to = :sendTo WHERE name = :name'),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
     insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),
