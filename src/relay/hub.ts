@@ -30,6 +30,22 @@ export interface StatusEvent {
   detail?: Record<string, unknown>;
 }
 
+/**
+ * Where what an agent sends as a sender goes (PROTOCOL 7.14, 7.15): uploads and WATCH, handled beside the
+ * hub (src/relay/uploads.ts). `reply` writes to that agent's current stream only.
+ */
+export interface AgentSender {
+  /** True when the message was one of the sender's. May throw DW_BAD_MESSAGE (the session is retired). */
+  onMessage(device: string, m: Message, reply: PeerReply): boolean;
+}
+export interface PeerReply {
+  send<T extends MessageType>(type: T, header: Parameters<typeof encodeMessage<T>>[1], body?: Uint8Array): boolean;
+  /** The stream this reply writes to is still the device's current one. */
+  readonly live: boolean;
+  /** Resolves once the replay buffer has room again (or the stream ended). */
+  drained(): Promise<void>;
+}
+
 /** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
 export const OFFLINE_GRACE_MS = 1_500;
 
@@ -116,6 +132,8 @@ const STOPPED_MAX = 100_000;
  */
 export class Hub extends EventEmitter {
   private readonly o: HubOptions;
+  /** Uploads and WATCH from agents (set by the relay's composition). */
+  sender: AgentSender | undefined;
   private readonly peers = new Map<string, Peer>();
   private readonly byLink = new Map<Link, Peer>();
   private readonly now: () => number;
@@ -483,8 +501,22 @@ export class Hub extends EventEmitter {
         this.deliver(p);
         return;
       default:
+        if (this.sender?.onMessage(p.device, m, this.replyTo(p))) return;
         throw Object.assign(new Error(`message type ${m.type} is not for the relay`), { code: ProtocolCode.BAD_MESSAGE });
     }
+  }
+
+  /** Writes to this peer's current stream only: a later stream (or a retired session) drops the answer. */
+  private replyTo(p: Peer): PeerReply {
+    const gen = p.gen;
+    const live = () => p.gen === gen && !p.session.closed && this.peers.get(p.device) === p;
+    return {
+      send: (type, header, body) => (live() ? this.send(p, type, header, body) : false),
+      get live() {
+        return live();
+      },
+      drained: () => this.drained(p, gen),
+    };
   }
 
   private pendingWrites = new Map<Peer, Promise<unknown>>();

@@ -168,6 +168,18 @@ export function storeContract(
         expect(await store.getDevice('ghost')).toBeUndefined();
       });
 
+      it('keeps a message sealed flag: set at enqueue, read back by getMessage and pending', async () => {
+        const { store } = await fresh();
+        const [plain] = await enqueueMany(store, [newMessage()]);
+        const sealed = newMessage({ sealed: true });
+        await store.enqueue(sealed);
+        expect((await store.getMessage(plain!.id))?.sealed).toBeUndefined();
+        expect((await store.getMessage(sealed.id))?.sealed).toBe(true);
+        const pending = await store.pending(sealed.to, 0, 10);
+        expect(pending.find((m) => m.id === sealed.id)?.sealed).toBe(true);
+        expect(pending.find((m) => m.id === plain!.id)?.sealed).toBeUndefined();
+      });
+
       it('removeDevice deletes it and cancels its undelivered messages only', async () => {
         const { store } = await fresh();
         await store.createDevice({ name: 'shop1', createdAt: 1 });

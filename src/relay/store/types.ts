@@ -133,6 +133,8 @@ export interface NewMessage {
    * old message's history an entry with its current status and detail `{ retriedAs: id }`.
    */
   retryOf?: string;
+  /** The body is a sealed envelope (PROTOCOL 12): the receiving agent opens it before its rule runs. */
+  sealed?: boolean;
 }
 
 export interface MessageRecord {
@@ -156,6 +158,8 @@ export interface MessageRecord {
   overdue: boolean;
   /** What the host's handler reported (exit code, output tail, job id, ...). */
   result?: Record<string, unknown>;
+  /** The body is a sealed envelope (PROTOCOL 12); absent when it is not. */
+  sealed?: boolean;
 }
 
 /** A message waiting for delivery, with its body when that is kept inline. */

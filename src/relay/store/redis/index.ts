@@ -125,6 +125,7 @@ function toMessage(h: Hash): MessageRecord {
     expiresAt: num(h.expiresAt),
     overdue: h.overdue === '1',
     result: h.result === undefined ? undefined : (JSON.parse(h.result) as Record<string, unknown>),
+    ...(h.sealed === '1' ? { sealed: true } : {}),
   };
 }
 
@@ -367,6 +368,7 @@ class RedisStoreImpl implements RedisStore {
         message.body !== undefined ? Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength) : '',
         blobKey,
         message.retryOf ?? '',
+        message.sealed ? '1' : '0',
       ];
     } catch (err) {
       return Promise.reject(err instanceof DropwireError ? err : invalid(`${label}: ${(err as Error).message}`, err));
@@ -558,6 +560,7 @@ function inserted(m: NewMessage, seq: number): MessageRecord {
     expiresAt: m.expiresAt,
     overdue: false,
     result: undefined,
+    ...(m.sealed ? { sealed: true } : {}),
   };
 }
 

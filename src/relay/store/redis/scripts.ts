@@ -267,6 +267,7 @@ if ikey ~= '' then f[#f + 1] = 'ikey'; f[#f + 1] = ikey end
 if deadlineAt ~= '' then f[#f + 1] = 'deadlineAt'; f[#f + 1] = deadlineAt end
 if expiresAt ~= '' then f[#f + 1] = 'expiresAt'; f[#f + 1] = expiresAt end
 if blobKey ~= '' then f[#f + 1] = 'blobKey'; f[#f + 1] = blobKey end
+if ARGV[20] == '1' then f[#f + 1] = 'sealed'; f[#f + 1] = '1' end
 redis.call('HSET', key, unpack(f))
 if inline == '1' then redis.call('SET', K.body(id), ARGV[17]) end
 if ifield ~= '' then redis.call('HSET', K.idempotency, ifield, id) end

@@ -349,6 +349,7 @@ class SqliteStoreImpl implements SqliteStore {
         createdAt: message.createdAt,
         deadlineAt: message.deadlineAt ?? null,
         expiresAt: message.expiresAt ?? null,
+        sealed: message.sealed ? 1 : 0,
       }) as { seq: number };
       this.sql.insertHistory.run(message.id, 'queued', message.createdAt, message.retryOf !== undefined ? JSON.stringify({ retryOf: message.retryOf }) : null);
       if (message.retryOf !== undefined) {

@@ -115,6 +115,8 @@ const MIGRATIONS: readonly string[] = [
   `
   -- Where a device may send files (relay device allow NAME --send-to GLOB); NULL: nowhere.
   ALTER TABLE devices ADD COLUMN send_to TEXT;
+  -- The body is a sealed envelope (PROTOCOL 12).
+  ALTER TABLE messages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0 CHECK (sealed IN (0, 1));
   `,
 ];
 

@@ -78,6 +78,7 @@ export interface MessageRow {
   expires_at: number | null;
   overdue: number;
   result: string | null;
+  sealed: number;
 }
 
 export interface HistoryRow {
@@ -87,7 +88,7 @@ export interface HistoryRow {
 }
 
 const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
-  body_path, status, idempotency_key, created_at, updated_at, deadline_at, expires_at, overdue, result`;
+  body_path, status, idempotency_key, created_at, updated_at, deadline_at, expires_at, overdue, result, sealed`;
 
 function opt<T>(v: T | null): T | undefined {
   return v === null ? undefined : v;
@@ -131,6 +132,7 @@ export function toMessage(r: MessageRow): MessageRecord {
     expiresAt: opt(r.expires_at),
     overdue: r.overdue === 1,
     result: r.result === null ? undefined : (JSON.parse(r.result) as Record<string, unknown>),
+    ...(r.sealed === 1 ? { sealed: true } : {}),
   };
 }
 
@@ -154,6 +156,7 @@ export function insertedMessage(m: NewMessage, seq: number): MessageRecord {
     expiresAt: m.expiresAt,
     overdue: false,
     result: undefined,
+    ...(m.sealed ? { sealed: true } : {}),
   };
 }
 
@@ -227,9 +230,9 @@ export function prepareStatements(db: DatabaseSync) {
     deleteToken: p('DELETE FROM tokens WHERE name = ?'),
 
     insertMessage: p(`INSERT INTO messages (id, to_device, from_sender, filename, size, sha256, body, body_path,
-        status, idempotency_key, created_at, updated_at, deadline_at, expires_at)
+        status, idempotency_key, created_at, updated_at, deadline_at, expires_at, sealed)
       VALUES (:id, :to, :from, :filename, :size, :sha256, :body, :bodyPath, 'queued', :idempotencyKey,
-        :createdAt, :createdAt, :deadlineAt, :expiresAt)
+        :createdAt, :createdAt, :deadlineAt, :expiresAt, :sealed)
       RETURNING seq`),
     messageById: p(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
     messageByIdempotency: p(SCAN_SQL.messageByIdempotency),
