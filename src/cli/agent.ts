@@ -52,6 +52,11 @@ export async function runAgent(o: { home?: string } & ReachSettings): Promise<vo
       log,
       status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: '0.1.0', log: target }),
       reload: () => agent.reloadConfig(),
+      send: async (req, emit) => {
+        const { runSendJob } = await import('../agent/send-job.js');
+        const id = agent.identity;
+        return runSendJob({ sender: agent.sender, presence: (d) => agent.presence(d), identity: { name: id.name, home: id.home } }, req, emit);
+      },
       online: async (device) => {
         const a = await agent.presence(device);
         return { name: a.device, known: a.known, online: a.online, lastSeen: a.lastSeen === null ? null : new Date(a.lastSeen).toISOString() };

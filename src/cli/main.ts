@@ -49,9 +49,21 @@ device
   .addOption(storeOpt())
   .option('--public <host:port>', 'relay address for the token (default: the running relay\'s; a cluster\'s: all its agent addresses)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
-  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number }) => {
+  .option('--send-to <glob>', 'names this device may send files to (default: nowhere)')
+  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number; sendTo?: string }) => {
     const { runDeviceAdd } = await import('./relay.js');
     await runDeviceAdd(o, name, o);
+  });
+device
+  .command('allow <name>')
+  .description('let a device send files: to the devices (or receiving sites) matching GLOB; \'-\' for nowhere')
+  .addOption(dataOpt())
+  .addOption(storeOpt())
+  .requiredOption('--send-to <glob>', 'names it may send to, e.g. office or office-*')
+  .action(async (name: string, o: { data: string; store?: string; sendTo: string }) => {
+    const { allowDevice } = await import('../relay/admin.js');
+    await allowDevice(o, name, o.sendTo);
+    console.log(o.sendTo === '-' ? `device '${name}' sends nowhere` : `device '${name}' may send to '${o.sendTo}'`);
   });
 device
   .command('list')
@@ -162,6 +174,23 @@ program
   .action(async (name: string, o: { api?: string; token?: string; json?: boolean; home?: string }) => {
     const { runOnline } = await import('./online.js');
     await runOnline(name, o);
+  });
+
+program
+  .command('send <files...>')
+  .description('send files from this host to another device (or a receiving site); prints each message id')
+  .requiredOption('--to <name>', 'the device (or site) to send to')
+  .option('--wait [seconds]', 'wait for each file\'s final status; exit 0 only when handled', (v) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('--wait takes a number of seconds');
+    return n;
+  })
+  .option('--json', 'one JSON object per file')
+  .option('--seal', 'encrypt end to end to the recipient\'s key: the relay stores ciphertext only')
+  .addOption(homeOpt())
+  .action(async (files: string[], o: { to: string; wait?: number | true; json?: boolean; seal?: boolean; home?: string }) => {
+    const { runSend } = await import('./send.js');
+    await runSend(files, o);
   });
 
 // Command groups declared in their own files.

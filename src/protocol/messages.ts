@@ -35,7 +35,7 @@ export interface Headers {
    */
   [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[] };
   /** Relay → agent: a file follows from `offset` in CHUNKs. */
-  [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number };
+  [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number; sealed?: boolean };
   /** Relay → agent: the next bytes of the current file `id`. */
   [MessageType.CHUNK]: { id: string };
   /** Agent → relay: the file is complete on the host's disk (fsync'd) and its SHA-256 matched. */
@@ -51,7 +51,7 @@ export interface Headers {
   /** Agent → relay: is `device` connected? (`dropwire online` on a host) */
   [MessageType.PRESENCE_QUERY]: { qid: number; device: string };
   /** Relay → agent: the answer to PRESENCE_QUERY `qid`; `known` false for a device that does not exist. */
-  [MessageType.PRESENCE]: { qid: number; device: string; known: boolean; online: boolean; lastSeen: number | null };
+  [MessageType.PRESENCE]: { qid: number; device: string; known: boolean; online: boolean; lastSeen: number | null; publicKey?: string };
   /** Agent → relay: offers a file for `to` (PROTOCOL 7.14); `sid` is the sender's own name for the upload. */
   [MessageType.SEND]: { sid: string; to: string; filename: string; size: number; sha256: string; sealed?: boolean };
   /** Relay → agent: the relay holds the first `have` bytes of upload `sid`; send from there, at most SEND_WINDOW ahead. */
@@ -124,6 +124,7 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
       for (const f of ['id', 'from', 'filename', 'sha256'] as const) if (!isStr(h[f])) throw fail(f);
       for (const f of ['size', 'offset', 'createdAt'] as const) if (!isCount(h[f])) throw fail(f);
       if ((h.offset as number) > (h.size as number)) throw fail('offset');
+      if (h.sealed !== undefined && typeof h.sealed !== 'boolean') throw fail('sealed');
       break;
     case MessageType.CHUNK:
     case MessageType.RECEIVED:
@@ -149,6 +150,7 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
       if (typeof h.known !== 'boolean') throw fail('known');
       if (typeof h.online !== 'boolean') throw fail('online');
       if (h.lastSeen !== null && !isCount(h.lastSeen)) throw fail('lastSeen');
+      if (h.publicKey !== undefined && (typeof h.publicKey !== 'string' || !/^[0-9a-f]{64}$/.test(h.publicKey))) throw fail('publicKey');
       break;
     case MessageType.SEND:
       if (!isSid(h.sid)) throw fail('sid');

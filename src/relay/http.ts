@@ -533,7 +533,8 @@ export class HttpApi {
     if (!scopeAllows(token.to, name)) throw unknownDevice(name);
     const d = await this.o.store.getDevice(name);
     if (!d) throw unknownDevice(name);
-    send(res, 200, await this.deviceView(d.name, d.lastSeen, d.agentVersion));
+    // PROTOCOL 12: the key HTTP senders seal to (null until the device enrolls).
+    send(res, 200, { ...(await this.deviceView(d.name, d.lastSeen, d.agentVersion)), publicKey: d.publicKey ?? null });
   }
 
   /**

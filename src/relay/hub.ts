@@ -489,7 +489,8 @@ export class Hub extends EventEmitter {
       case MessageType.PRESENCE_QUERY: {
         const { qid, device } = m.header;
         void this.o.store.getDevice(device).then(
-          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null }),
+          // PROTOCOL 7.10a: `publicKey` lets the asking agent seal files to that device (12).
+          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null, ...(d?.publicKey ? { publicKey: d.publicKey } : {}) }),
           () => this.send(p, MessageType.PRESENCE, { qid, device, known: false, online: false, lastSeen: null }),
         );
         return;
@@ -672,7 +673,7 @@ export class Hub extends EventEmitter {
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
     p.sentTo.set(m.id, m.from);
-    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
+    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt, ...(m.sealed ? { sealed: true } : {}) });
     if (m.status === 'queued' || from > 0) {
       const at = this.now();
       store

@@ -18,8 +18,9 @@ import { DeadlineSweeper } from './deadlines.js';
 import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
 import { Downloads } from './downloads.js';
-import { HttpApi } from './http.js';
+import { HttpApi, messageId } from './http.js';
 import { Hub } from './hub.js';
+import { Uploads } from './uploads.js';
 import { TlsFiles } from './tls.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/types.js';
@@ -176,6 +177,8 @@ export class Relay<S extends Store = SqliteStore> {
     const feed = new EventFeed();
     feed.setMaxListeners(0);
     const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(cluster ? { cluster } : {}), ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
+    // Files agents send (PROTOCOL 7.14) and their WATCHes.
+    hub.sender = new Uploads({ store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, newId: messageId });
     const listener = new Listener({
       host: o.listen.host,
       port: o.listen.port,
