@@ -10,6 +10,7 @@ import type { Blobs } from './blobs.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { cancelMessage, RESERVED_KEY_PREFIX, retryLinks, retryMessage, type MessageActionDeps } from './message-actions.js';
+import { plainSize } from '../protocol/seal.js';
 import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
 
 export interface HttpOptions {
@@ -351,6 +352,8 @@ export class HttpApi {
     const deadline = seconds(url, 'deadline', DEFAULT_DEADLINE_S);
     const ttl = seconds(url, 'ttl', undefined);
     const allowEmpty = url.searchParams.get('allowEmpty') === '1';
+    // PROTOCOL 12: the body is an envelope sealed to the device's key (GET /v1/devices/NAME `publicKey`).
+    const sealed = url.searchParams.get('sealed') === '1';
     const idempotencyKey = req.headers['idempotency-key'];
     const ikey = typeof idempotencyKey === 'string' && idempotencyKey.length > 0 ? idempotencyKey.slice(0, 200) : undefined;
     if (ikey?.startsWith(RESERVED_KEY_PREFIX)) {
@@ -411,7 +414,10 @@ export class HttpApi {
     } catch (err) {
       await refuse(err as HttpError);
     }
-    if (received.size === 0 && !allowEmpty) {
+    if (sealed && plainSize(received.size) === undefined) {
+      await refuse(new HttpError(400, 'DW_BAD_SEAL', `sealed=1, but no sealed envelope is ${received.size} bytes long (PROTOCOL 12)`));
+    }
+    if (received.size === 0 && !allowEmpty && !sealed) {
       await refuse(new HttpError(400, 'DW_EMPTY_BODY', 'the body is empty (nothing was read from the file?); add allowEmpty=1 to send an empty file'));
     }
     const { message, created } = await store.enqueue({
@@ -426,6 +432,7 @@ export class HttpApi {
       createdAt: now,
       deadlineAt: now + deadline * 1000,
       ...(ttl !== undefined ? { expiresAt: now + ttl * 1000 } : {}),
+      ...(sealed ? { sealed: true } : {}),
     });
     if (!created && received.bodyPath) await blobs.remove(received.bodyPath);
     if (!created && (message.sha256 !== received.sha256 || message.to !== to || message.filename !== filename)) {
