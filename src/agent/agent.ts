@@ -20,6 +20,7 @@ import { DISK_FULL_LOG_INTERVAL_MS, DISK_FULL_RETRY_MS, isDiskFull } from './dis
 import { baseEnv, runAction, type Outcome } from './handlers/index.js';
 import { Journal } from './journal.js';
 import { openSealed } from './open-sealed.js';
+import { Outboxes } from './outbox/index.js';
 import { Sender } from './send.js';
 import { checkName, safeName } from './names.js';
 import { matchRule } from './rules.js';
@@ -99,6 +100,7 @@ export class Agent {
   /** Files this host sends (PROTOCOL 7.14): `dropwire send` and the outbox folders. */
   readonly sender: Sender;
   private drainWaiters: (() => void)[] = [];
+  private readonly outboxes: Outboxes;
   private streaming = false;
 
   constructor(o: AgentOptions) {
@@ -168,7 +170,27 @@ export class Agent {
         return isReady();
       },
     });
+    this.outboxes = this.makeOutboxes();
     o.signal?.addEventListener('abort', () => void this.close(), { once: true });
+  }
+
+  /** Outbox folders send through this agent's session (src/agent/outbox/). */
+  private makeOutboxes(): Outboxes {
+    return new Outboxes(this.o.home, {
+      sender: this.sender,
+      journal: this.journal,
+      log: this.o.log,
+      identity: { name: this.config.name, home: this.o.home },
+      keyOf: async (device) => {
+        for (;;) {
+          const p = await this.presence(device).catch(() => undefined);
+          if (p?.publicKey) return p.publicKey;
+          if (p && !p.known) throw Object.assign(new Error(`no device named '${device}'`), { code: 'DW_UNKNOWN_DEVICE' });
+          await new Promise((r) => setTimeout(r, 2_000)); // not connected yet
+          if (this.closed) throw Object.assign(new Error('stopped'), { code: 'DW_CLOSED' });
+        }
+      },
+    });
   }
 
   /** The device's name and keys, for sealing to and opening from (PROTOCOL 12). */
@@ -217,6 +239,11 @@ export class Agent {
     }
     for (const e of this.journal.waiting()) this.handle(e.id, e.filename, e.from);
     this.watchConfig();
+    try {
+      this.outboxes.reload();
+    } catch (err) {
+      log.error({ err }, 'outbox folders not started: config.json has a bad outbox');
+    }
     log.info({ relay: this.status.relay, device: this.config.name }, 'agent started');
     this.dialer.start();
   }
@@ -229,6 +256,7 @@ export class Agent {
     this.retryTimers.clear();
     this.configWatcher?.removeAllListeners();
     fs.unwatchFile(paths(this.o.home).config);
+    await this.outboxes.close();
     this.dialer.close();
     this.sender.close();
     this.transfer?.abandon();
@@ -577,13 +605,14 @@ export class Agent {
    * Reads config.json now and puts its rules (and retention) in force; a bad file throws DW_BAD_CONFIG and
    * the previous rules stay. Answers what `dropwire rule …` waits for: the number and version of the rules.
    */
-  reloadConfig(): { rules: number; version: string } {
+  reloadConfig(): { rules: number; version: string; outboxes: number } {
     const next = loadAgentConfig(this.o.home);
     const version = rulesVersion(next.rules);
     const changed = version !== rulesVersion(this.config.rules) || next.retention !== this.config.retention;
     this.config = { ...next, relay: this.config.relay, relays: this.config.relays, relayKey: this.config.relayKey };
     if (changed) this.o.log.info({ rules: next.rules.length, version }, 'config reloaded');
-    return { rules: next.rules.length, version };
+    const outboxes = this.outboxes.reload();
+    return { rules: next.rules.length, version, outboxes };
   }
 
   /** Rule edits (by `dropwire rule …` or by hand) take effect without a restart; a bad edit is refused. */

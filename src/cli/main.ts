@@ -2,6 +2,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { DropwireError } from '../shared/errors.js';
 import { versionLine } from '../shared/version.js';
 import { addNodeOptions, registerClusterCommands, storeOpt } from './relay-cluster.js';
+import { registerOutboxCommands } from './outbox.js';
 import { registerRuleCommands } from './rule-commands.js';
 import { registerRelayMessageCommands } from './relay-message.js';
 import { registerServiceCommands } from './service-commands.js';
@@ -198,6 +199,7 @@ registerClusterCommands(relay);
 registerRuleCommands(program);
 registerServiceCommands(program);
 registerRelayMessageCommands(relay);
+registerOutboxCommands(program);
 
 async function main(argv: string[]): Promise<number> {
   try {

@@ -209,14 +209,15 @@ export class Uploads implements AgentSender {
       if (bodyPath) await fsp.rename(bodyPath, up.file).catch(() => {}); // keep the bytes for the next offer
       throw err;
     }
-    if (body) await fsp.rm(up.file, { force: true });
     const { message, created } = stored;
-    if (!created && bodyPath) await blobs.remove(bodyPath);
     if (created) {
-      log.info({ id: message.id, to: h.to, from: up.device, filename: h.filename, size: h.size, sealed: h.sealed === true }, 'message queued by a device');
+      // At once, before any other await: the hub hands messages over in the order of their seq.
       hub.notify(h.to, message, body);
       feed.notify();
+      log.info({ id: message.id, to: h.to, from: up.device, filename: h.filename, size: h.size, sealed: h.sealed === true }, 'message queued by a device');
     }
+    if (body) await fsp.rm(up.file, { force: true });
+    if (!created && bodyPath) await blobs.remove(bodyPath);
     up.reply.send(MessageType.SEND_END, { sid: h.sid, id: message.id });
   }
 

@@ -1,36 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli, cliOk, randomData, recordingHandler, sha256, spawnCli, startRelay, tempDir, waitFor, type Proc } from '../helpers/cli.js';
-
-/** A relay and enrolled hosts; `allow` maps a host to its send-to glob. */
-export async function hosts(names: string[], o: { allow?: Record<string, string>; rules?: Record<string, unknown[]>; relayArgs?: string[] } = {}) {
-  const dir = tempDir('dw-send-');
-  const data = path.join(dir, 'relay');
-  const relay = await startRelay(data, o.relayArgs);
-  const homes: Record<string, string> = {};
-  for (const name of names) {
-    const glob = o.allow?.[name];
-    const token = await cliOk(['relay', 'device', 'add', name, '--data', data, ...(glob ? ['--send-to', glob] : [])]);
-    homes[name] = path.join(dir, name);
-    await cliOk(['init', token, '--home', homes[name]!]);
-    const rules = o.rules?.[name];
-    if (rules) {
-      const file = path.join(homes[name]!, 'config.json');
-      const cfg = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-      cfg.rules = rules;
-      fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
-    }
-  }
-  const agents: Record<string, Proc> = {};
-  const start = async (name: string) => {
-    const p = spawnCli(['agent', '--home', homes[name]!]);
-    agents[name] = p;
-    await p.waitLog((l) => l.msg === 'session started');
-    return p;
-  };
-  return { dir, data, relay, homes, agents, start };
-}
+import { cli, cliOk, randomData, recordingHandler, sha256, startRelay, tempDir, waitFor } from '../helpers/cli.js';
+import { hosts } from '../helpers/hosts.js';
 
 describe('hosts send too (issue 16)', () => {
   it('host A sends to host B: the handler gets the exact bytes; --wait exits 0 handled, 4 failed, 5 rejected', async () => {
