@@ -93,11 +93,13 @@ token
   .addOption(storeOpt())
   .option('--to <glob>', 'devices this token may send to', '*')
   .option('--webhook <url>', 'where status events are posted')
-  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string }) => {
+  .option('--receive', 'a site that receives files from devices: they may send --to NAME')
+  .option('--deliver-url <url>', 'with --receive: POST each file there (signed); without it the site pulls GET /v1/inbox')
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string; receive?: boolean; deliverUrl?: string }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}), ...(o.receive ? { receive: true } : {}), ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}) });
     console.log(t.token);
-    if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
+    if (t.webhookSecret) console.log(`${o.deliverUrl && !o.webhook ? 'delivery' : 'webhook'} secret: ${t.webhookSecret}`);
   });
 token
   .command('list')

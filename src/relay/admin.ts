@@ -157,21 +157,34 @@ async function tellRunningRelay(dataDir: string, urlPath: string): Promise<boole
 }
 
 /** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
-export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
+export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string; receive?: boolean; deliverUrl?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
   checkName('token', name);
-  if (o.webhook !== undefined) {
+  for (const [flag, v] of [['--webhook', o.webhook], ['--deliver-url', o.deliverUrl]] as const) {
+    if (v === undefined) continue;
     let u: URL;
     try {
-      u = new URL(o.webhook);
+      u = new URL(v);
     } catch {
-      throw new DropwireError('DW_BAD_ARGUMENT', `--webhook must be an http(s) URL, got '${o.webhook}'`);
+      throw new DropwireError('DW_BAD_ARGUMENT', `${flag} must be an http(s) URL, got '${v}'`);
     }
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new DropwireError('DW_BAD_ARGUMENT', '--webhook must be an http(s) URL');
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new DropwireError('DW_BAD_ARGUMENT', `${flag} must be an http(s) URL`);
   }
+  if (o.deliverUrl !== undefined && !o.receive) throw new DropwireError('DW_BAD_ARGUMENT', '--deliver-url goes with --receive');
   const secret = `dwt_${randomBytes(24).toString('base64url')}`;
-  const webhookSecret = o.webhook ? `whsec_${randomBytes(24).toString('base64url')}` : undefined;
+  // One signing key for the token's webhook and for the files pushed to it.
+  const webhookSecret = o.webhook || o.deliverUrl ? `whsec_${randomBytes(24).toString('base64url')}` : undefined;
   await withStore(target, async (s) => {
-    await s.createToken({ name, hash: tokenHash(secret), to: o.to ?? '*', ...(o.webhook ? { webhook: o.webhook, webhookSecret } : {}), createdAt: Date.now() });
+    if (o.receive && (await s.getDevice(name))) throw new DropwireError('DW_NAME_TAKEN', `a device is named '${name}': a receiving site needs a name of its own`);
+    await s.createToken({
+      name,
+      hash: tokenHash(secret),
+      to: o.to ?? '*',
+      ...(o.webhook ? { webhook: o.webhook } : {}),
+      ...(webhookSecret ? { webhookSecret } : {}),
+      ...(o.receive ? { receive: true } : {}),
+      ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}),
+      createdAt: Date.now(),
+    });
     // A new webhook starts with the events from now on, not the relay's whole history.
     if (o.webhook) await s.skipWebhookEvents(name, await s.lastEventSeq());
   });

@@ -257,6 +257,14 @@ export class HttpApi {
     }
     if (parts[0] !== 'v1' && (await this.o.downloads?.handle(req, res, url))) return;
     if (parts[0] === 'v1' && parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
+    if (parts[0] === 'v1' && parts[1] === 'inbox') {
+      // Sites that receive files from devices and pull them (src/relay/receive/inbox.ts).
+      const site = await this.authenticate(req);
+      const { inbox, InboxError } = await import('./receive/inbox.js');
+      return inbox({ store: this.o.store, hub: this.o.hub, feed: this.o.feed, now: this.now }, req, res, url, site, parts).catch((err: unknown) => {
+        throw err instanceof InboxError ? new HttpError(err.status, err.code, err.message) : err;
+      });
+    }
     const e = endpoint(parts);
     if (!e) throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
     if (!e.methods.includes(method)) {

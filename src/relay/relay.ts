@@ -21,6 +21,7 @@ import { Downloads } from './downloads.js';
 import { HttpApi, messageId } from './http.js';
 import { Hub } from './hub.js';
 import { Uploads } from './uploads.js';
+import { SitePush } from './receive/push.js';
 import { TlsFiles } from './tls.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/types.js';
@@ -189,12 +190,17 @@ export class Relay<S extends Store = SqliteStore> {
     // In a cluster, webhooks and deadline sweeps run on the one node holding the lease (cluster/lease.ts).
     const background = () => {
       const webhooks = new Webhooks({ store, feed, log: o.log });
+      const pushes = new SitePush({ store, hub, feed, log: o.log });
       const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log });
       webhooks.refresh(); // deliver what is still owed from before a restart
       return {
-        refresh: () => webhooks.refresh(),
+        refresh: () => {
+          webhooks.refresh();
+          pushes.refresh();
+        },
         close: () => {
           webhooks.close();
+          pushes.close();
           sweeper.close();
         },
       };

@@ -108,8 +108,10 @@ export class Uploads implements AgentSender {
       throw new Refused('DW_FORBIDDEN', `device '${device}' may not send to '${h.to}' (relay device allow ${device} --send-to GLOB)`);
     }
     const target = await store.getDevice(h.to);
-    if (!target) throw new Refused('DW_UNKNOWN_DEVICE', `no device named '${h.to}'`);
-    if (h.sealed && !target.publicKey) throw new Refused('DW_NO_KEY', `device '${h.to}' has not enrolled yet: it has no key to seal to`);
+    // Not a device: a site that receives (`relay token add NAME --receive`), pushed to or pulling.
+    const site = target ? undefined : (await store.listTokens()).find((t) => t.name === h.to && t.receive);
+    if (!target && !site) throw new Refused('DW_UNKNOWN_DEVICE', `no device or receiving site named '${h.to}'`);
+    if (h.sealed && !target?.publicKey) throw new Refused('DW_NO_KEY', `'${h.to}' has no key to seal to (a site, or a device not enrolled yet)`);
     if (h.size > this.o.maxBody) throw new Refused('DW_TOO_LARGE', `${h.size} bytes is above the relay's limit of ${this.o.maxBody}`);
     if (h.sealed && plainSize(h.size) === undefined) throw new Refused('DW_BAD_SEAL', `no sealed envelope is ${h.size} bytes long`);
     const mine = this.open.get(device) ?? new Map<string, Upload>();

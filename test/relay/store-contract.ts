@@ -180,6 +180,18 @@ export function storeContract(
         expect(pending.find((m) => m.id === plain!.id)?.sealed).toBeUndefined();
       });
 
+      it('keeps whether a token receives files and where they are pushed', async () => {
+        const { store } = await fresh();
+        await store.createToken({ name: 'web', hash: 'h-web', to: '*', createdAt: 1 });
+        await store.createToken({ name: 'shop', hash: 'h-shop', to: '-', receive: true, deliverUrl: 'http://127.0.0.1:9/in', webhookSecret: 'whsec_x', createdAt: 2 });
+        await store.createToken({ name: 'pull', hash: 'h-pull', to: '-', receive: true, createdAt: 3 });
+        expect((await store.getTokenByHash('h-web'))?.receive).toBeUndefined();
+        expect(await store.getTokenByHash('h-shop')).toMatchObject({ receive: true, deliverUrl: 'http://127.0.0.1:9/in', webhookSecret: 'whsec_x' });
+        const pull = (await store.listTokens()).find((t) => t.name === 'pull');
+        expect(pull).toMatchObject({ receive: true });
+        expect(pull?.deliverUrl).toBeUndefined();
+      });
+
       it('removeDevice deletes it and cancels its undelivered messages only', async () => {
         const { store } = await fresh();
         await store.createDevice({ name: 'shop1', createdAt: 1 });

@@ -54,8 +54,12 @@ export interface TokenRecord {
   /** Glob of device names this token may send to (default '*'). */
   to: string;
   webhook?: string;
-  /** Key for the webhook signatures (HMAC-SHA256); printed once when the token is made. */
+  /** Key for the webhook signatures (HMAC-SHA256); printed once when the token is made. Also signs pushed files. */
   webhookSecret?: string;
+  /** The site receives files from devices (`relay token add NAME --receive`): devices may send `--to NAME`. */
+  receive?: boolean;
+  /** Where each file for the site is POSTed (signed); without it the site pulls them (GET /v1/inbox). */
+  deliverUrl?: string;
   createdAt: number;
 }
 

@@ -137,6 +137,8 @@ function toToken(json: string): TokenRecord {
     to: t.to,
     webhook: t.webhook,
     webhookSecret: t.webhookSecret,
+    ...(t.receive ? { receive: true } : {}),
+    ...(t.deliverUrl !== undefined ? { deliverUrl: t.deliverUrl } : {}),
     createdAt: t.createdAt,
   };
 }
@@ -316,6 +318,8 @@ class RedisStoreImpl implements RedisStore {
       to: token.to,
       ...(token.webhook !== undefined ? { webhook: token.webhook } : {}),
       ...(token.webhookSecret !== undefined ? { webhookSecret: token.webhookSecret } : {}),
+      ...(token.receive ? { receive: true } : {}),
+      ...(token.deliverUrl !== undefined ? { deliverUrl: token.deliverUrl } : {}),
       createdAt: token.createdAt,
     });
     return this.write(`createToken ${token.name}`, scripts.createToken, [token.name, token.hash, json], () => undefined);

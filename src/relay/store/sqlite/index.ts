@@ -306,7 +306,7 @@ class SqliteStoreImpl implements SqliteStore {
 
   createToken(token: TokenRecord): Promise<void> {
     return this.write(`createToken ${token.name}`, StoreErrorCode.TOKEN_EXISTS, () => {
-      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.createdAt);
+      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.receive ? 1 : 0, token.deliverUrl ?? null, token.createdAt);
     });
   }
 

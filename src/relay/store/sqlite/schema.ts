@@ -117,6 +117,9 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE devices ADD COLUMN send_to TEXT;
   -- The body is a sealed envelope (PROTOCOL 12).
   ALTER TABLE messages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0 CHECK (sealed IN (0, 1));
+  -- Sites that receive files from devices, pushed to deliver_url or pulled from GET /v1/inbox.
+  ALTER TABLE tokens ADD COLUMN receive INTEGER NOT NULL DEFAULT 0 CHECK (receive IN (0, 1));
+  ALTER TABLE tokens ADD COLUMN deliver_url TEXT;
   `,
 ];
 

@@ -35,6 +35,8 @@ export interface TokenRow {
   to_glob: string;
   webhook: string | null;
   webhook_secret: string | null;
+  receive: number;
+  deliver_url: string | null;
   created_at: number;
 }
 
@@ -110,7 +112,7 @@ export function toDevice(r: DeviceRow): DeviceRecord {
 }
 
 export function toToken(r: TokenRow): TokenRecord {
-  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), createdAt: r.created_at };
+  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), ...(r.receive === 1 ? { receive: true } : {}), ...(r.deliver_url !== null ? { deliverUrl: r.deliver_url } : {}), createdAt: r.created_at };
 }
 
 export function toMessage(r: MessageRow): MessageRecord {
@@ -215,7 +217,7 @@ export function prepareStatements(db: DatabaseSync) {
     setSendTo: p('UPDATE devices SET send_to = :sendTo WHERE name = :name'),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
-    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),
+    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, receive, deliver_url, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
     insertEvent: p('INSERT INTO events (type, device, message_id, sender, at, data) VALUES (?, ?, ?, ?, ?, ?)'),
     eventsAfter: p('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?'),
     lastEvent: p('SELECT coalesce(max(seq), 0) AS seq FROM events'),
