@@ -55,7 +55,7 @@ interface Upload {
 class Refused extends DropwireError {}
 
 /**
- * Files agents send (PROTOCOL 7.14): each upload streams into `blobs/uploads/DEVICE/`, is acknowledged as it
+ * Files agents send (PROTOCOL 7.14): each upload streams into `uploads/DEVICE/` (beside `blobs/`), is acknowledged as it
  * reaches the disk (back-pressure: the agent stays within SEND_WINDOW of the last SEND_ACK), resumes from
  * the bytes on disk after a lost session, and once complete and checked becomes a message like an HTTP one.
  * Also WATCH (7.15): the status of a message the device sent, now and when it is final.
@@ -73,7 +73,8 @@ export class Uploads implements AgentSender {
   constructor(o: UploadsOptions) {
     this.o = o;
     this.now = o.now ?? Date.now;
-    this.dir = path.join(o.blobs.dir, 'uploads');
+    // Beside blobs/ (same file system: a complete upload is renamed into it), kept across restarts.
+    this.dir = path.join(path.dirname(o.blobs.dir), 'uploads');
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.sweep();
     o.hub.on('status', (e: StatusEvent) => {

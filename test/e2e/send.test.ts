@@ -183,13 +183,19 @@ describe('hosts send sealed and large files (issue 16)', () => {
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
     // Once the relay holds part of the file, kill it and start it again on the same agent port.
-    const uploads = path.join(h.data, 'blobs', 'uploads', 'till');
+    const uploads = path.join(h.data, 'uploads', 'till');
     const partial = () => (fs.existsSync(uploads) ? fs.readdirSync(uploads).reduce((n, f) => n + fs.statSync(path.join(uploads, f)).size, 0) : 0);
-    const before = await waitFor(() => (partial() >= 8 * 1024 * 1024 ? partial() : undefined), 60_000, 'part of the upload at the relay');
+    const before = await waitFor(() => (partial() >= 8 * 1024 * 1024 ? partial() : undefined), 20_000, 'part of the upload at the relay').catch((e: unknown) => {
+      console.log('DEBUG', out.slice(-300), partial(), JSON.stringify(h.relay.proc.logs.slice(-4)), JSON.stringify(h.agents.till!.logs.slice(-4)));
+      throw e;
+    });
     expect(before).toBeLessThan(SIZE);
     await h.relay.proc.kill('SIGKILL');
     const again = await startRelay(h.data, [], h.relay.info.agents);
-    const resumed = await again.proc.waitLog((l) => l.msg === 'upload resumed from the bytes the relay has', 60_000);
+    const resumed = await again.proc.waitLog((l) => l.msg === 'upload resumed from the bytes the relay has', 60_000).catch((e: unknown) => {
+      console.log('DEBUG2', out.slice(-300), JSON.stringify(again.proc.logs.slice(-6)), JSON.stringify(h.agents.till!.logs.slice(-6)));
+      throw e;
+    });
     expect(resumed.have as number).toBeGreaterThan(0);
     expect(await exited).toBe(0);
     expect(out).toMatch(/backup\.tar \[#+-*\]\s+\d+%\s+[\d.]+ MiB\/64\.0 MiB\s+[\d.]+ MiB\/s\s+[\d:-]+ left/);
@@ -198,5 +204,5 @@ describe('hosts send sealed and large files (issue 16)', () => {
     expect(rec.runs().map((x) => x.sha)).toEqual([want]);
     // The relay's log says how much it already had: the agent did not send the file again from 0.
     expect(again.proc.logs.some((l) => l.msg === 'message queued by a device' && l.size === SIZE)).toBe(true);
-  });
+  }, 180_000);
 });
