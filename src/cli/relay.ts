@@ -92,7 +92,7 @@ export async function printDevices(target: AdminTarget, json: boolean): Promise<
   if (devices.length === 0) process.stderr.write(`no devices in ${where(target)} yet: add one with \`dropwire relay device add NAME\`\n`);
   for (const d of devices) {
     const seen = d.lastSeen ? new Date(d.lastSeen).toISOString() : 'never';
-    console.log(`${d.name}\t${d.publicKey ? 'enrolled' : 'waiting for enrollment'}\tlast seen ${seen}`);
+    console.log(`${d.name}\t${d.publicKey ? 'enrolled' : 'waiting for enrollment'}\tlast seen ${seen}${d.sendTo ? `\tsends to ${d.sendTo}` : ''}`);
   }
 }
 

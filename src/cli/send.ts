@@ -42,10 +42,15 @@ export async function runSend(files: string[], o: SendOptions): Promise<void> {
       bar.update(l.acked as number);
     } else if (l.event === 'sent' || l.event === 'error') bars.get(file)?.finish();
   };
-  const { agentAnswers, streamAgent } = await import('../agent/control.js');
+  const { agentAnswers, streamAgent, CONTROL_MAX_REQUEST } = await import('../agent/control.js');
   let results: FileOutcome[];
   if (await agentAnswers(home)) {
-    ({ results } = (await streamAgent(home, { op: 'send', ...req }, onLine)) as unknown as { results: FileOutcome[] });
+    // Requests to the control socket are small (CONTROL_MAX_REQUEST): many files go in several requests.
+    results = [];
+    for (const files of batches(abs, CONTROL_MAX_REQUEST - 512)) {
+      const r = (await streamAgent(home, { op: 'send', ...req, files }, onLine)) as unknown as { results: FileOutcome[] };
+      results.push(...r.results);
+    }
   } else {
     // No agent here: a session of our own (it receives nothing; files for this host wait for the agent).
     const { DirectSession } = await import('../agent/direct.js');
@@ -68,6 +73,25 @@ export async function runSend(files: string[], o: SendOptions): Promise<void> {
     exit = Math.max(exit, exitOf(r, wait > 0));
   }
   if (exit !== SendExit.OK) process.exitCode = exit;
+}
+
+/** Consecutive groups of paths whose JSON stays under `max` bytes (at least one path each). */
+function batches(files: string[], max: number): string[][] {
+  const out: string[][] = [];
+  let cur: string[] = [];
+  let size = 0;
+  for (const f of files) {
+    const n = Buffer.byteLength(JSON.stringify(f)) + 1;
+    if (cur.length > 0 && size + n > max) {
+      out.push(cur);
+      cur = [];
+      size = 0;
+    }
+    cur.push(f);
+    size += n;
+  }
+  if (cur.length > 0) out.push(cur);
+  return out;
 }
 
 function exitOf(r: FileOutcome, waited: boolean): number {

@@ -50,6 +50,15 @@ describe('hosts send too (issue 16)', () => {
     expect(quick.stdout.trim()).toMatch(/^[0-9a-z]{20,}$/);
     await waitFor(() => rec.runs().length === 2 || undefined, 20_000, 'the second csv handled');
     expect(rec.runs()[1]!.id).toBe(quick.stdout.trim());
+
+    // Many files in one command (more than one control-socket request holds): one id per file, in order.
+    const many = Array.from({ length: 80 }, (_, i) => path.join(scratch, `a-rather-long-file-name-for-the-batching-of-requests-${String(i).padStart(2, '0')}.txt`));
+    for (const [i, f] of many.entries()) fs.writeFileSync(f, `note ${i}\n`);
+    const all = await cli(['send', ...many, '--to', 'office', '--json', '--home', h.homes.till!]);
+    expect(all.code).toBe(0);
+    const outs = all.stdout.trim().split('\n').map((l) => JSON.parse(l) as { file: string; id: string });
+    expect(outs.map((o) => o.file)).toEqual(many);
+    expect(new Set(outs.map((o) => o.id)).size).toBe(80);
   });
 
   it('a device not allowed to send is refused with DW_FORBIDDEN and says so; allow lets it; no agent needed', async () => {
