@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli, cliOk, randomData, recordingHandler, sha256, startRelay, tempDir, waitFor } from '../helpers/cli.js';
+import { cli, cliOk, peakRssMiB, randomData, recordingHandler, sha256, startRelay, tempDir, waitFor } from '../helpers/cli.js';
 import { hosts } from '../helpers/hosts.js';
 
 describe('hosts send too (issue 16)', () => {
@@ -177,12 +177,20 @@ describe('hosts send sealed and large files (issue 16)', () => {
     const h = await hosts(['till', 'office'], { allow: { till: 'office' }, rules: { office: [rec.rule] } });
     await h.start('till');
     await h.start('office');
-    const SIZE = 64 * 1024 * 1024; // 200 MiB in the issue; scaled down for the shared test machine
+    // 200 MiB, as the issue asks (DW_LARGE_SEND_MIB scales it down on a slow machine).
+    const MIB = Number(process.env.DW_LARGE_SEND_MIB ?? 200);
+    const SIZE = MIB * 1024 * 1024;
     const file = path.join(scratch, 'backup.tar');
     const fd = fs.openSync(file, 'w');
-    for (let i = 0; i < SIZE / (4 * 1024 * 1024); i++) fs.writeSync(fd, randomData(4 * 1024 * 1024));
+    const { createHash } = await import('node:crypto');
+    const hash = createHash('sha256');
+    for (let i = 0; i < SIZE / (4 * 1024 * 1024); i++) {
+      const block = randomData(4 * 1024 * 1024);
+      hash.update(block);
+      fs.writeSync(fd, block);
+    }
     fs.closeSync(fd);
-    const want = sha256(fs.readFileSync(file));
+    const want = hash.digest('hex');
     // Through a pseudo-terminal (util-linux `script`), as a person at a terminal would see it.
     const { spawn } = await import('node:child_process');
     const { BIN } = await import('../helpers/cli.js');
@@ -194,6 +202,7 @@ describe('hosts send sealed and large files (issue 16)', () => {
     // Once the relay holds part of the file, kill it and start it again on the same agent port.
     const uploads = path.join(h.data, 'uploads', 'till');
     const partial = () => (fs.existsSync(uploads) ? fs.readdirSync(uploads).reduce((n, f) => n + fs.statSync(path.join(uploads, f)).size, 0) : 0);
+    const started = Date.now();
     const before = await waitFor(() => (partial() >= 8 * 1024 * 1024 ? partial() : undefined), 20_000, 'part of the upload at the relay').catch((e: unknown) => {
       console.log('DEBUG', out.slice(-300), partial(), JSON.stringify(h.relay.proc.logs.slice(-4)), JSON.stringify(h.agents.till!.logs.slice(-4)));
       throw e;
@@ -207,8 +216,14 @@ describe('hosts send sealed and large files (issue 16)', () => {
     });
     expect(resumed.have as number).toBeGreaterThan(0);
     expect(await exited).toBe(0);
-    expect(out).toMatch(/backup\.tar \[#+-*\]\s+\d+%\s+[\d.]+ MiB\/64\.0 MiB\s+[\d.]+ MiB\/s\s+[\d:-]+ left/);
-    expect(out).toContain('100%  64.0 MiB/64.0 MiB');
+    const agentRss = peakRssMiB(h.agents.till!.pid)!;
+    const relayRss = peakRssMiB(again.proc.pid)!;
+    console.log(`large send: peak RSS sending agent ${agentRss.toFixed(0)} MiB, relay (after the restart) ${relayRss.toFixed(0)} MiB`);
+    expect(agentRss).toBeLessThan(200); // streamed in chunks within the window, never held whole
+    console.log(`large send: ${MIB} MiB, relay killed at ${(before / 1048576).toFixed(1)} MiB, resumed from ${((resumed.have as number) / 1048576).toFixed(1)} MiB, handled ${((Date.now() - started) / 1000).toFixed(1)} s after the start`);
+    const total = `${MIB.toFixed(1)} MiB`;
+    expect(out).toMatch(new RegExp(`backup\\.tar \\[#+-*\\]\\s+\\d+%\\s+[\\d.]+ MiB/${total.replace('.', '\\.')}\\s+[\\d.]+ MiB/s\\s+[\\d:-]+ left`));
+    expect(out).toContain(`100%  ${total}/${total}`);
     expect(out).toMatch(/\thandled\tbackup\.tar/);
     expect(rec.runs().map((x) => x.sha)).toEqual([want]);
     // The relay's log says how much it already had: the agent did not send the file again from 0.
