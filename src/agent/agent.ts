@@ -181,15 +181,7 @@ export class Agent {
       journal: this.journal,
       log: this.o.log,
       identity: { name: this.config.name, home: this.o.home },
-      keyOf: async (device) => {
-        for (;;) {
-          const p = await this.presence(device).catch(() => undefined);
-          if (p?.publicKey) return p.publicKey;
-          if (p && !p.known) throw Object.assign(new Error(`no device named '${device}'`), { code: 'DW_UNKNOWN_DEVICE' });
-          await new Promise((r) => setTimeout(r, 2_000)); // not connected yet
-          if (this.closed) throw Object.assign(new Error('stopped'), { code: 'DW_CLOSED' });
-        }
-      },
+      presence: (device) => this.presence(device),
     });
   }
 

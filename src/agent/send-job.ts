@@ -23,12 +23,22 @@ export interface SendJobDeps {
 }
 
 const PROGRESS_EVERY_MS = 100;
+/** `dropwire send` fails (DW_NOT_CONNECTED) when the agent has had no session to the relay for this long. */
+export const SEND_CONNECT_MS = 30_000;
+
+async function connected(sender: Sender, ms: number): Promise<void> {
+  for (const end = Date.now() + ms; !sender.ready; ) {
+    if (Date.now() > end) throw new DropwireError('DW_NOT_CONNECTED', `the agent has not reached the relay within ${ms / 1000} s (see 'dropwire status')`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 /**
  * `dropwire send FILE… --to NAME`: each file in turn over the session; `emit` gets `start`, `progress`,
  * `sent` (the message id) and, with `wait`, `status` lines. One file's failure does not stop the others.
  */
 export async function runSendJob(d: SendJobDeps, req: Omit<SendRequest, 'op'>, emit: (line: Record<string, unknown>) => void): Promise<{ results: FileOutcome[] }> {
+  await connected(d.sender, SEND_CONNECT_MS);
   let recipientPublic: string | undefined;
   if (req.seal) {
     const p = await d.presence(req.to);

@@ -83,6 +83,11 @@ export class Sender {
     this.ch = ch;
   }
 
+  /** A stream to the relay is up: an offer goes out now. */
+  get ready(): boolean {
+    return this.ch.ready;
+  }
+
   get busy(): boolean {
     return this.active.size > 0 || this.watchers.size > 0;
   }

@@ -115,6 +115,14 @@ describe('hosts send sealed and large files (issue 16)', () => {
       ['payroll.csv', sha256(plain)],
       ['note.txt', sha256(`${marker} small and inline\n`)],
     ]);
+    // A sealed outbox: a running agent takes the new folder at once and seals each file.
+    const box = path.join(h.dir, 'sealed-box');
+    await cliOk(['outbox', 'add', box, '--to', 'office', '--seal', '--home', h.homes.till!]);
+    fs.writeFileSync(path.join(box, 'salaries.csv'), `${marker} from the outbox\n`);
+    const resultFile = path.join(box, 'sent', 'salaries.csv.result.json');
+    await waitFor(() => fs.existsSync(resultFile) || undefined, 30_000, 'the sealed outbox file handled');
+    expect(JSON.parse(fs.readFileSync(resultFile, 'utf8'))).toMatchObject({ status: 'handled', to: 'office' });
+    expect(rec.runs()[2]).toMatchObject({ name: 'salaries.csv', sha: sha256(`${marker} from the outbox\n`) });
     // Nowhere in the relay's folder (store, WAL, blobs, partial uploads) is there any of the plaintext.
     const needles = [Buffer.from(marker), plain.subarray(plain.length - 64)];
     const files: string[] = [];
@@ -164,7 +172,7 @@ describe('hosts send sealed and large files (issue 16)', () => {
       }, 30_000, `message ${id} final`);
     expect(await until(ok.json.id)).toMatchObject({ status: 'handled' });
     expect(await until(bad.json.id)).toMatchObject({ status: 'rejected', result: { code: 'DW_BAD_SEAL' } });
-    expect(rec.runs().map((x) => x.sha)).toEqual([sha256(plain), sha256(`${marker} small and inline\n`), sha256(order)]);
+    expect(rec.runs().map((x) => x.sha)).toEqual([sha256(plain), sha256(`${marker} small and inline\n`), sha256(`${marker} from the outbox\n`), sha256(order)]);
     // A body that no envelope can be is refused at once.
     const res = await fetch(`${api}/v1/messages?to=office&filename=x.csv&sealed=1`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: 'not sealed' });
     expect(res.status).toBe(400);

@@ -20,8 +20,8 @@ export interface OutboxDeps {
   sender: Sender;
   journal: Journal;
   log: Logger;
-  /** The recipient's public key (hex) for a sealed outbox. */
-  keyOf: (device: string) => Promise<string>;
+  /** Asks the relay about a device (its public key, for a sealed outbox). */
+  presence: (device: string) => Promise<{ known: boolean; publicKey?: string }>;
   identity: { name: string; home: string };
 }
 
@@ -143,7 +143,7 @@ export class Outbox {
     let id = journal.outboxId(sid);
     if (!id) {
       try {
-        const seal = this.spec.seal ? { recipientPublic: await this.d.keyOf(this.spec.to), sender: this.d.identity.name, workDir: path.join(this.work, '.seal') } : undefined;
+        const seal = this.spec.seal ? { recipientPublic: await this.keyOf(this.spec.to), sender: this.d.identity.name, workDir: path.join(this.work, '.seal') } : undefined;
         id = await sender.send({ file, filename: name, to: this.spec.to, sid, ...(seal ? { seal } : {}) });
       } catch (err) {
         const code = (err as { code?: string }).code ?? 'DW_INTERNAL';
@@ -169,6 +169,18 @@ export class Outbox {
     });
     if (!st) return;
     await this.finalize(sid, name, file, { id, status: st.status, ...(st.result ? { result: st.result } : {}) });
+  }
+
+  /** The recipient's key, asking until the agent is connected; DW_UNKNOWN_DEVICE / DW_NO_KEY are final. */
+  private async keyOf(device: string): Promise<string> {
+    for (;;) {
+      if (this.closed) throw Object.assign(new Error('stopped'), { code: 'DW_CLOSED' });
+      const p = await this.d.presence(device).catch(() => undefined);
+      if (p?.publicKey) return p.publicKey;
+      if (p && !p.known) throw Object.assign(new Error(`no device named '${device}'`), { code: 'DW_UNKNOWN_DEVICE' });
+      if (p) throw Object.assign(new Error(`'${device}' has no key to seal to`), { code: 'DW_NO_KEY' });
+      await new Promise((r) => setTimeout(r, 2_000)); // not connected yet
+    }
   }
 
   /** `NAME.result.json` first, then the file beside it (or deleted); then the journal forgets the upload. */
