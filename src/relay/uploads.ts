@@ -168,10 +168,18 @@ export class Uploads implements AgentSender {
 
   /** All bytes are here: fsync, check the SHA-256, store the message durably, then SEND_END with its id. */
   private async complete(up: Upload): Promise<void> {
+    up.done = true;
+    try {
+      await this.store(up);
+    } finally {
+      // Only now: an offer of the same upload meanwhile waits for this one (`writing`) before it looks at the disk.
+      if (this.open.get(up.device)?.get(up.offer.sid) === up) this.open.get(up.device)!.delete(up.offer.sid);
+    }
+  }
+
+  private async store(up: Upload): Promise<void> {
     const { store, blobs, hub, feed, log } = this.o;
     const h = up.offer;
-    up.done = true;
-    this.open.get(up.device)?.delete(h.sid);
     await up.fh.sync();
     await up.fh.close();
     const sha256 = up.hash ? up.hash.digest('hex') : await hashFile(up.file);
@@ -226,7 +234,7 @@ export class Uploads implements AgentSender {
 
   private failed(device: string, sid: string, reply: PeerReply, err: unknown): void {
     const up = this.open.get(device)?.get(sid);
-    if (up) {
+    if (up && up.reply === reply) {
       up.done = true;
       this.open.get(device)?.delete(sid);
       void up.fh.close().catch(() => {});

@@ -13,6 +13,9 @@ import type { OutboxSpec } from './config.js';
 const CONCURRENCY = 8;
 /** A file counts as written once its size has not changed for this long (chokidar awaitWriteFinish). */
 export const STABLE_MS = 2_000;
+/** Refusals after which the same upload is offered again (the relay stored nothing and may manage later). */
+const TRANSIENT = new Set(['DW_INTERNAL', 'DW_STORE_DOWN', 'DW_NOT_CONNECTED', 'DW_TIMEOUT']);
+const RETRY_MS = 5_000;
 /** Claimed files wait here (a dot-folder: never picked up again): `<sid>.<name>`. */
 export const WORK_DIR = '.dropwire';
 
@@ -48,6 +51,8 @@ export class Outbox {
   private readonly queue: string[] = [];
   private readonly queued = new Set<string>();
   private running = 0;
+  /** Claimed files to offer again once their current turn has ended. */
+  private later: string[] = [];
   private closed = false;
 
   constructor(spec: OutboxSpec, d: OutboxDeps) {
@@ -129,6 +134,7 @@ export class Outbox {
         .finally(() => {
           this.running--;
           this.queued.delete(claimed);
+          for (const again of this.later.splice(0)) this.schedule(again);
           this.next();
         });
     }
@@ -148,6 +154,13 @@ export class Outbox {
       } catch (err) {
         const code = (err as { code?: string }).code ?? 'DW_INTERNAL';
         if (this.closed || code === 'DW_CLOSED') return; // the agent stops: continued at the next start
+        if (TRANSIENT.has(code)) {
+          // Nothing was stored: the same upload id is offered again a little later.
+          log.warn({ file: name, code, dir: this.spec.dir }, 'outbox file not sent yet; trying again');
+          await new Promise((r) => setTimeout(r, RETRY_MS).unref());
+          if (!this.closed) this.later.push(claimed);
+          return;
+        }
         log.warn({ file: name, code, dir: this.spec.dir }, 'outbox file refused');
         return this.finalize(sid, name, file, { status: 'failed', code, message: (err as Error).message });
       }
