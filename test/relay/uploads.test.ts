@@ -199,3 +199,33 @@ describe('relay: files agents send (PROTOCOL 7.14)', () => {
     expect(await t.answer(MessageType.STATUS, id!, n)).toEqual({ id, status: 'handled', result: { exitCode: 0 } });
   });
 });
+
+describe('relay: the upload window (PROTOCOL 7.14 step 3)', () => {
+  it('a chunk more than SEND_WINDOW past the last SEND_ACK is DW_BAD_MESSAGE, decided as it arrives', async () => {
+    const { EventEmitter } = await import('node:events');
+    const { openMemoryStore } = await import('../../src/relay/store/memory.js');
+    const { Blobs } = await import('../../src/relay/blobs.js');
+    const { EventFeed } = await import('../../src/relay/events.js');
+    const { Uploads } = await import('../../src/relay/uploads.js');
+    const path = await import('node:path');
+    const store = await openMemoryStore();
+    cleanups.push(() => store.close());
+    await store.createDevice({ name: 'till', createdAt: 1, sendTo: '*' });
+    await store.createDevice({ name: 'office', createdAt: 1 });
+    const hub = Object.assign(new EventEmitter(), { notify: () => {} });
+    const uploads = new Uploads({ store, hub: hub as never, blobs: new Blobs(path.join(tempDir(), 'blobs')), feed: new EventFeed(), log: silentLogger(), maxBody: 1 << 30, newId: () => 'm1' });
+    const answers: { type: MessageType; header: Record<string, unknown> }[] = [];
+    const reply = { send: (type: MessageType, header: Record<string, unknown>) => (answers.push({ type, header }), true), live: true, drained: async () => {} };
+    const m = (type: MessageType, header: Record<string, unknown>, parts: Uint8Array[] = []) => ({ type, header, parts, body: new Uint8Array(0) }) as unknown as Message;
+    const size = 3 * SEND_WINDOW;
+    uploads.onMessage('till', m(MessageType.SEND, { sid: 'w1', to: 'office', filename: 'w.bin', size, sha256: '0'.repeat(64) }), reply as never);
+    await waitFor(() => answers.find((a) => a.type === MessageType.SEND_ACK), 5_000, 'SEND_ACK');
+    const MiB = new Uint8Array(1024 * 1024);
+    // Exactly the window, synchronously (no write has finished, so no SEND_ACK widened it): accepted.
+    for (let i = 0; i < SEND_WINDOW / MiB.length; i++) uploads.onMessage('till', m(MessageType.SEND_CHUNK, { sid: 'w1' }, [MiB]), reply as never);
+    // One byte more: refused on arrival.
+    expect(() => uploads.onMessage('till', m(MessageType.SEND_CHUNK, { sid: 'w1' }, [new Uint8Array(1)]), reply as never)).toThrow(expect.objectContaining({ code: 'DW_BAD_MESSAGE' }));
+    // A chunk for an upload the relay never acknowledged is refused too.
+    expect(() => uploads.onMessage('till', m(MessageType.SEND_CHUNK, { sid: 'nope' }, [MiB]), reply as never)).toThrow(expect.objectContaining({ code: 'DW_BAD_MESSAGE' }));
+  });
+});
