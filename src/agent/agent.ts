@@ -320,6 +320,7 @@ export class Agent {
     this.status.connected = false;
     this.status.lastError = this.diskFull ? diskFullText(this.diskFull) : err.code;
     if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
+    if (err.code === 'DW_PEER_CLOSED' && err.cause === 'DW_BAD_MESSAGE') this.sender.relayRefusedMessages();
     if (err.code !== 'DW_HANDSHAKE_REFUSED') return;
     if (err.cause === 'DW_UNKNOWN_DEVICE') {
       // The device was removed at the relay: only `init` with a new token helps. Say so once (in onRetry,

@@ -89,6 +89,7 @@ export class DirectSession {
           if (this.link === link) this.link = undefined;
           this.lastError = err;
           if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
+          if (err.code === 'DW_PEER_CLOSED' && err.cause === 'DW_BAD_MESSAGE') this.sender.relayRefusedMessages();
         },
       },
     });

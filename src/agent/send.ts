@@ -201,6 +201,17 @@ export class Sender {
     }
   }
 
+  /**
+   * The relay ended the session over a message it does not know (DW_BAD_MESSAGE) while uploads were offered:
+   * it predates PROTOCOL 7.14. Every upload fails (DW_RELAY_TOO_OLD) instead of being offered again forever.
+   */
+  relayRefusedMessages(): void {
+    if (this.active.size === 0) return;
+    const err = new SendRefused('DW_RELAY_TOO_OLD', 'the relay does not take files from hosts (it predates sending, PROTOCOL 7.14): update the relay');
+    for (const a of this.active.values()) a.reject(err);
+    this.active.clear();
+  }
+
   /** Ends every upload and watch (the agent stops). */
   close(err: Error = new DropwireError('DW_CLOSED', 'stopped')): void {
     for (const a of this.active.values()) a.reject(err);
