@@ -81,4 +81,29 @@ describe('outbox folders (issue 16)', () => {
     expect(JSON.parse(await cliOk(['outbox', 'list', '--json', '--home', h.homes.till!]))).toEqual([]);
     await till.kill();
   }, 400_000);
+
+  it('a refused file goes to failed/ with its result; --after delete keeps only the result of a handled one; --match picks files', async () => {
+    const saved = tempDir('dw-outbox-saved-');
+    const h = await hosts(['till', 'office', 'kiosk'], { allow: { till: 'office' }, rules: { office: [{ match: '*', action: { type: 'save', dir: saved, ifExists: 'fail' } }] } });
+    await h.start('office');
+    await h.start('till');
+    const refused = path.join(h.dir, 'to-kiosk');
+    const deleting = path.join(h.dir, 'to-office');
+    await cliOk(['outbox', 'add', refused, '--to', 'kiosk', '--home', h.homes.till!]);
+    await cliOk(['outbox', 'add', deleting, '--to', 'office', '--after', 'delete', '--match', '*.csv', '--home', h.homes.till!]);
+    fs.writeFileSync(path.join(refused, 'note.txt'), 'for the kiosk');
+    fs.writeFileSync(path.join(deleting, 'z.csv'), 'z;1\n');
+    fs.writeFileSync(path.join(deleting, 'skip.pdf'), 'not matched');
+    const failedResult = path.join(refused, 'failed', 'note.txt.result.json');
+    await waitFor(() => fs.existsSync(failedResult) || undefined, 30_000, 'the refused file in failed/');
+    expect(JSON.parse(fs.readFileSync(failedResult, 'utf8'))).toMatchObject({ file: 'note.txt', to: 'kiosk', status: 'failed', code: 'DW_FORBIDDEN' });
+    expect(fs.readFileSync(path.join(refused, 'failed', 'note.txt'), 'utf8')).toBe('for the kiosk');
+    const sentResult = path.join(deleting, 'sent', 'z.csv.result.json');
+    await waitFor(() => fs.existsSync(sentResult) || undefined, 30_000, 'the handled file\'s result');
+    expect(JSON.parse(fs.readFileSync(sentResult, 'utf8'))).toMatchObject({ file: 'z.csv', status: 'handled' });
+    expect(fs.existsSync(path.join(deleting, 'sent', 'z.csv'))).toBe(false);
+    expect(fs.readFileSync(path.join(saved, 'z.csv'), 'utf8')).toBe('z;1\n');
+    // Not matched: left where it is.
+    expect(fs.readFileSync(path.join(deleting, 'skip.pdf'), 'utf8')).toBe('not matched');
+  });
 });
