@@ -10,6 +10,7 @@ import type { BodyStorage } from './body-storage.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { cancelMessage, RESERVED_KEY_PREFIX, retryLinks, retryMessage, type MessageActionDeps } from './message-actions.js';
+import { plainSize } from '../protocol/seal.js';
 import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
 
 export interface HttpOptions {
@@ -261,6 +262,14 @@ export class HttpApi {
       return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
     }
     if (parts[0] === 'v1' && parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
+    if (parts[0] === 'v1' && parts[1] === 'inbox') {
+      // Sites that receive files from devices and pull them (src/relay/receive/inbox.ts).
+      const site = await this.authenticate(req);
+      const { inbox, InboxError } = await import('./receive/inbox.js');
+      return inbox({ store: this.o.store, hub: this.o.hub, feed: this.o.feed, now: this.now }, req, res, url, site, parts).catch((err: unknown) => {
+        throw err instanceof InboxError ? new HttpError(err.status, err.code, err.message) : err;
+      });
+    }
     const e = endpoint(parts);
     if (!e) throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
     if (!e.methods.includes(method)) {
@@ -356,6 +365,8 @@ export class HttpApi {
     const deadline = seconds(url, 'deadline', DEFAULT_DEADLINE_S);
     const ttl = seconds(url, 'ttl', undefined);
     const allowEmpty = url.searchParams.get('allowEmpty') === '1';
+    // PROTOCOL 12: the body is an envelope sealed to the device's key (GET /v1/devices/NAME `publicKey`).
+    const sealed = url.searchParams.get('sealed') === '1';
     const idempotencyKey = req.headers['idempotency-key'];
     const ikey = typeof idempotencyKey === 'string' && idempotencyKey.length > 0 ? idempotencyKey.slice(0, 200) : undefined;
     if (ikey?.startsWith(RESERVED_KEY_PREFIX)) {
@@ -416,7 +427,10 @@ export class HttpApi {
     } catch (err) {
       await refuse(err as HttpError);
     }
-    if (received.size === 0 && !allowEmpty) {
+    if (sealed && plainSize(received.size) === undefined) {
+      await refuse(new HttpError(400, 'DW_BAD_SEAL', `sealed=1, but no sealed envelope is ${received.size} bytes long (PROTOCOL 12)`));
+    }
+    if (received.size === 0 && !allowEmpty && !sealed) {
       await refuse(new HttpError(400, 'DW_EMPTY_BODY', 'the body is empty (nothing was read from the file?); add allowEmpty=1 to send an empty file'));
     }
     const { message, created } = await store.enqueue({
@@ -431,6 +445,7 @@ export class HttpApi {
       createdAt: now,
       deadlineAt: now + deadline * 1000,
       ...(ttl !== undefined ? { expiresAt: now + ttl * 1000 } : {}),
+      ...(sealed ? { sealed: true } : {}),
     });
     if (!created && received.bodyPath) await blobs.remove(received.bodyPath);
     if (!created && (message.sha256 !== received.sha256 || message.to !== to || message.filename !== filename)) {
@@ -538,7 +553,8 @@ export class HttpApi {
     if (!scopeAllows(token.to, name)) throw unknownDevice(name);
     const d = await this.o.store.getDevice(name);
     if (!d) throw unknownDevice(name);
-    send(res, 200, await this.deviceView(d.name, d.lastSeen, d.agentVersion));
+    // PROTOCOL 12: the key HTTP senders seal to (null until the device enrolls).
+    send(res, 200, { ...(await this.deviceView(d.name, d.lastSeen, d.agentVersion)), publicKey: d.publicKey ?? null });
   }
 
   /**

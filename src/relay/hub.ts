@@ -30,6 +30,22 @@ export interface StatusEvent {
   detail?: Record<string, unknown>;
 }
 
+/**
+ * Where what an agent sends as a sender goes (PROTOCOL 7.14, 7.15): uploads and WATCH, handled beside the
+ * hub (src/relay/uploads.ts). `reply` writes to that agent's current stream only.
+ */
+export interface AgentSender {
+  /** True when the message was one of the sender's. May throw DW_BAD_MESSAGE (the session is retired). */
+  onMessage(device: string, m: Message, reply: PeerReply): boolean;
+}
+export interface PeerReply {
+  send<T extends MessageType>(type: T, header: Parameters<typeof encodeMessage<T>>[1], body?: Uint8Array): boolean;
+  /** The stream this reply writes to is still the device's current one. */
+  readonly live: boolean;
+  /** Resolves once the replay buffer has room again (or the stream ended). */
+  drained(): Promise<void>;
+}
+
 /** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
 export const OFFLINE_GRACE_MS = 1_500;
 
@@ -118,6 +134,8 @@ const STOPPED_MAX = 100_000;
  */
 export class Hub extends EventEmitter {
   private readonly o: HubOptions;
+  /** Uploads and WATCH from agents (set by the relay's composition). */
+  sender: AgentSender | undefined;
   private readonly peers = new Map<string, Peer>();
   private readonly byLink = new Map<Link, Peer>();
   private readonly now: () => number;
@@ -476,7 +494,8 @@ export class Hub extends EventEmitter {
       case MessageType.PRESENCE_QUERY: {
         const { qid, device } = m.header;
         void this.o.store.getDevice(device).then(
-          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null }),
+          // PROTOCOL 7.10a: `publicKey` lets the asking agent seal files to that device (12).
+          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null, ...(d?.publicKey ? { publicKey: d.publicKey } : {}) }),
           () => this.send(p, MessageType.PRESENCE, { qid, device, known: false, online: false, lastSeen: null }),
         );
         return;
@@ -488,8 +507,22 @@ export class Hub extends EventEmitter {
         this.deliver(p);
         return;
       default:
+        if (this.sender?.onMessage(p.device, m, this.replyTo(p))) return;
         throw Object.assign(new Error(`message type ${m.type} is not for the relay`), { code: ProtocolCode.BAD_MESSAGE });
     }
+  }
+
+  /** Writes to this peer's current stream only: a later stream (or a retired session) drops the answer. */
+  private replyTo(p: Peer): PeerReply {
+    const gen = p.gen;
+    const live = () => p.gen === gen && !p.session.closed && this.peers.get(p.device) === p;
+    return {
+      send: (type, header, body) => (live() ? this.send(p, type, header, body) : false),
+      get live() {
+        return live();
+      },
+      drained: () => this.drained(p, gen),
+    };
   }
 
   private pendingWrites = new Map<Peer, Promise<unknown>>();
@@ -658,7 +691,7 @@ export class Hub extends EventEmitter {
         })
         .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
     }
-    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
+    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt, ...(m.sealed ? { sealed: true } : {}) });
     const before = this.progress.get(m.id);
     if (before !== undefined) {
       // A second attempt at this file: say how much of what had gone out is sent again.
