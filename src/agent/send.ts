@@ -106,8 +106,15 @@ export class Sender {
     let sha256: string;
     if (o.seal) {
       // Sealed into a file first: the envelope (and its SHA-256) must be the same bytes if the upload resumes.
+      // A copy sealed before a stop is offered again as it is (same bytes: the relay resumes it).
       temp = path.join(o.seal.workDir, `${sid}.sealed`);
-      ({ size, sha256 } = await sealFile(o.file, temp, { recipientPublic: fromHex(o.seal.recipientPublic), sender: o.seal.sender, filename }));
+      const sum = `${temp}.json`;
+      const kept = await fsp.readFile(sum, 'utf8').then((t) => JSON.parse(t) as { size: number; sha256: string }, () => undefined);
+      if (kept && (await fsp.stat(temp).catch(() => undefined))?.size === kept.size) ({ size, sha256 } = kept);
+      else {
+        ({ size, sha256 } = await sealFile(o.file, temp, { recipientPublic: fromHex(o.seal.recipientPublic), sender: o.seal.sender, filename }));
+        await fsp.writeFile(sum, JSON.stringify({ size, sha256 }));
+      }
       file = temp;
     } else {
       ({ size, sha256 } = await hashFile(o.file));
@@ -120,7 +127,7 @@ export class Sender {
         if (this.ch.ready) this.offer(a);
       });
     } finally {
-      if (temp) await fsp.rm(temp, { force: true });
+      if (temp) await Promise.all([fsp.rm(temp, { force: true }), fsp.rm(`${temp}.json`, { force: true })]);
     }
   }
 
