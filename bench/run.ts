@@ -35,6 +35,7 @@ import { freePort, Mosquitto, mosquittoVersion } from './mosquitto.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
 import type { RelayChildOptions } from './relay-child.js';
 import { runStoreBench, type StoreBenchResult } from './store.js';
+import { runTransportBench, type TransportRow } from './transports.js';
 
 // --- options and sizes ------------------------------------------------------------------------------
 
@@ -987,11 +988,14 @@ async function main(): Promise<void> {
 
   let crypto: CryptoRow[] = [];
   let store: StoreBenchResult[] = [];
+  let transports: TransportRow[] = [];
   if (ONLY.has(7) && MICRO) {
     console.log('\n== 7. crypto backends (bench/crypto.ts)');
     crypto = await runCryptoBench({ durationMs: QUICK ? 200 : 500 });
     console.log('== store (bench/store.ts)');
     store = await runStoreBench({ dir: workDir });
+    console.log('== transports: TCP, ws, wss (bench/transports.ts)');
+    transports = await runTransportBench(QUICK ? { mib: 8, n: 200, settleS: 2 } : {});
   }
 
   console.log(`\n== setup: ${TOTAL_DEVICES.toLocaleString('en-US')} devices with known keys in the relay's store`);
@@ -1063,7 +1067,7 @@ async function main(): Promise<void> {
   const table = formatTable();
   console.log(`\n${table}\n`);
   for (const line of targetLines()) console.log(line);
-  const md = renderMarkdown({ machine, table, crypto, store, minutes });
+  const md = renderMarkdown({ machine, table, crypto, store, transports, minutes });
   fs.writeFileSync(OUT, md);
   console.log(`\nwrote ${path.relative(process.cwd(), OUT)} (${minutes.toFixed(1)} min)`);
   if (!flag('keep')) fs.rmSync(workDir, { recursive: true, force: true });
@@ -1183,7 +1187,7 @@ function keptAnalysis(): string | undefined {
   return undefined;
 }
 
-function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; store: StoreBenchResult[]; minutes: number }): string {
+function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; store: StoreBenchResult[]; transports?: TransportRow[]; minutes: number }): string {
   const m = o.machine;
   const lines: string[] = [];
   lines.push('# dropwire benchmarks: side by side with Mosquitto and Aedes');
@@ -1274,6 +1278,18 @@ function renderMarkdown(o: { machine: Record<string, string>; table: string; cry
     lines.push('| what | backend | record B | ops/s | MB/s |');
     lines.push('|:--|:--|--:|--:|--:|');
     for (const r of o.crypto) lines.push(`| ${r.name} | ${r.backend} | ${r.size ?? ''} | ${round(r.opsPerSec)} | ${r.mbPerSec === null ? '' : round(r.mbPerSec)} |`);
+    lines.push('');
+  }
+  if (o.transports && o.transports.length > 0) {
+    lines.push('## Transports (bench/transports.ts, `runTransportBench()`)');
+    lines.push('');
+    lines.push('The same protocol over TCP, a WebSocket (ws://) and a WebSocket in TLS (wss://) on loopback. Stream: one');
+    lines.push('initiator receives 50 MiB in 256 KiB writes, both ends in one process, median of three runs. Idle: the');
+    lines.push('responder\'s memory per connection after a forced GC, 1,000 initiators in a child process.');
+    lines.push('');
+    lines.push('| transport | stream MB/s | CPU % of a core | idle RSS KiB/conn | heap KiB/conn | external KiB/conn |');
+    lines.push('|:--|--:|--:|--:|--:|--:|');
+    for (const r of o.transports) lines.push(`| ${r.transport} | ${r.mbPerSec ?? ''} | ${r.cpuPct ?? ''} | ${r.rssKiB ?? ''} | ${r.heapKiB ?? ''} | ${r.externalKiB ?? ''} |`);
     lines.push('');
   }
   if (o.store.length > 0) {

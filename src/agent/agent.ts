@@ -3,21 +3,33 @@ import { fromHex } from '../protocol/bytes.js';
 import { Connection, type Output } from '../protocol/connection.js';
 import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
-import type { ProtocolError } from '../protocol/errors.js';
+import { ProtocolError } from '../protocol/errors.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
+import { parseTransportMode, type TransportMode } from '../transport/address.js';
 import { Dialer, type Backoff } from '../transport/dialer.js';
 import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import type { Link } from '../transport/link.js';
-import { parseHostPort } from '../shared/enrollment.js';
+import { describeRoute, RelayReach } from '../transport/reach.js';
+import type { OpenedStream } from '../transport/stream.js';
+import { agentProduct } from '../shared/version.js';
 import type { Logger } from '../shared/log.js';
-import { loadAgentConfig, paths, type AgentConfig } from './config.js';
+import { loadAgentConfig, paths, rulesVersion, type AgentConfig } from './config.js';
+import { DISK_FULL_LOG_INTERVAL_MS, DISK_FULL_RETRY_MS, isDiskFull } from './disk.js';
 import { baseEnv, runAction, type Outcome } from './handlers/index.js';
 import { Journal } from './journal.js';
+import { openSealed } from './open-sealed.js';
+import { Outboxes } from './outbox/index.js';
+import { Sender } from './send.js';
 import { checkName, safeName } from './names.js';
 import { matchRule } from './rules.js';
 import { Spool, type Transfer } from './spool.js';
+
+/** How long the agent waits between attempts once the relay says it does not know this device. */
+export const REMOVED_RETRY_MS = 5 * 60_000;
+const REMOVED_MESSAGE =
+  "the relay does not know this device (it was removed): enroll again with 'dropwire init TOKEN' and a new token from 'dropwire relay device add NAME'; retrying every few minutes";
 
 export interface AgentOptions {
   home: string;
@@ -26,14 +38,24 @@ export interface AgentOptions {
   timers?: Partial<ConnectionTimers>;
   limits?: Partial<SessionLimits>;
   backoff?: Partial<Backoff>;
-  /** Overrides the relay address in the config. */
+  /** Overrides the relay addresses in the config (comma-separated). */
   relay?: string;
+  /** Override the config's transport, proxy and CA (README "Reaching the relay"). */
+  transport?: TransportMode;
+  proxy?: string;
+  ca?: string;
+  /** In auto mode, how long a TCP dial may take before WSS is tried (default FALLBACK_AFTER_MS). */
+  fallbackAfterMs?: number;
   signal?: AbortSignal;
 }
 
 export interface AgentStatus {
   connected: boolean;
+  /** The address in use (or last tried); `relays` are all of them. */
   relay: string;
+  relays: string[];
+  /** tcp, ws, wss, or "wss via proxy": how the current (last) connection reached the relay. */
+  transport?: string;
   since?: number;
   sessions: number;
   resumes: number;
@@ -53,6 +75,11 @@ export class Agent {
   private readonly spool: Spool;
   private readonly session: Session;
   private readonly dialer: Dialer;
+  private readonly reach: RelayReach;
+  /** How each link was opened (address, transport, proxy), until its session is established. */
+  private readonly routes = new WeakMap<Link, OpenedStream>();
+  /** The last fallback logged at warn level (cleared once a session is up). */
+  private lastFallback: string | undefined;
   private decoder = new MessageDecoder();
   private transfer: Transfer | undefined;
   /** A FILE the journal already has: its CHUNKs are skipped. */
@@ -64,8 +91,21 @@ export class Agent {
   private readonly running = new Set<Promise<void>>();
   private readonly abort = new AbortController();
   private configWatcher: fs.StatWatcher | undefined;
+  /** Set while the disk of the home is full (the spool or journal could not be written). */
+  private diskFull: { since: number; stage: string; error: string } | undefined;
+  /** When DW_DISK_FULL was last logged (across episodes: at most once a minute, whatever happens between). */
+  private diskFullLoggedAt = -Infinity;
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  /** The relay refused this device as unknown (removed); logged once until a connection succeeds again. */
+  private removed = false;
+  private removedLogged = false;
   private closed = false;
   readonly status: AgentStatus;
+  /** Files this host sends (PROTOCOL 7.14): `dropwire send` and the outbox folders. */
+  readonly sender: Sender;
+  private drainWaiters: (() => void)[] = [];
+  private readonly outboxes: Outboxes;
+  private streaming = false;
 
   constructor(o: AgentOptions) {
     this.o = o;
@@ -75,12 +115,27 @@ export class Agent {
     this.journal = new Journal(p.journal);
     this.spool = new Spool(p.spool);
     this.session = new Session({ limits: o.limits ?? {} });
-    const relay = o.relay ?? this.config.relay;
-    const { host, port } = parseHostPort(relay, 'relay');
-    this.status = { connected: false, relay, sessions: 0, resumes: 0, reconnects: 0 };
+    const relays = o.relay ? o.relay.split(',') : this.config.relays;
+    this.reach = new RelayReach({
+      relays,
+      mode: o.transport ?? parseTransportMode(this.config.transport),
+      proxy: o.proxy ?? this.config.proxy,
+      caFile: o.ca ?? this.config.ca,
+      memoryFile: p.route,
+      ...(o.fallbackAfterMs !== undefined ? { fallbackAfterMs: o.fallbackAfterMs } : {}),
+      onFallback: (from, to, err) => {
+        // Said once per change (a relay that is down for an hour must not fill the log every retry).
+        const key = `${from.text} ${to.text} ${err.code}`;
+        const level = key === this.lastFallback ? 'debug' : 'warn';
+        this.lastFallback = key;
+        this.o.log[level]({ from: from.text, to: to.text, code: err.code, reason: err.message }, from.kind === 'tcp' && to.kind !== 'tcp' ? `TCP to the relay failed; falling back to ${to.kind.toUpperCase()}` : 'relay address failed; trying the next');
+      },
+    });
+    this.status = { connected: false, relay: this.reach.plan[0]!.text, relays: this.reach.list.map((a) => a.text), sessions: 0, resumes: 0, reconnects: 0 };
     this.dialer = new Dialer({
-      host,
-      port,
+      host: '',
+      port: 0,
+      connect: (signal) => this.reach.open(signal),
       backoff: o.backoff ?? {},
       connection: () =>
         Connection.initiator({
@@ -94,15 +149,60 @@ export class Agent {
           timers: o.timers ?? {},
         }),
       events: {
+        onOpen: (opened, link) => {
+          this.routes.set(link, opened);
+          this.status.relay = opened.address;
+          this.status.transport = describeRoute(opened);
+        },
         onOutput: (out, link) => this.onOutput(out, link),
         onClose: (err, link) => this.onClose(err, link),
         onRetry: (err, delay, attempt) => {
           this.status.reconnects++;
+          // A dial that failed before any link (proxy refused, certificate untrusted…): say why, once per
+          // reason (a link's own close has set lastError already).
+          // A link's end (a ProtocolError) was told to onClose, which keeps the more precise last error.
+          const dialCode = this.removed || err instanceof ProtocolError ? undefined : (err as { code?: string }).code;
+          if (!this.status.connected && dialCode && dialCode !== this.status.lastError) this.o.log.warn({ code: dialCode, reason: err.message }, 'cannot reach the relay');
+          if (dialCode) this.status.lastError = dialCode;
+          if (this.removed && !this.removedLogged) {
+            this.removedLogged = true;
+            this.o.log.error({ code: 'DW_UNKNOWN_DEVICE', device: this.config.name, relay: this.status.relay, retryInS: Math.round(delay / 1000) }, REMOVED_MESSAGE);
+          }
           this.o.log.debug({ code: (err as ProtocolError).code, delay, attempt }, 'reconnecting');
         },
       },
     });
+    const isReady = () => this.streaming && this.status.connected;
+    this.sender = new Sender({
+      write: (type, header, body) => {
+        let ok = true;
+        for (const part of encodeMessage(type, header, body)) ok = this.session.write(part);
+        this.schedulePump();
+        return ok;
+      },
+      drained: () => new Promise((resolve) => this.drainWaiters.push(resolve)),
+      get ready() {
+        return isReady();
+      },
+    });
+    this.outboxes = this.makeOutboxes();
     o.signal?.addEventListener('abort', () => void this.close(), { once: true });
+  }
+
+  /** Outbox folders send through this agent's session (src/agent/outbox/). */
+  private makeOutboxes(): Outboxes {
+    return new Outboxes(this.o.home, {
+      sender: this.sender,
+      journal: this.journal,
+      log: this.o.log,
+      identity: { name: this.config.name, home: this.o.home },
+      presence: (device) => this.presence(device),
+    });
+  }
+
+  /** The device's name and keys, for sealing to and opening from (PROTOCOL 12). */
+  get identity(): { name: string; privateKey: Uint8Array; home: string } {
+    return { name: this.config.name, privateKey: this.keys.privateKey, home: this.o.home };
   }
 
   private readonly queries = new Map<number, (answer: Headers[typeof MessageType.PRESENCE]) => void>();
@@ -138,9 +238,19 @@ export class Agent {
 
   start(): void {
     const { log } = this.o;
-    for (const id of this.journal.recoverInterrupted(Date.now())) log.warn({ id }, 'handler was interrupted by a stop; reported failed, not run again');
+    try {
+      for (const id of this.journal.recoverInterrupted(Date.now())) log.warn({ id }, 'handler was interrupted by a stop; reported failed, not run again');
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      this.noteDiskFull(err, 'journal'); // they stay `running` and are reported at the next start with space
+    }
     for (const e of this.journal.waiting()) this.handle(e.id, e.filename, e.from);
     this.watchConfig();
+    try {
+      this.outboxes.reload();
+    } catch (err) {
+      log.error({ err }, 'outbox folders not started: config.json has a bad outbox');
+    }
     log.info({ relay: this.status.relay, device: this.config.name }, 'agent started');
     this.dialer.start();
   }
@@ -149,9 +259,13 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     this.abort.abort();
+    for (const t of this.retryTimers) clearTimeout(t);
+    this.retryTimers.clear();
     this.configWatcher?.removeAllListeners();
     fs.unwatchFile(paths(this.o.home).config);
+    await this.outboxes.close();
     this.dialer.close();
+    this.sender.close();
     this.transfer?.abandon();
     await Promise.allSettled([...this.running]);
     this.journal.close();
@@ -163,24 +277,36 @@ export class Agent {
   private onOutput(out: Exclude<Output, { type: 'write' } | { type: 'close' }>, link: Link): void {
     const { log } = this.o;
     switch (out.type) {
-      case 'established':
+      case 'established': {
         this.link = link;
+        this.removed = false;
+        this.removedLogged = false;
         this.status.connected = true;
         this.status.since = Date.now();
+        const route = this.routes.get(link);
+        this.routes.delete(link); // established: no longer a candidate for `failed` below
+        this.lastFallback = undefined;
+        if (route) this.reach.worked(route.address);
+        const via = { relay: this.status.relay, transport: this.status.transport, ...(route?.proxy ? { proxy: route.proxy } : {}) };
         if (out.resumed) {
           this.status.resumes++;
-          log.info({ relay: this.status.relay }, 'session resumed');
+          log.info(via, 'session resumed');
           return;
         }
         this.status.sessions++;
-        log.info({ relay: this.status.relay }, 'session started');
+        log.info(via, 'session started');
         this.newStream();
         return;
+      }
       case 'data':
         this.decoder.push(out.bytes);
         try {
           for (let m = this.decoder.next(); m; m = this.decoder.next()) this.onMessage(m);
         } catch (err) {
+          if (isDiskFull(err)) {
+            this.stopOnDiskFull(err, 'spool');
+            return;
+          }
           log.error({ err }, 'bad data from the relay; starting a new session');
           this.link?.close((err as { code?: string }).code ?? 'DW_BAD_MESSAGE');
           this.session.reset();
@@ -188,21 +314,40 @@ export class Agent {
         }
         return;
       case 'lost':
+        this.streaming = false;
+        for (const w of this.drainWaiters.splice(0)) w();
         log.warn({ code: out.code }, 'session lost; recovering at message level');
         return;
       case 'drain':
+        for (const w of this.drainWaiters.splice(0)) w();
+        return;
       case 'hello':
         return;
     }
   }
 
   private onClose(err: ProtocolError, link: Link): void {
+    const route = this.routes.get(link);
+    // A stream that opened but never carried a session (a proxy or terminator in the way): next address.
+    if (route) this.reach.failed(route.address);
+    this.routes.delete(link);
     if (this.link === link) this.link = undefined;
     if (this.status.connected) this.o.log.warn({ code: err.code }, 'connection to relay lost');
     this.status.connected = false;
-    this.status.lastError = err.code;
+    this.status.lastError = this.diskFull ? diskFullText(this.diskFull) : err.code;
     if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
-    if (err.code === 'DW_HANDSHAKE_REFUSED') this.o.log.error({ reason: err.cause }, 'relay refused this device');
+    if (err.code === 'DW_PEER_CLOSED' && err.cause === 'DW_BAD_MESSAGE') this.sender.relayRefusedMessages();
+    if (err.code !== 'DW_HANDSHAKE_REFUSED') return;
+    if (err.cause === 'DW_UNKNOWN_DEVICE') {
+      // The device was removed at the relay: only `init` with a new token helps. Say so once (in onRetry,
+      // with the wait), keep it as the last error for `dropwire status`, and dial only every few minutes.
+      this.removed = true;
+      this.status.lastError = `DW_UNKNOWN_DEVICE: ${REMOVED_MESSAGE}`;
+      this.dialer.slowDown(REMOVED_RETRY_MS);
+      return;
+    }
+    this.status.lastError = typeof err.cause === 'string' ? err.cause : err.code;
+    this.o.log.error({ reason: err.cause }, 'relay refused this device');
   }
 
   /** A new stream (PROTOCOL 7): re-report what the relay has not confirmed, then HELLO with partial files. */
@@ -215,11 +360,18 @@ export class Agent {
       this.send(MessageType.RECEIVED, { id: e.id });
       if (e.state === 'done' && e.status) this.send(MessageType.RESULT, resultHeader(e.id, e.status, e.code, e.result));
     }
-    this.send(MessageType.HELLO, { agent: 'dropwire/0.1', partial: this.spool.partials() });
+    this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials() });
+    for (const w of this.drainWaiters.splice(0)) w();
+    this.streaming = true;
+    this.sender.newStream(); // PROTOCOL 7.14: unfinished uploads are offered again
   }
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {
     for (const part of encodeMessage(type, header)) this.session.write(part);
+    this.schedulePump();
+  }
+
+  private schedulePump(): void {
     if (this.pumpScheduled) return;
     // One pump per turn of the event loop: reports written meanwhile share records.
     this.pumpScheduled = true;
@@ -252,6 +404,7 @@ export class Agent {
         try {
           this.transfer = this.spool.begin(h);
         } catch (err) {
+          if (isDiskFull(err)) throw err;
           log.warn({ err, id: h.id }, 'spool could not resume; asking for the whole file');
           this.spool.remove(h.id);
           this.skipping = h.id;
@@ -259,7 +412,7 @@ export class Agent {
           return;
         }
         if (h.offset > 0) log.info({ id: h.id, offset: h.offset, size: h.size }, 'transfer resumed from the bytes on disk');
-        this.incoming = { from: h.from, filename: h.filename };
+        this.incoming = { from: h.from, filename: h.filename, sealed: h.sealed === true };
         // All bytes may already be on disk (a stop between the last write and the rename).
         if (this.transfer.complete) this.complete();
         return;
@@ -273,7 +426,13 @@ export class Agent {
         return;
       }
       case MessageType.CONFIRM:
-        this.journal.confirm(m.header.ids);
+        try {
+          this.journal.confirm(m.header.ids);
+        } catch (err) {
+          // Not confirmed here: the outcomes are reported again on the next stream; harmless.
+          if (!isDiskFull(err)) throw err;
+          this.noteDiskFull(err, 'journal');
+        }
         return;
       case MessageType.PRESENCE: {
         const q = this.queries.get(m.header.qid);
@@ -291,11 +450,12 @@ export class Agent {
         if (!this.journal.get(m.header.id)) this.spool.remove(m.header.id);
         return;
       default:
+        if (this.sender.onMessage(m)) return;
         throw Object.assign(new Error(`message type ${m.type} is not for the agent`), { code: 'DW_BAD_MESSAGE' });
     }
   }
 
-  private incoming: { from: string; filename: string } = { from: '', filename: '' };
+  private incoming: { from: string; filename: string; sealed: boolean } = { from: '', filename: '', sealed: false };
 
   private complete(): void {
     const t = this.transfer!;
@@ -307,10 +467,24 @@ export class Agent {
       this.send(MessageType.RESTART, { id: t.id, offset: 0, code: 'DW_CHECKSUM' });
       return;
     }
-    const { from, filename } = this.incoming;
-    this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256 }, Date.now());
+    const { from, filename, sealed } = this.incoming;
+    // PROTOCOL 12.4: a sealed file is opened before it counts as received; a tampered one is rejected.
+    const badSeal = sealed ? openSealed(this.spool.filePath(t.id, filename), { recipientPrivate: this.keys.privateKey, sender: from, filename }) : undefined;
+    try {
+      this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256 }, Date.now());
+    } catch (err) {
+      // Not in the journal, so not acknowledged: the relay sends it again. Free its space meanwhile.
+      this.spool.remove(t.id);
+      throw err;
+    }
+    this.spaceAgain();
     log.info({ id: t.id, from, filename, size: t.size, resumedFrom: t.resumedFrom }, 'message received');
     this.send(MessageType.RECEIVED, { id: t.id });
+    if (badSeal) {
+      this.spool.remove(t.id);
+      this.finish(t.id, { status: 'failed', code: 'DW_BAD_SEAL', detail: { reason: badSeal } }, 'rejected');
+      return;
+    }
     this.handle(t.id, filename, from);
   }
 
@@ -328,11 +502,26 @@ export class Agent {
       return;
     }
     const run = async () => {
-      if (this.closed || !this.journal.running(id)) return;
+      if (this.closed) return;
+      try {
+        if (!this.journal.running(id)) return;
+      } catch (err) {
+        if (!isDiskFull(err)) throw err;
+        this.noteDiskFull(err, 'journal');
+        this.later(() => this.handle(id, filename, from)); // still `received` in the journal
+        return;
+      }
       const action = match.rule.action;
+      let file: string;
+      try {
+        file = this.spool.locate(id, name);
+      } catch (err) {
+        this.finish(id, { status: 'failed', code: 'DW_SPOOL_FAILED', detail: { error: (err as Error).message } });
+        return;
+      }
       this.o.log.info({ id, rule: match.index + 1, action: action.type, file: name }, 'handler started');
       const outcome = await runAction(action, {
-        facts: { name, from, id, file: this.spool.filePath(id) },
+        facts: { name, from, id, file },
         signal: this.abort.signal,
         env: baseEnv(),
       });
@@ -354,28 +543,102 @@ export class Agent {
 
   private finish(id: string, outcome: Outcome, as?: 'rejected'): void {
     const status = as ?? outcome.status;
-    this.journal.finish(id, status, outcome.code, outcome.detail, Date.now());
+    try {
+      this.journal.finish(id, status, outcome.code, outcome.detail, Date.now());
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      // The outcome is reported only once the journal has it: keep it and try again.
+      this.noteDiskFull(err, 'journal');
+      this.later(() => this.finish(id, outcome, as));
+      return;
+    }
+    this.spaceAgain();
     const level = status === 'handled' ? 'info' : 'warn';
     this.o.log[level]({ id, status, code: outcome.code, ...pick(outcome.detail) }, `message ${status}`);
     this.send(MessageType.RESULT, resultHeader(id, status, outcome.code, outcome.detail));
     if (this.config.retention === 'remove') this.spool.remove(id);
   }
 
+  // --- a full disk -----------------------------------------------------------------------------
+
+  /**
+   * The spool or journal could not be written because the disk is full: nothing of the message was
+   * acknowledged. Drop the transfer and the session (the relay recovers at message level, PROTOCOL 5.8 and
+   * 7.12, from the bytes the part file holds) and dial again a few seconds later, until there is space.
+   */
+  private stopOnDiskFull(err: unknown, stage: string): void {
+    this.transfer?.abandon();
+    this.transfer = undefined;
+    this.skipping = undefined;
+    this.noteDiskFull(err, stage);
+    this.dialer.slowDown(DISK_FULL_RETRY_MS);
+    this.link?.close('DW_SESSION_LOST');
+    this.session.reset();
+  }
+
+  /** Remembers the full disk for `dropwire status`, and logs DW_DISK_FULL at most once a minute. */
+  private noteDiskFull(err: unknown, stage: string): void {
+    const now = Date.now();
+    const error = (err as Error).message;
+    const d = (this.diskFull ??= { since: now, stage, error });
+    d.stage = stage;
+    d.error = error;
+    this.status.lastError = diskFullText(d);
+    if (now - this.diskFullLoggedAt < DISK_FULL_LOG_INTERVAL_MS) return;
+    this.diskFullLoggedAt = now;
+    this.o.log.error(
+      { code: 'DW_DISK_FULL', stage, home: this.o.home, error, retryInS: DISK_FULL_RETRY_MS / 1000 },
+      'the disk of the agent folder is full: nothing is acknowledged until there is space; retrying',
+    );
+  }
+
+  /** A journal write went through after the disk was full: say so once. */
+  private spaceAgain(): void {
+    if (!this.diskFull) return;
+    const fullForS = Math.round((Date.now() - this.diskFull.since) / 1000);
+    this.diskFull = undefined;
+    this.o.log.info({ fullForS }, 'the agent folder has space again');
+  }
+
+  private later(fn: () => void): void {
+    const t = setTimeout(() => {
+      this.retryTimers.delete(t);
+      if (!this.closed) fn();
+    }, DISK_FULL_RETRY_MS);
+    this.retryTimers.add(t);
+  }
+
   // --- config ----------------------------------------------------------------------------------
+
+  /**
+   * Reads config.json now and puts its rules (and retention) in force; a bad file throws DW_BAD_CONFIG and
+   * the previous rules stay. Answers what `dropwire rule …` waits for: the number and version of the rules.
+   */
+  reloadConfig(): { rules: number; version: string; outboxes: number } {
+    const next = loadAgentConfig(this.o.home);
+    const version = rulesVersion(next.rules);
+    const changed = version !== rulesVersion(this.config.rules) || next.retention !== this.config.retention;
+    this.config = { ...next, relay: this.config.relay, relays: this.config.relays, relayKey: this.config.relayKey };
+    if (changed) this.o.log.info({ rules: next.rules.length, version }, 'config reloaded');
+    const outboxes = this.outboxes.reload();
+    return { rules: next.rules.length, version, outboxes };
+  }
 
   /** Rule edits (by `dropwire rule …` or by hand) take effect without a restart; a bad edit is refused. */
   private watchConfig(): void {
     const file = paths(this.o.home).config;
     this.configWatcher = fs.watchFile(file, { interval: 300 }, () => {
       try {
-        const next = loadAgentConfig(this.o.home);
-        this.config = { ...next, relay: this.config.relay, relayKey: this.config.relayKey };
-        this.o.log.info({ rules: next.rules.length }, 'config reloaded');
+        this.reloadConfig();
       } catch (err) {
         this.o.log.error({ err }, 'config change refused; the previous rules stay in force');
       }
     });
   }
+}
+
+function diskFullText(d: { stage: string; error: string }): string {
+  return `DW_DISK_FULL: the agent folder's disk is full (${d.stage}: ${d.error}); retrying`;
 }
 
 function resultHeader(id: string, status: 'handled' | 'failed' | 'rejected', code: string | undefined, detail: Record<string, unknown> | undefined): Headers[typeof MessageType.RESULT] {

@@ -1,14 +1,24 @@
+import { createHash } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
 import { DropwireError } from '../shared/errors.js';
+import { parseRelayList, parseTransportMode, type TransportMode } from '../transport/address.js';
 import { validateRules, type Rule } from './rules.js';
 
 export interface AgentConfig {
   /** This device's name at the relay. */
   name: string;
-  /** HOST:PORT the agent dials. */
+  /** The first of `relays` (what older code and configs call the relay address). */
   relay: string;
+  /** Relay addresses the agent dials: HOST:PORT (TCP), ws:// or wss:// URLs (an old config's single `relay`). */
+  relays: string[];
+  /** tcp, wss, or auto (TCP first, then WSS): README "Reaching the relay". */
+  transport: TransportMode;
+  /** HTTP(S) proxy URL for WebSocket addresses (else HTTPS_PROXY / NO_PROXY). */
+  proxy?: string;
+  /** PEM file of a private CA the relay's certificate comes from. */
+  ca?: string;
   /** The relay's public key (hex), pinned at enrollment. */
   relayKey: string;
   rules: Rule[];
@@ -33,6 +43,8 @@ export const paths = (home: string) => ({
   spool: path.join(home, 'spool'),
   inbox: path.join(home, 'inbox'),
   log: path.join(home, 'agent.log'),
+  /** The relay address that worked last (tried first). */
+  route: path.join(home, 'route.json'),
 });
 
 /** Reads and checks the whole config; a bad field is named (DW_BAD_CONFIG) and nothing is changed. */
@@ -48,11 +60,27 @@ export function loadAgentConfig(home: string): AgentConfig {
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new DropwireError('DW_BAD_CONFIG', `${file}: must be a JSON object`);
   const bad = (field: string, why: string) => new DropwireError('DW_BAD_CONFIG', `${file}: field '${field}' ${why}`);
-  if (raw.name === undefined && raw.relay === undefined) {
+  if (raw.name === undefined && raw.relay === undefined && raw.relays === undefined) {
     throw new DropwireError('DW_NOT_ENROLLED', `no agent is set up in ${home}: run 'dropwire init TOKEN' first`);
   }
   if (typeof raw.name !== 'string' || raw.name.length === 0) throw bad('name', 'must be a non-empty string');
-  if (typeof raw.relay !== 'string' || !/^.+:\d{1,5}$/.test(raw.relay)) throw bad('relay', 'must be HOST:PORT');
+  const relayField = raw.relays !== undefined ? 'relays' : 'relay';
+  const relayValue = raw.relays ?? raw.relay;
+  if (!(typeof relayValue === 'string' || (Array.isArray(relayValue) && relayValue.every((r) => typeof r === 'string')))) throw bad(relayField, 'must be an address or a list of them');
+  let relays: string[];
+  try {
+    relays = parseRelayList(relayValue as string | string[], relayField).map((a) => a.text);
+  } catch (err) {
+    throw bad(relayField, `has a bad address: ${(err as Error).message}`);
+  }
+  let transport: TransportMode;
+  try {
+    transport = parseTransportMode(raw.transport === undefined ? undefined : String(raw.transport));
+  } catch {
+    throw bad('transport', "must be 'tcp', 'wss' or 'auto'");
+  }
+  if (raw.proxy !== undefined && typeof raw.proxy !== 'string') throw bad('proxy', 'must be a URL');
+  if (raw.ca !== undefined && typeof raw.ca !== 'string') throw bad('ca', 'must be the path of a PEM file');
   if (typeof raw.relayKey !== 'string' || !/^[0-9a-f]{64}$/.test(raw.relayKey)) throw bad('relayKey', 'must be 64 hex digits');
   const retention = raw.retention ?? 'remove';
   if (retention !== 'remove' && retention !== 'keep') throw bad('retention', "must be 'remove' or 'keep'");
@@ -62,5 +90,23 @@ export function loadAgentConfig(home: string): AgentConfig {
   } catch (err) {
     throw new DropwireError('DW_BAD_CONFIG', `${file}: ${(err as Error).message}`, { cause: err });
   }
-  return { name: raw.name, relay: raw.relay, relayKey: raw.relayKey, rules, retention };
+  return {
+    name: raw.name,
+    relay: relays[0]!,
+    relays,
+    transport,
+    ...(raw.proxy ? { proxy: raw.proxy as string } : {}),
+    ...(raw.ca ? { ca: raw.ca as string } : {}),
+    relayKey: raw.relayKey,
+    rules,
+    retention,
+  };
+}
+
+/**
+ * A short fingerprint of a rule list as validated (defaults filled in): the CLI compares the one it wrote with
+ * the one the running agent answers after a reload, to know that the agent has exactly these rules.
+ */
+export function rulesVersion(rules: Rule[]): string {
+  return createHash('sha256').update(JSON.stringify(rules)).digest('hex').slice(0, 16);
 }

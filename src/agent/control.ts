@@ -26,7 +26,26 @@ export class AgentNotRunning extends DropwireError {
   }
 }
 
-export type ControlRequest = { op: 'status' } | { op: 'online'; device: string };
+/** `reload`: read config.json now and answer with the rules in force (`dropwire rule …` waits for it). */
+export type ControlRequest = { op: 'status' } | { op: 'online'; device: string } | { op: 'reload' } | SendRequest;
+/** `dropwire send` through the running agent: progress lines stream back, the last line is the answer. */
+export interface SendRequest {
+  op: 'send';
+  files: string[];
+  to: string;
+  seal?: boolean;
+  /** Seconds to wait for each message's final status (0: do not wait). */
+  wait?: number;
+}
+
+export interface ControlHandlers {
+  status: () => Record<string, unknown>;
+  online?: (device: string) => Promise<Record<string, unknown>>;
+  /** Applies config.json; answers `{ rules, version }` (see `rulesVersion`) or throws DW_BAD_CONFIG. */
+  reload?: () => Record<string, unknown>;
+  /** Sends files over the agent's session; `emit` streams progress lines before the answer. */
+  send?: (req: SendRequest, emit: (line: Record<string, unknown>) => void) => Promise<Record<string, unknown>>;
+}
 export type ControlAnswer = { ok: true; status: Record<string, unknown> } | { ok: false; error: { code: string; message: string } };
 
 /** Where the agent with this home listens. */
@@ -51,11 +70,11 @@ export class ControlServer {
    * Listens for `dropwire status`. Throws DW_AGENT_RUNNING when another agent already answers on this
    * home's socket; a stale socket file (an agent that was killed) is removed first.
    */
-  static async listen(o: { home: string; status: () => Record<string, unknown>; online?: (device: string) => Promise<Record<string, unknown>>; log: Logger }): Promise<ControlServer> {
+  static async listen(o: ControlHandlers & { home: string; log: Logger }): Promise<ControlServer> {
     const p = controlPath(o.home);
     if (await answers(p)) throw new DropwireError('DW_AGENT_RUNNING', `another agent is already running with the folder ${o.home} (it answers on ${p})`);
     if (process.platform !== 'win32') fs.rmSync(p, { force: true });
-    const server = net.createServer({ allowHalfOpen: false }, (sock) => serve(sock, o.status, o.online, o.log));
+    const server = net.createServer({ allowHalfOpen: false }, (sock) => serve(sock, o, o.log));
     // The socket is created with the process umask: make it 0600 from the first moment, not after a chmod.
     const umask = process.platform === 'win32' ? undefined : process.umask(0o177);
     try {
@@ -87,7 +106,8 @@ export class ControlServer {
   }
 }
 
-function serve(sock: net.Socket, status: () => Record<string, unknown>, online: ((device: string) => Promise<Record<string, unknown>>) | undefined, log: Logger): void {
+function serve(sock: net.Socket, h: ControlHandlers, log: Logger): void {
+  const { status, online, reload, send } = h;
   let buf = '';
   sock.setEncoding('utf8');
   sock.setTimeout(CONTROL_TIMEOUT_MS, () => sock.destroy());
@@ -111,13 +131,63 @@ function serve(sock: net.Socket, status: () => Record<string, unknown>, online: 
       );
       return;
     }
-    if (req.op !== 'status') return answer({ ok: false, error: { code: 'DW_BAD_REQUEST', message: `unknown op ${JSON.stringify(req.op)}` } });
+    if (req.op === 'send' && send && Array.isArray(req.files) && req.files.every((f) => typeof f === 'string') && typeof req.to === 'string') {
+      sock.setTimeout(0); // a large file takes as long as it takes; the client's going away ends nothing
+      send(req as SendRequest, (line) => {
+        if (!sock.destroyed) sock.write(JSON.stringify({ progress: line }) + '\n');
+      }).then(
+        (st) => answer({ ok: true, status: st }),
+        (err: unknown) => answer({ ok: false, error: { code: (err as { code?: string }).code ?? 'DW_INTERNAL', message: (err as Error).message } }),
+      );
+      return;
+    }
+    const op = req.op === 'status' ? status : req.op === 'reload' ? reload : undefined;
+    if (!op) return answer({ ok: false, error: { code: 'DW_BAD_REQUEST', message: `unknown op ${JSON.stringify(req.op)}` } });
     try {
-      answer({ ok: true, status: status() });
+      answer({ ok: true, status: op() });
     } catch (err) {
-      log.warn({ err }, 'status request failed');
+      log.warn({ err, op: req.op }, 'control request failed');
       answer({ ok: false, error: { code: (err as { code?: string }).code ?? 'DW_INTERNAL', message: (err as Error).message } });
     }
+  });
+}
+
+/**
+ * Asks the agent and reads its answer line by line: `onLine` gets each progress line; resolves with the
+ * final answer. No timeout: a send lasts as long as the file takes.
+ */
+export function streamAgent(home: string, req: ControlRequest, onLine: (line: Record<string, unknown>) => void): Promise<Record<string, unknown>> {
+  const p = controlPath(home);
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(p);
+    let buf = '';
+    let last: ControlAnswer | undefined;
+    sock.setEncoding('utf8');
+    sock.once('connect', () => sock.write(JSON.stringify(req) + '\n'));
+    sock.on('data', (chunk: string) => {
+      buf += chunk;
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let parsed: Record<string, unknown>;
+        try {
+          parsed = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          continue;
+        }
+        if (parsed.progress !== undefined) onLine(parsed.progress as Record<string, unknown>);
+        else last = parsed as unknown as ControlAnswer;
+      }
+    });
+    sock.once('close', () => {
+      if (!last) return reject(new DropwireError('DW_CONTROL', `the agent on ${p} ended the connection without an answer`));
+      if (!last.ok) return reject(new DropwireError(last.error.code, last.error.message));
+      resolve(last.status);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(new AgentNotRunning(`no agent is running with the folder ${home}`, { cause: err }));
+      else reject(new DropwireError('DW_CONTROL', `cannot reach the agent on ${p}: ${err.message}`, { cause: err }));
+    });
   });
 }
 

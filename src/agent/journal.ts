@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { isDiskFull } from './disk.js';
 
 /** Where a message is on this host (PROTOCOL 7: exactly once at the handler). */
 export type JournalState = 'received' | 'running' | 'done';
@@ -101,7 +102,8 @@ export class Journal {
       for (const id of ids) this.q.confirm!.run(id);
       this.db.exec('COMMIT');
     } catch (err) {
-      this.db.exec('ROLLBACK');
+      // SQLite has already rolled back after some errors (SQLITE_FULL among them): keep the real error.
+      if (this.db.isTransaction) this.db.exec('ROLLBACK');
       throw err;
     }
   }
@@ -128,12 +130,36 @@ export class Journal {
     return r ? toEntry(r) : undefined;
   }
 
-  /** PROTOCOL 3.7: handshake timestamps strictly increase, even if the wall clock steps back. */
+  /**
+   * PROTOCOL 3.7: handshake timestamps strictly increase, even if the wall clock steps back. On a full disk
+   * the value cannot be stored; it is still kept here, so the agent can dial (and learn the disk is full).
+   */
   nextTimestamp(now: number): number {
     const last = Number((this.q.kvGet!.get('handshake_ts') as { v: string } | undefined)?.v ?? 0);
-    const ts = Math.max(now, last + 1);
-    this.q.kvSet!.run('handshake_ts', String(ts));
+    const ts = Math.max(now, last + 1, this.lastTimestamp + 1);
+    this.lastTimestamp = ts;
+    try {
+      this.q.kvSet!.run('handshake_ts', String(ts));
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+    }
     return ts;
+  }
+
+  private lastTimestamp = 0;
+
+  /** Outbox (PROTOCOL 7.14): the relay stored upload `sid` as message `id`; a restart watches it, never re-sends. */
+  outboxStored(sid: string, id: string): void {
+    this.q.kvSet!.run(`outbox:${sid}`, id);
+  }
+
+  outboxId(sid: string): string | undefined {
+    return (this.q.kvGet!.get(`outbox:${sid}`) as { v: string } | undefined)?.v;
+  }
+
+  /** The upload's file is in `sent/` or `failed/` with its result: nothing more to remember. */
+  outboxForget(sid: string): void {
+    this.db.prepare('DELETE FROM kv WHERE k = ?').run(`outbox:${sid}`);
   }
 
   close(): void {

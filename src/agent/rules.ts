@@ -41,10 +41,28 @@ export const MAX_RULES = 1_000;
 /** A rule that cannot be used; `field` is the path of the offending value, e.g. `rules[2].action.timeoutS`. */
 export class BadRuleError extends DropwireError {
   readonly field: string;
+  readonly problem: string;
   constructor(field: string, problem: string) {
     super('DW_BAD_CONFIG', `${field}: ${problem}`);
     this.name = 'BadRuleError';
     this.field = field;
+    this.problem = problem;
+  }
+
+  /** The rule's number as `rule list` shows it (1 = first), when the problem is inside one rule. */
+  get ruleNumber(): number | undefined {
+    const m = /^rules\[(\d+)\]/u.exec(this.field);
+    return m ? Number(m[1]) + 1 : undefined;
+  }
+
+  /**
+   * The same problem, told as an operator of `dropwire rule` sees it: `rule 3, match: bad glob: …`
+   * (`n` replaces the position the rule had while it was checked).
+   */
+  asRule(n = this.ruleNumber): DropwireError {
+    if (n === undefined) return this;
+    const inside = this.field.replace(/^rules\[\d+\]\.?/u, '');
+    return new DropwireError('DW_BAD_CONFIG', `rule ${n}${inside ? `, ${inside}` : ''}: ${this.problem}`, { cause: this });
   }
 }
 

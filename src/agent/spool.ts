@@ -3,13 +3,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DropwireError } from '../shared/errors.js';
 import { fsyncDir } from '../shared/files.js';
+import { safeName } from './names.js';
 
 const ID = /^[0-9a-z]{1,64}$/;
 
 /**
  * Incoming files on the host's disk. A transfer writes `<id>.part`; once all bytes are there and the
- * SHA-256 matches it is fsync'd and renamed to `<id>`. Names from the network never become paths here:
- * only the relay's message id does, and it is checked.
+ * SHA-256 matches it is fsync'd and renamed to `<id>/<safe name>`, so that a handler given the path (`cp "$1"
+ * orders/`) sees the file's own name. The relay's message id is checked before it becomes a path, and the
+ * name from the network only ever becomes one component, through `safeName`.
  */
 export class Spool {
   readonly dir: string;
@@ -28,9 +30,31 @@ export class Spool {
     return path.join(this.dir, `${id}.part`);
   }
 
-  filePath(id: string): string {
+  /** Where a complete file lives: `<id>/<safe name>` (the folder is the message's, the name the sender's). */
+  filePath(id: string, name: string): string {
     Spool.checkId(id);
-    return path.join(this.dir, id);
+    return path.join(this.dir, id, safeName(name));
+  }
+
+  /**
+   * The complete file's path, moving a file a version before this layout spooled as a plain `<id>` into
+   * `<id>/<safe name>` first (by a rename to `<id>.legacy`, so a stop in between loses nothing).
+   */
+  locate(id: string, name: string): string {
+    const file = this.filePath(id, name);
+    const plain = path.join(this.dir, id);
+    const legacy = `${plain}.legacy`;
+    if (isFile(plain)) {
+      fs.renameSync(plain, legacy);
+      fsyncDir(this.dir);
+    }
+    if (isFile(legacy)) {
+      fs.mkdirSync(plain, { recursive: true });
+      fs.renameSync(legacy, file);
+      fsyncDir(plain);
+      fsyncDir(this.dir);
+    }
+    return file;
   }
 
   /** Unfinished transfers and how many bytes of each are on disk (for HELLO). */
@@ -45,18 +69,34 @@ export class Spool {
   }
 
   /** Starts (or continues, from `offset`) a transfer. */
-  begin(h: { id: string; size: number; sha256: string; offset: number }): Transfer {
+  begin(h: TransferHeader): Transfer {
     return new Transfer(this, h);
   }
 
+  /** The message's folder (whatever a handler or the sender's name left in it), its part and a legacy file. */
   remove(id: string): void {
-    fs.rmSync(this.filePath(id), { force: true });
+    Spool.checkId(id);
+    const plain = path.join(this.dir, id);
+    fs.rmSync(plain, { recursive: true, force: true });
+    fs.rmSync(`${plain}.legacy`, { force: true });
     fs.rmSync(this.partPath(id), { force: true });
   }
 }
 
+/** What a FILE message says about the file (PROTOCOL 7.2). */
+export interface TransferHeader {
+  id: string;
+  filename: string;
+  size: number;
+  sha256: string;
+  offset: number;
+}
+
+const isFile = (p: string): boolean => fs.statSync(p, { throwIfNoEntry: false })?.isFile() === true;
+
 export class Transfer {
   readonly id: string;
+  readonly filename: string;
   readonly size: number;
   readonly sha256: string;
   /** Where this transfer started (bytes already on disk that were kept). */
@@ -66,9 +106,10 @@ export class Transfer {
   private readonly hash: Hash;
   private readonly spool: Spool;
 
-  constructor(spool: Spool, h: { id: string; size: number; sha256: string; offset: number }) {
+  constructor(spool: Spool, h: TransferHeader) {
     this.spool = spool;
     this.id = h.id;
+    this.filename = h.filename;
     this.size = h.size;
     this.sha256 = h.sha256;
     const part = spool.partPath(h.id);
@@ -105,16 +146,27 @@ export class Transfer {
     this.written += bytes.length;
   }
 
-  /** fsync, verify, rename into place. Returns false (and removes the part) when the SHA-256 does not match. */
+  /**
+   * fsync, verify, rename into `<id>/<safe name>`, fsync both folders. Returns false (and removes the part)
+   * when the SHA-256 does not match. A stop before the rename leaves the part (resumed, then finished again);
+   * one after it, before the journal has the message, gets the file again from the relay, which replaces it.
+   */
   finish(): boolean {
-    fs.fsyncSync(this.fd);
-    fs.closeSync(this.fd);
+    try {
+      fs.fsyncSync(this.fd);
+    } finally {
+      fs.closeSync(this.fd);
+    }
     const digest = this.hash.digest('hex');
     if (digest !== this.sha256) {
       fs.rmSync(this.spool.partPath(this.id), { force: true });
       return false;
     }
-    fs.renameSync(this.spool.partPath(this.id), this.spool.filePath(this.id));
+    const file = this.spool.filePath(this.id, this.filename);
+    const folder = path.dirname(file);
+    fs.mkdirSync(folder, { recursive: true, mode: 0o700 });
+    fs.renameSync(this.spool.partPath(this.id), file);
+    fsyncDir(folder);
     fsyncDir(this.spool.dir);
     return true;
   }

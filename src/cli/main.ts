@@ -1,7 +1,10 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DropwireError } from '../shared/errors.js';
+import { versionLine } from '../shared/version.js';
 import { addNodeOptions, registerClusterCommands, storeOpt } from './relay-cluster.js';
+import { registerOutboxCommands } from './outbox.js';
 import { registerRuleCommands } from './rule-commands.js';
+import { registerRelayMessageCommands } from './relay-message.js';
 import { registerServiceCommands } from './service-commands.js';
 
 /**
@@ -12,7 +15,7 @@ export const ExitCode = { OK: 0, ERROR: 1, USAGE: 2 } as const;
 
 const program = new Command('dropwire')
   .description('Deliver files from web sites to hosts behind routers over one stable, encrypted, resumable connection.')
-  .version('0.1.0')
+  .version(versionLine(), '-V, --version', 'print the version and the commit it was built from')
   .exitOverride()
   .showHelpAfterError();
 
@@ -25,9 +28,16 @@ addNodeOptions(relay
   .addOption(dataOpt())
   .option('--listen <host:port>', 'address agents connect to', '0.0.0.0:7390')
   .option('--http <host:port>', 'address of the HTTP API', '127.0.0.1:7391')
-  .option('--public <host:port>', 'address agents dial, written into enrollment tokens (default: --listen)')
+  .option('--public <addresses>', 'addresses agents dial, written into enrollment tokens: HOST:PORT and/or wss://HOST/v1/connect, comma-separated (default: --listen)')
   .option('--max-body <bytes>', 'largest file accepted', (v) => parseInt(v, 10))
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; store?: string }) => {
+  .option('--body-timeout <s>', 'seconds an upload may send nothing before 408 DW_TIMEOUT', positiveNumber('--body-timeout'), 30)
+  .option('--max-uploads <n>', 'uploads received at once, in total (429 DW_BUSY beyond)', positiveNumber('--max-uploads'), 1024)
+  .option('--max-uploads-per-token <n>', 'uploads received at once per sender token', positiveNumber('--max-uploads-per-token'), 256)
+  .option('--max-conns-per-ip <n>', 'connections from one IP address on the agents port', positiveNumber('--max-conns-per-ip'), 256)
+  .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
+  .option('--tls-key <file>', 'the PEM private key for --tls-cert')
+  .option('--downloads <dir>', 'executables and SHA256SUMS served at /download/ (default: release/ of the package)')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -38,11 +48,23 @@ device
   .description('register a device; prints its one-time enrollment token')
   .addOption(dataOpt())
   .addOption(storeOpt())
-  .option('--public <host:port>', 'relay address for the token (default: the running relay\'s; a cluster\'s: all its agent addresses)')
+  .option('--public <addresses>', 'relay addresses for the token, comma-separated (default: the running relay\'s; a cluster\'s: all its agent addresses)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
-  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number }) => {
-    const { addDevice } = await import('../relay/admin.js');
-    console.log(await addDevice(o, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl }));
+  .option('--send-to <glob>', 'names this device may send files to (default: nowhere)')
+  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number; sendTo?: string }) => {
+    const { runDeviceAdd } = await import('./relay.js');
+    await runDeviceAdd(o, name, o);
+  });
+device
+  .command('allow <name>')
+  .description('let a device send files: to the devices (or receiving sites) matching GLOB; \'-\' for nowhere')
+  .addOption(dataOpt())
+  .addOption(storeOpt())
+  .requiredOption('--send-to <glob>', 'names it may send to, e.g. office or office-*')
+  .action(async (name: string, o: { data: string; store?: string; sendTo: string }) => {
+    const { allowDevice } = await import('../relay/admin.js');
+    await allowDevice(o, name, o.sendTo);
+    console.log(o.sendTo === '-' ? `device '${name}' sends nowhere` : `device '${name}' may send to '${o.sendTo}'`);
   });
 device
   .command('list')
@@ -59,8 +81,8 @@ device
   .addOption(dataOpt())
   .addOption(storeOpt())
   .action(async (name: string, o: { data: string; store?: string }) => {
-    const { removeDevice } = await import('../relay/admin.js');
-    await removeDevice(o, name);
+    const { runDeviceRemove } = await import('./relay.js');
+    await runDeviceRemove(o, name);
   });
 
 const token = relay.command('token').description('sender API tokens');
@@ -71,11 +93,13 @@ token
   .addOption(storeOpt())
   .option('--to <glob>', 'devices this token may send to', '*')
   .option('--webhook <url>', 'where status events are posted')
-  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string }) => {
+  .option('--receive', 'a site that receives files from devices: they may send --to NAME')
+  .option('--deliver-url <url>', 'with --receive: POST each file there (signed); without it the site pulls GET /v1/inbox')
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string; receive?: boolean; deliverUrl?: string }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}), ...(o.receive ? { receive: true } : {}), ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}) });
     console.log(t.token);
-    if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
+    if (t.webhookSecret) console.log(`${o.deliverUrl && !o.webhook ? 'delivery' : 'webhook'} secret: ${t.webhookSecret}`);
   });
 token
   .command('list')
@@ -91,10 +115,19 @@ token
   .addOption(dataOpt())
   .addOption(storeOpt())
   .action(async (name: string, o: { data: string; store?: string }) => {
-    const { removeToken } = await import('../relay/admin.js');
-    await removeToken(o, name);
+    const { runTokenRemove } = await import('./relay.js');
+    await runTokenRemove(o, name);
   });
 
+function positiveNumber(flag: string): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${flag} must be a positive number`);
+    return n;
+  };
+}
+
+const transportOpt = () => new Option('--transport <mode>', 'tcp, wss, or auto: TCP first, WSS when TCP does not connect within a few seconds').choices(['tcp', 'wss', 'auto']);
 const homeOpt = () => new Option('--home <dir>', 'agent folder (default: DROPWIRE_HOME or a per-user folder)');
 
 program
@@ -102,8 +135,11 @@ program
   .description('enroll this host with a relay, using a token from `relay device add`')
   .addOption(homeOpt())
   .option('--name <name>', 'device name (default: the one in the token)')
-  .option('--relay <host:port>', 'relay address (overrides the token)')
-  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated: HOST:PORT, wss://HOST[:PORT]/v1/connect or ws://… (overrides the token)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (http://user:password@host:port; default HTTPS_PROXY, NO_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA that signed the relay\'s certificate (kept in the config)')
+  .action(async (tokenText: string, o: { home?: string; name?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runInit } = await import('./agent.js');
     await runInit(tokenText, o);
   });
@@ -112,8 +148,11 @@ program
   .command('agent')
   .description('run the agent in the foreground (what the service runs)')
   .addOption(homeOpt())
-  .option('--relay <host:port>', 'relay address (overrides the config)')
-  .action(async (o: { home?: string; relay?: string }) => {
+  .option('--relay <addresses>', 'relay addresses, comma-separated (overrides the config)')
+  .addOption(transportOpt())
+  .option('--proxy <url>', 'HTTP(S) proxy for wss:// (overrides the config and HTTPS_PROXY)')
+  .option('--ca <file>', 'PEM file of a private CA (overrides the config)')
+  .action(async (o: { home?: string; relay?: string; transport?: string; proxy?: string; ca?: string }) => {
     const { runAgent } = await import('./agent.js');
     await runAgent(o);
   });
@@ -140,10 +179,29 @@ program
     await runOnline(name, o);
   });
 
+program
+  .command('send <files...>')
+  .description('send files from this host to another device (or a receiving site); prints each message id')
+  .requiredOption('--to <name>', 'the device (or site) to send to')
+  .option('--wait [seconds]', 'wait for each file\'s final status; exit 0 only when handled', (v) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('--wait takes a number of seconds');
+    return n;
+  })
+  .option('--json', 'one JSON object per file')
+  .option('--seal', 'encrypt end to end to the recipient\'s key: the relay stores ciphertext only')
+  .addOption(homeOpt())
+  .action(async (files: string[], o: { to: string; wait?: number | true; json?: boolean; seal?: boolean; home?: string }) => {
+    const { runSend } = await import('./send.js');
+    await runSend(files, o);
+  });
+
 // Command groups declared in their own files.
 registerClusterCommands(relay);
 registerRuleCommands(program);
 registerServiceCommands(program);
+registerRelayMessageCommands(relay);
+registerOutboxCommands(program);
 
 async function main(argv: string[]): Promise<number> {
   try {
@@ -160,5 +218,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const code = await main(process.argv);
-if (code !== 0) process.exit(code);
+// No top-level await: the release bundle is a CommonJS script (scripts/release.mjs).
+void main(process.argv).then((code) => {
+  if (code !== 0) process.exit(code);
+});

@@ -31,6 +31,13 @@ export interface NodeCliOptions {
   node?: string;
   unsafeRedis?: boolean;
   redisReplicas?: number;
+  bodyTimeout?: number;
+  maxUploads?: number;
+  maxUploadsPerToken?: number;
+  maxConnsPerIp?: number;
+  tlsCert?: string;
+  tlsKey?: string;
+  downloads?: string;
 }
 
 /** `relay start --store …`: one node, until a signal. */
@@ -52,9 +59,16 @@ export async function runNode(o: NodeCliOptions): Promise<void> {
     node: o.node ?? os.hostname(),
     ...(o.unsafeRedis ? { unsafeRedis: true } : {}),
     ...(o.redisReplicas !== undefined ? { redisReplicas: o.redisReplicas } : {}),
+    caps: { bodyTimeoutS: o.bodyTimeout, maxUploads: o.maxUploads, maxUploadsPerToken: o.maxUploadsPerToken, maxConnsPerIp: o.maxConnsPerIp },
+    ...(o.tlsCert && o.tlsKey ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey } } : {}),
+    ...(o.downloads ? { downloads: o.downloads } : {}),
     log,
   });
+  // SIGHUP re-reads the TLS certificate and key (a renewal); open connections stay up.
+  const onHup = () => void relay.reloadTls();
+  if (o.tlsCert) process.on('SIGHUP', onHup);
   await untilSignal();
+  process.off('SIGHUP', onHup);
   await relay.close();
 }
 

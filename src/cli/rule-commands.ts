@@ -60,6 +60,7 @@ export function registerRuleCommands(program: Command): void {
   program
     .command('printers')
     .description('list the printers this host can print to')
+    .addOption(homeOpt()) // accepted like every agent-side command; the printers are the host's, not the home's
     .option('--json', 'JSON output')
     .action(async (o: { json?: boolean }) => {
       const { printPrinters } = await import('./rules.js');

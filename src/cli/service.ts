@@ -1,6 +1,6 @@
 import { applyPlan } from '../service/apply.js';
 import { hostPlatform } from '../service/locations.js';
-import { controlPlan, detectScope, gatherFacts, installPlan, resolveTarget, uninstallPlan, type ServiceOptions, type Target } from '../service/plan.js';
+import { checkNotTemporary, controlPlan, detectScope, gatherFacts, installPlan, resolveTarget, uninstallPlan, type ServiceOptions, type Target } from '../service/plan.js';
 import { DropwireError } from '../shared/errors.js';
 import type { ServiceCliOptions } from './service-commands.js';
 
@@ -23,6 +23,7 @@ export async function runService(action: Action, o: ServiceCliOptions): Promise<
     if (scope) options.scope = scope;
   }
   const t = resolveTarget(options);
+  if (action === 'install') checkNotTemporary(t);
   if (!o.dryRun && !o.root) checkPrivileges(t, action);
   const facts = gatherFacts(t, o.root);
   const plan = action === 'install' ? installPlan(t, facts) : action === 'uninstall' ? uninstallPlan(t, facts) : controlPlan(t, action);

@@ -8,6 +8,8 @@ export const StatusExit = { CONNECTED: 0, ERROR: 1, NOT_RUNNING: 3, NOT_CONNECTE
 interface Snapshot {
   connected: boolean;
   relay: string;
+  relays?: string[];
+  transport?: string;
   device?: string;
   since?: number;
   sessions?: number;
@@ -41,6 +43,8 @@ export async function runStatus(o: { json?: boolean; home?: string }): Promise<v
     connected: s.connected,
     device: s.device ?? null,
     relay: s.relay,
+    transport: s.transport ?? null,
+    relays: s.relays ?? [s.relay],
     since: iso(s.since),
     sessions: s.sessions ?? 0,
     resumes: s.resumes ?? 0,
@@ -66,6 +70,8 @@ function readable(v: {
   connected: boolean;
   device: string | null;
   relay: string;
+  transport: string | null;
+  relays: string[];
   since: string | null;
   sessions: number;
   resumes: number;
@@ -82,6 +88,7 @@ function readable(v: {
   return [
     `agent       ${v.device ?? '?'} (pid ${v.pid ?? '?'}), folder ${v.home}`,
     `relay       ${v.relay}: ${v.connected ? `connected since ${v.since}` : 'NOT CONNECTED'}`,
+    `transport   ${v.transport ?? 'none yet'}${v.relays.length > 1 ? ` (addresses: ${v.relays.join(', ')})` : ''}`,
     `sessions    ${v.sessions} started, ${v.resumes} resumed, ${v.reconnects} reconnect attempts`,
     `queue       ${v.queue} handler${v.queue === 1 ? '' : 's'} running or waiting`,
     `last        ${last ? `${last.filename} (${last.id}): ${last.status ?? 'received'}${last.code ? ` ${last.code}` : ''} at ${last.at}` : 'none yet'}`,

@@ -15,10 +15,12 @@ export class Blobs implements BodyStorage {
   readonly dir: string;
   private readonly tmp: string;
 
-  constructor(dir: string) {
+  /** `keepTmp`: leave `blobs/tmp` alone (a CLI next to a relay that may be receiving uploads). */
+  constructor(dir: string, o: { keepTmp?: boolean } = {}) {
     this.dir = dir;
     this.tmp = path.join(dir, 'tmp');
     fs.mkdirSync(this.tmp, { recursive: true });
+    if (o.keepTmp) return;
     // Left over from a crash before the message was stored: never acknowledged, safe to drop.
     for (const f of fs.readdirSync(this.tmp)) fs.rmSync(path.join(this.tmp, f), { force: true });
   }

@@ -1,6 +1,6 @@
 import type { Logger } from '../shared/log.js';
 import type { EventFeed } from './events.js';
-import type { Hub } from './hub.js';
+import type { Hub, StatusEvent } from './hub.js';
 import type { Store } from './store/types.js';
 
 export const SWEEP_MS = 500;
@@ -49,6 +49,8 @@ export class DeadlineSweeper {
         if (applied) {
           changed = true;
           hub.cancel(m.to, m.id);
+          // Long polls (`?wait=`) answer at once.
+          hub.emit('status', { id: m.id, to: m.to, from: m.from, status: 'expired', at: now } satisfies StatusEvent);
           log.warn({ id: m.id, to: m.to }, 'message expired: its time to live passed before delivery');
         }
       }

@@ -6,7 +6,7 @@ import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { ProtocolCode } from '../protocol/errors.js';
 import { HelloKind, isFresh, type ClientHello } from '../protocol/hello.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
-import { encodeMessage, MessageDecoder, MessageType, type Message } from '../protocol/messages.js';
+import { agentVersionOf, encodeMessage, MessageDecoder, MessageType, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
 import type { Link } from '../transport/link.js';
 import { random } from '../transport/identity.js';
@@ -28,6 +28,22 @@ export interface StatusEvent {
   status: MessageStatus;
   at: number;
   detail?: Record<string, unknown>;
+}
+
+/**
+ * Where what an agent sends as a sender goes (PROTOCOL 7.14, 7.15): uploads and WATCH, handled beside the
+ * hub (src/relay/uploads.ts). `reply` writes to that agent's current stream only.
+ */
+export interface AgentSender {
+  /** True when the message was one of the sender's. May throw DW_BAD_MESSAGE (the session is retired). */
+  onMessage(device: string, m: Message, reply: PeerReply): boolean;
+}
+export interface PeerReply {
+  send<T extends MessageType>(type: T, header: Parameters<typeof encodeMessage<T>>[1], body?: Uint8Array): boolean;
+  /** The stream this reply writes to is still the device's current one. */
+  readonly live: boolean;
+  /** Resolves once the replay buffer has room again (or the stream ended). */
+  drained(): Promise<void>;
 }
 
 /** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
@@ -89,8 +105,6 @@ interface Peer {
   drainWaiters: (() => void)[];
   linger: NodeJS.Timeout | undefined;
   onlineSince: number | undefined;
-  /** Messages expired or cancelled while this peer streams: stop sending them. */
-  cancelled: Set<string> | undefined;
   /** The delivery loop has sent everything the store had: new messages are handed over without a query. */
   caughtUp: boolean;
   handoff: Handoff[];
@@ -110,6 +124,8 @@ interface Handoff {
 
 /** A peer remembers at most this many streamed, unfinished messages (beyond, reports read the store). */
 const SENT_TO_MAX = 4_096;
+/** Stopped (expired, cancelled) message ids remembered by the hub. */
+const STOPPED_MAX = 100_000;
 
 /**
  * The relay's live side: decides handshakes (enrollment, known keys, replay guard, resume), keeps one
@@ -118,12 +134,19 @@ const SENT_TO_MAX = 4_096;
  */
 export class Hub extends EventEmitter {
   private readonly o: HubOptions;
+  /** Uploads and WATCH from agents (set by the relay's composition). */
+  sender: AgentSender | undefined;
   private readonly peers = new Map<string, Peer>();
   private readonly byLink = new Map<Link, Peer>();
   private readonly now: () => number;
   private closed = false;
   /** Bytes of each file written into a stream so far, until it is received (to report re-sends). */
   private readonly progress = new Map<string, number>();
+  /**
+   * Messages expired or cancelled in this process: never streamed again, by any peer, even from a page of
+   * `pending` read before the status change committed. Insertion-ordered and bounded (oldest out).
+   */
+  private readonly stopped = new Set<string>();
 
   constructor(o: HubOptions) {
     super();
@@ -158,7 +181,8 @@ export class Hub extends EventEmitter {
   notify(device: string, message?: MessageRecord, body?: Uint8Array): void {
     const p = this.peers.get(device);
     if (!p) return;
-    if (message && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
+    const live = p.link?.connection.isEstablished === true;
+    if (message && live && p.caughtUp && message.seq > p.cursor) p.handoff.push({ message, body: message.inline ? body : undefined });
     else {
       p.dirty = true;
       p.caughtUp = false;
@@ -201,8 +225,14 @@ export class Hub extends EventEmitter {
         if (!p) return;
         p.onlineSince = this.now();
         if (!out.resumed) this.newStream(p);
-        this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote }, out.resumed ? 'session resumed' : 'session started');
+        this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote, transport: link.transport }, out.resumed ? 'session resumed' : 'session started');
         this.presence(p.device, true);
+        if (out.resumed) {
+          // Delivery paused while the device was away (`sent` means written to a live connection).
+          p.dirty = true;
+          p.caughtUp = false;
+          this.deliver(p);
+        }
         return;
       }
       case 'data': {
@@ -294,12 +324,27 @@ export class Hub extends EventEmitter {
       .catch((err: unknown) => this.o.log.error({ err, device }, 'could not store a presence event'));
   }
 
-  /** Stops sending a message that expired or was cancelled; the agent drops what it spooled. */
+  /** Stops sending a message that expired or was cancelled; the agent drops what it spooled (PROTOCOL 7.10). */
   cancel(device: string, id: string): void {
+    if (this.stopped.size >= STOPPED_MAX) this.stopped.delete(this.stopped.values().next().value!);
+    this.stopped.add(id);
     const p = this.peers.get(device);
-    if (!p) return this.o.cluster?.cancel(device, id);
-    (p.cancelled ??= new Set()).add(id);
+    if (!p) return this.o.cluster?.cancel(device, id); // the device's session is on another node
     if (p.ready) this.send(p, MessageType.CANCEL, { id });
+  }
+
+  /**
+   * Asks to stop a message for good (a sender's cancel), before its status changes. Granted only while no
+   * stream of this process has carried its last byte: then the agent cannot have the whole file, and from
+   * here on no byte more of it is written. Refused (`false`) when all of it went out, or when it is `sent`
+   * by an earlier process (the host may hold it whole). Synchronous: no delivery step runs in between.
+   */
+  stop(m: Pick<MessageRecord, 'id' | 'to' | 'size' | 'status'>): boolean {
+    if (this.stopped.has(m.id)) return true;
+    const written = this.progress.get(m.id);
+    if (written === undefined ? m.status !== 'queued' : written >= m.size) return false;
+    this.cancel(m.to, m.id);
+    return true;
   }
 
   // --- handshake ------------------------------------------------------------------------------
@@ -319,10 +364,13 @@ export class Hub extends EventEmitter {
       const secretHash = createHash('sha256').update(hello.enroll.secret).digest('hex');
       if (dev?.publicKey === key) {
         // A retried enrollment of the same key: fine.
-      } else if (!dev || dev.publicKey || !dev.enrollSecretHash || dev.enrollSecretHash !== secretHash) {
-        return refuse('DW_ENROLL_REFUSED', 'wrong or used enrollment secret');
+      } else if (dev?.publicKey) {
+        // PROTOCOL 3.10: the precise refusal tells the operator what to do (a new token).
+        return refuse('DW_ENROLL_USED', 'the device is enrolled already: its token was used');
+      } else if (!dev || !dev.enrollSecretHash || dev.enrollSecretHash !== secretHash) {
+        return refuse('DW_ENROLL_UNKNOWN', 'no such device, or not its current enrollment secret');
       } else if ((dev.enrollExpiresAt ?? 0) < this.now()) {
-        return refuse('DW_ENROLL_REFUSED', 'enrollment secret expired');
+        return refuse('DW_ENROLL_EXPIRED', 'enrollment secret expired');
       } else {
         try {
           await store.enrollDevice(dev.name, key, this.now());
@@ -370,7 +418,6 @@ export class Hub extends EventEmitter {
       drainWaiters: [],
       linger: undefined,
       onlineSince: undefined,
-      cancelled: undefined,
       caughtUp: false,
       handoff: [],
       pumpScheduled: false,
@@ -407,6 +454,12 @@ export class Hub extends EventEmitter {
     this.forget(p);
   }
 
+  /** A durable write only when the version changed: every reconnect sends HELLO, few bring a new version. */
+  private async recordAgentVersion(device: string, version: string): Promise<void> {
+    const d = await this.o.store.getDevice(device);
+    if (d && d.agentVersion !== version) await this.o.store.setAgentVersion(device, version);
+  }
+
   private forget(p: Peer): void {
     if (this.peers.get(p.device) !== p) return;
     this.peers.delete(p.device);
@@ -417,8 +470,10 @@ export class Hub extends EventEmitter {
 
   private onMessage(p: Peer, m: Message): void {
     switch (m.type) {
-      case MessageType.HELLO:
+      case MessageType.HELLO: {
         for (const { id, have } of m.header.partial) (p.partial ??= new Map()).set(id, have);
+        const version = agentVersionOf(m.header.agent); // PROTOCOL 7.3; shown by GET /v1/devices/NAME
+        if (version) this.recordAgentVersion(p.device, version).catch(() => {});
         // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
         this.afterWrites(p, () => {
           p.ready = true;
@@ -426,6 +481,7 @@ export class Hub extends EventEmitter {
           this.deliver(p);
         });
         return;
+      }
       case MessageType.RECEIVED:
         this.report(p, m.header.id, 'received', undefined, undefined);
         return;
@@ -438,7 +494,8 @@ export class Hub extends EventEmitter {
       case MessageType.PRESENCE_QUERY: {
         const { qid, device } = m.header;
         void this.o.store.getDevice(device).then(
-          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null }),
+          // PROTOCOL 7.10a: `publicKey` lets the asking agent seal files to that device (12).
+          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null, ...(d?.publicKey ? { publicKey: d.publicKey } : {}) }),
           () => this.send(p, MessageType.PRESENCE, { qid, device, known: false, online: false, lastSeen: null }),
         );
         return;
@@ -450,8 +507,22 @@ export class Hub extends EventEmitter {
         this.deliver(p);
         return;
       default:
+        if (this.sender?.onMessage(p.device, m, this.replyTo(p))) return;
         throw Object.assign(new Error(`message type ${m.type} is not for the relay`), { code: ProtocolCode.BAD_MESSAGE });
     }
+  }
+
+  /** Writes to this peer's current stream only: a later stream (or a retired session) drops the answer. */
+  private replyTo(p: Peer): PeerReply {
+    const gen = p.gen;
+    const live = () => p.gen === gen && !p.session.closed && this.peers.get(p.device) === p;
+    return {
+      send: (type, header, body) => (live() ? this.send(p, type, header, body) : false),
+      get live() {
+        return live();
+      },
+      drained: () => this.drained(p, gen),
+    };
   }
 
   private pendingWrites = new Map<Peer, Promise<unknown>>();
@@ -531,8 +602,9 @@ export class Hub extends EventEmitter {
     });
   }
 
+  /** Delivery runs only while the device has an established connection (`sent` = written to a live one). */
   private deliver(p: Peer): void {
-    if (!p.ready || p.delivering || p.session.closed) return;
+    if (!p.ready || p.delivering || p.session.closed || p.link?.connection.isEstablished !== true) return;
     p.delivering = true;
     const gen = p.gen;
     this.deliveryLoop(p, gen)
@@ -550,7 +622,16 @@ export class Hub extends EventEmitter {
   private async deliveryLoop(p: Peer, gen: number): Promise<void> {
     const { store } = this.o;
     const live = () => p.gen === gen && !p.session.closed && !this.closed;
+    /** The link went away: stop before the next message; the store is asked again once it is back. */
+    const away = () => {
+      if (p.link?.connection.isEstablished === true) return false;
+      p.dirty = true;
+      p.caughtUp = false;
+      p.handoff = [];
+      return true;
+    };
     while (live()) {
+      if (away()) return;
       if (p.resend !== undefined && p.resend.size > 0) {
         const [id, offset] = p.resend.entries().next().value as [string, number];
         p.resend.delete(id);
@@ -575,8 +656,8 @@ export class Hub extends EventEmitter {
       }
       for (const { message: m, body } of batch) {
         if (m.seq <= p.cursor) continue; // handed over and also found by a query
-        if (!live()) return;
-        if (p.cancelled?.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
+        if (!live() || away()) return;
+        if (this.stopped.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
           continue; // the deadline sweeper marks it expired
         }
@@ -592,12 +673,13 @@ export class Hub extends EventEmitter {
   /** Writes one FILE and its CHUNKs into the session, waiting for drain when the replay buffer is full. */
   private async stream(p: Peer, gen: number, m: MessageRecord, offset: number, inlineBody?: Uint8Array): Promise<void> {
     const { store, log } = this.o;
-    if (p.session.closed) return;
+    if (p.session.closed || this.stopped.has(m.id)) return;
     const from = Math.min(offset, m.size);
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
     p.sentTo.set(m.id, m.from);
-    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
+    // The status write is issued before the FILE is: its group commit is scheduled ahead of the pump that
+    // puts the bytes on the socket, so `sent` is usually on disk before the host can have the file.
     if (m.status === 'queued' || from > 0) {
       const at = this.now();
       store
@@ -609,6 +691,7 @@ export class Hub extends EventEmitter {
         })
         .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
     }
+    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt, ...(m.sealed ? { sealed: true } : {}) });
     const before = this.progress.get(m.id);
     if (before !== undefined) {
       // A second attempt at this file: say how much of what had gone out is sent again.
@@ -620,6 +703,7 @@ export class Hub extends EventEmitter {
     if (m.inline) {
       const body = inlineBody ?? (await store.readInlineBody(m.id));
       if (!body) throw new Error(`inline body of ${m.id} missing`);
+      if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
       if (from < body.length) {
         const ok = this.send(p, MessageType.CHUNK, { id: m.id }, body.subarray(from));
         this.progress.set(m.id, body.length);
@@ -627,14 +711,16 @@ export class Hub extends EventEmitter {
       }
       return;
     }
-    if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
+    if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
     let pos = from;
     for await (const piece of (this.o.bodies ?? diskBodyReader).read(m.bodyPath!, from, m.size, CHUNK_SIZE)) {
+      // Checked again after the read: a cancel granted meanwhile must see no byte more go out.
+      if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
       const ok = this.send(p, MessageType.CHUNK, { id: m.id }, piece);
       pos += piece.byteLength;
       this.progress.set(m.id, pos);
       if (!ok) await this.drained(p, gen);
-      if (p.gen !== gen || p.session.closed || p.cancelled?.has(m.id)) return;
+      if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
     }
   }
 

@@ -46,7 +46,7 @@ export function applyPlan(plan: Plan, o: ApplyOptions): { status: number } {
       case 'copy':
         o.out(`copy ${step.from} to ${step.path}`);
         if (!o.dryRun) {
-          if (!fs.existsSync(step.from)) throw new DropwireError('DW_WINSW_MISSING', `WinSW is needed to run node.exe as a Windows service: download WinSW-x64.exe (WinSW 3) and pass --winsw PATH`);
+          if (!fs.existsSync(step.from)) throw new DropwireError('DW_WINSW_MISSING', `WinSW is needed to run dropwire as a Windows service (it is on no package registry, so not bundled): download WinSW-x64.exe (WinSW 3) from https://github.com/winsw/winsw/releases and pass --winsw PATH`);
           fs.mkdirSync(path.dirname(at(step.path)), { recursive: true });
           fs.copyFileSync(step.from, at(step.path));
         }

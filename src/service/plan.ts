@@ -1,5 +1,7 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { isSea } from 'node:sea';
 import { agentHome } from '../agent/config.js';
 import { DropwireError } from '../shared/errors.js';
 import {
@@ -66,12 +68,14 @@ export interface Target {
   role: Role;
   scope: Scope;
   node: string;
+  /** The CLI script node runs; empty when `node` is a dropwire single executable (it is the CLI). */
   cli: string;
   /** Agent home, or the relay's data folder. */
   home: string;
   /** Account a system service runs as ('' for a user service). */
   account: string;
   userHome: string;
+  userName: string;
   uid: number;
   relay: { listen: string; http: string; public?: string };
   winsw?: string;
@@ -121,8 +125,8 @@ export function resolveTarget(o: ServiceOptions): Target {
   const me = currentUser();
   const sameHost = platform === host;
   const node = o.node ?? (sameHost ? fs.realpathSync(process.execPath) : DEFAULT_NODE[platform]);
-  const cli = o.cli ?? (sameHost ? fs.realpathSync(path.join(packageRoot(), 'bin', 'dropwire.js')) : DEFAULT_CLI[platform]);
-  for (const [what, v] of [['--node', node], ['--cli', cli]] as const) if (!p.isAbsolute(v)) throw usage(`${what} must be an absolute path on ${platform}: ${v}`);
+  const cli = o.cli ?? (sameHost ? (isSea() ? '' : fs.realpathSync(path.join(packageRoot(), 'bin', 'dropwire.js'))) : DEFAULT_CLI[platform]);
+  for (const [what, v] of [['--node', node], ['--cli', cli]] as const) if (v !== '' && !p.isAbsolute(v)) throw usage(`${what} must be an absolute path on ${platform}: ${v}`);
   let home: string;
   if (role === 'relay') home = relayDataDir(platform, env);
   else if (scope === 'system') home = systemHome(platform, env);
@@ -145,6 +149,7 @@ export function resolveTarget(o: ServiceOptions): Target {
     home,
     account,
     userHome: me.home,
+    userName: me.name,
     uid: me.uid,
     relay: { listen: o.listen ?? '0.0.0.0:7390', http: o.http ?? '127.0.0.1:7391', ...(o.public ? { public: o.public } : {}) },
     ...(o.winsw ? { winsw: o.winsw } : {}),
@@ -200,9 +205,10 @@ export function serviceFiles(t: Target): string[] {
 // --- rendering ---------------------------------------------------------------------------------------
 
 function execArgs(t: Target): string[] {
-  if (t.role === 'agent') return [t.node, t.cli, 'agent'];
+  const program = t.cli ? [t.node, t.cli] : [t.node];
+  if (t.role === 'agent') return [...program, 'agent'];
   const r = t.relay;
-  return [t.node, t.cli, 'relay', 'start', '--data', t.home, '--listen', r.listen, '--http', r.http, ...(r.public ? ['--public', r.public] : [])];
+  return [...program, 'relay', 'start', '--data', t.home, '--listen', r.listen, '--http', r.http, ...(r.public ? ['--public', r.public] : [])];
 }
 
 const HOME_PREFIXES = ['/home/', '/root/', '/run/user/'];
@@ -292,6 +298,45 @@ export function renderWinsw(t: Target): string {
 
 // --- plans -------------------------------------------------------------------------------------------
 
+/** Temporary folders a service must never run from. */
+export function temporaryFolders(platform: Platform, env: NodeJS.ProcessEnv = process.env): string[] {
+  if (platform === 'win32') return [env.TEMP, env.TMP].filter((d): d is string => !!d);
+  const dirs = new Set(['/tmp', '/var/tmp', '/dev/shm']);
+  if (platform === hostPlatform()) {
+    dirs.add(path.resolve(os.tmpdir()));
+    try {
+      dirs.add(fs.realpathSync(os.tmpdir()));
+    } catch {
+      // a TMPDIR that does not exist
+    }
+  }
+  if (platform === 'darwin') dirs.add('/private/tmp').add('/private/var/folders');
+  return [...dirs];
+}
+
+/**
+ * `service install` refuses a node or dropwire.js under a temporary folder: the systemd system units run
+ * with PrivateTmp=yes (an empty /tmp of their own), so such an ExecStart cannot start at all; elsewhere
+ * the folder is emptied at some reboot. DW_TEMP_PATH says what to do instead.
+ */
+export function checkNotTemporary(t: Target, env: NodeJS.ProcessEnv = process.env): void {
+  const p = pathFor(t.platform);
+  const dirs = temporaryFolders(t.platform, env);
+  for (const [what, flag, file] of [['node', '--node', t.node], ['dropwire.js', '--cli', t.cli]] as const) {
+    const resolved = t.platform === hostPlatform() && fs.existsSync(file) ? fs.realpathSync(file) : file;
+    const dir = dirs.find((d) => [file, resolved].some((f) => f === d || f.startsWith(d.endsWith(p.sep) ? d : d + p.sep)));
+    if (!dir) continue;
+    const why =
+      t.platform === 'linux' && t.scope === 'system'
+        ? `the systemd system unit runs with PrivateTmp=yes (a /tmp of its own, empty), so ExecStart=${file} could never start`
+        : `a temporary folder is emptied at some reboot, and the service would stop starting`;
+    throw new DropwireError(
+      'DW_TEMP_PATH',
+      `${what} is under the temporary folder ${dir}: ${why}. Install dropwire outside it (\`npm install -g .\` in the dropwire folder, or \`npm install -g dropwire-VERSION.tgz\`; see README), or pass ${flag} PATH`,
+    );
+  }
+}
+
 function describe(t: Target): string {
   const who = t.role === 'agent' ? 'the agent' : 'the relay';
   if (t.platform === 'linux') return `${who} as a systemd ${t.scope === 'user' ? 'user service (graphical session)' : `system service (account ${t.account})`}`;
@@ -327,7 +372,11 @@ export function installPlan(t: Target, f: Facts): Plan {
     if (started) steps.push({ kind: 'run', argv: [...sc, 'restart', unit] });
     const ph = t.scope === 'system' ? protectHome(t) : undefined;
     if (ph?.bind.length) notes.push(`node or dropwire lives under a home folder: the unit uses ProtectHome=tmpfs and binds ${ph.bind.join(', ')} read-only (install them outside /home and /root for ProtectHome=yes)`);
-    if (t.scope === 'user') notes.push('the unit starts with the graphical session (graphical-session.target); `loginctl enable-linger` is not needed for that');
+    if (t.scope === 'user') {
+      notes.push(
+        `the unit starts with your user's service manager (default.target), that is at your first login; to start it at boot without a login (a headless host), enable lingering once: \`sudo loginctl enable-linger ${t.userName}\``,
+      );
+    }
     if (t.role === 'agent' && t.scope === 'system') notes.push(`CLI and service share ${t.home}: use \`--home ${t.home}\` (or DROPWIRE_HOME) with sudo for init and rule commands`);
     if (t.role === 'relay') notes.push(`add devices with \`sudo dropwire relay device add NAME --data ${t.home}${t.relay.public ? '' : ' --public HOST:PORT'}\``);
   } else if (t.platform === 'darwin') {
@@ -350,7 +399,7 @@ export function installPlan(t: Target, f: Facts): Plan {
     const xml = path.win32.join(winswDir(t), `${WINSW_ID[t.role]}.xml`);
     steps.push({ kind: 'dir', path: t.home, mode: 0o750 });
     steps.push({ kind: 'dir', path: winswDir(t), mode: 0o755 });
-    steps.push({ kind: 'copy', path: exe, from: t.winsw ?? '<WinSW-x64.exe from the WinSW 3 releases: pass --winsw PATH>', mode: 0o755 });
+    steps.push({ kind: 'copy', path: exe, from: t.winsw ?? '<WinSW-x64.exe from https://github.com/winsw/winsw/releases (WinSW 3): pass --winsw PATH>', mode: 0o755 });
     steps.push({ kind: 'file', path: xml, content: renderWinsw(t), mode: 0o644 });
     const grantee = t.role === 'relay' ? '*S-1-5-19' : t.account.replace(/^\.\\/, '');
     steps.push({

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { getAsset, isSea } from 'node:sea';
 import { DropwireError } from '../shared/errors.js';
 import { templatesDir } from './locations.js';
 
@@ -21,7 +22,9 @@ export function render(template: string, vars: Record<string, string>, name = 't
   return out;
 }
 
+/** From the executable's assets in a single executable (scripts/release.mjs), else from service-templates/. */
 export function loadTemplate(rel: string): string {
+  if (isSea()) return getAsset(rel, 'utf8');
   return fs.readFileSync(path.join(templatesDir(), rel), 'utf8');
 }
 

@@ -18,7 +18,7 @@ const PREFIX = 'dw1.';
 
 export function encodeEnrollmentToken(t: EnrollmentToken): string {
   if (t.relays.length === 0) throw new DropwireError('DW_BAD_TOKEN', 'an enrollment token needs at least one relay address');
-  // PROTOCOL 9.1: `r` is one address as a string, several as an array.
+  // PROTOCOL 3.11: `r` is one address as a string, several as an array.
   const r = t.relays.length === 1 ? t.relays[0] : t.relays;
   const json = JSON.stringify({ r, k: t.relayKey, n: t.name, s: t.secret, e: t.expiresAt });
   return PREFIX + Buffer.from(json).toString('base64url');

@@ -2,6 +2,7 @@ import net from 'node:net';
 import type { Connection } from '../protocol/connection.js';
 import type { ProtocolError } from '../protocol/errors.js';
 import { Link, type LinkEvents } from './link.js';
+import type { OpenedStream } from './stream.js';
 
 export interface Backoff {
   /** First wait after a failure, in ms. */
@@ -27,6 +28,8 @@ export interface DialerOptions {
   events: LinkEvents & {
     /** An attempt failed or a link ended; `delay` is the wait before the next attempt. */
     onRetry?(error: Error, delay: number, attempt: number): void;
+    /** A stream opened (before the handshake): which transport and address it took. */
+    onOpen?(opened: OpenedStream, link: Link): void;
   };
   backoff?: Partial<Backoff>;
   connectTimeout?: number;
@@ -34,6 +37,8 @@ export interface DialerOptions {
   now?: () => number;
   /** Opens the byte stream; TCP by default (a WebSocket transport plugs in here). */
   open?: (host: string, port: number) => net.Socket;
+  /** Opens the byte stream over any transport (reach.ts); when given, host, port and `open` are unused. */
+  connect?: (signal: AbortSignal) => Promise<OpenedStream>;
 }
 
 /**
@@ -44,8 +49,12 @@ export class Dialer {
   private readonly o: DialerOptions;
   private readonly backoff: Backoff;
   private attempt = 0;
+  /** While set (ms), every wait is about this long instead of the exponential backoff. */
+  private slowMs = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The `connect` under way, if any. */
+  private dialing: AbortController | undefined;
   /** The events of every link this dialer makes (the link is passed along). */
   private readonly events: LinkEvents;
   link: Link | undefined;
@@ -55,7 +64,10 @@ export class Dialer {
     this.backoff = { ...DEFAULT_BACKOFF, ...o.backoff };
     this.events = {
       onOutput: (out, l) => {
-        if (out.type === 'established') this.attempt = 0;
+        if (out.type === 'established') {
+          this.attempt = 0;
+          this.slowMs = 0;
+        }
         this.o.events.onOutput(out, l);
       },
       onClose: (error: ProtocolError, l) => {
@@ -68,7 +80,7 @@ export class Dialer {
   }
 
   start(): void {
-    if (!this.closed && !this.link && !this.timer) this.dial();
+    if (!this.closed && !this.link && !this.timer && !this.dialing) this.dial();
   }
 
   /** Drops the current link (if any) and dials again at once, e.g. after the session was lost. */
@@ -77,19 +89,29 @@ export class Dialer {
     clearTimeout(this.timer);
     this.timer = undefined;
     if (this.link) this.link.close();
-    else this.dial();
+    else if (!this.dialing) this.dial();
+  }
+
+  /**
+   * Until a connection is established again, waits about `ms` (with the usual jitter) between attempts:
+   * for a refusal that only an operator can fix, where dialing every 30 s would only fill two logs.
+   */
+  slowDown(ms: number): void {
+    this.slowMs = ms;
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
+    this.dialing?.abort();
     this.link?.close();
   }
 
   private dial(): void {
     this.timer = undefined;
     if (this.closed) return;
+    if (this.o.connect) return this.dialWith(this.o.connect);
     const open = this.o.open ?? ((host, port) => net.connect({ host, port }));
     const socket = open(this.o.host, this.o.port);
     const timeout = setTimeout(() => socket.destroy(new Error('connect timeout')), this.o.connectTimeout ?? 10_000);
@@ -105,15 +127,59 @@ export class Dialer {
         socket.destroy();
         return;
       }
-      const link = new Link(socket, this.o.connection(), this.events, this.o.now);
+      let connection: Connection;
+      try {
+        connection = this.o.connection();
+      } catch (err) {
+        // e.g. the journal cannot be written: give up this attempt, not the process.
+        socket.destroy();
+        this.retry(err as Error);
+        return;
+      }
+      const link = new Link(socket, connection, this.events, this.o.now);
       this.link = link;
       link.pump();
     });
   }
 
+  private dialWith(connect: (signal: AbortSignal) => Promise<OpenedStream>): void {
+    const dialing = new AbortController();
+    this.dialing = dialing;
+    connect(dialing.signal).then(
+      (opened) => {
+        this.dialing = undefined;
+        if (this.closed) {
+          opened.stream.destroy();
+          return;
+        }
+        let connection: Connection;
+        try {
+          connection = this.o.connection();
+        } catch (err) {
+          // e.g. the journal cannot be written: give up this attempt, not the process.
+          opened.stream.destroy();
+          this.retry(err as Error);
+          return;
+        }
+        const link = new Link(opened.stream, connection, this.events, this.o.now, opened.transport);
+        this.link = link;
+        this.o.events.onOpen?.(opened, link);
+        link.pump();
+      },
+      (err: Error) => {
+        this.dialing = undefined;
+        this.retry(err);
+      },
+    );
+  }
+
   private retry(error: Error): void {
     if (this.closed || this.timer) return;
-    const delay = backoffDelay(this.attempt++, this.backoff);
+    const delay =
+      this.slowMs > 0
+        ? backoffDelay(0, { ...this.backoff, initial: this.slowMs, max: this.slowMs })
+        : backoffDelay(this.attempt, this.backoff);
+    this.attempt++;
     this.o.events.onRetry?.(error, delay, this.attempt);
     this.timer = setTimeout(() => this.dial(), delay);
   }

@@ -1,7 +1,7 @@
-import type { Socket } from 'node:net';
 import type { Connection, Output } from '../protocol/connection.js';
 import { ProtocolCode, type ProtocolError } from '../protocol/errors.js';
 import { transferred } from './memory.js';
+import type { ByteStream, TransportName } from './stream.js';
 
 /** How much encrypted data may wait in the socket before the link stops pulling more from the session. */
 export const SOCKET_HIGH_WATER = 1024 * 1024;
@@ -15,7 +15,7 @@ export interface LinkEvents {
 
 /** The link a socket carries, for the socket listeners below, which every socket shares. */
 const LINK = Symbol('dropwire.link');
-type LinkedSocket = Socket & { [LINK]?: Link };
+type LinkedSocket = ByteStream & { [LINK]?: Link };
 
 function onData(this: LinkedSocket, chunk: Buffer): void {
   this[LINK]?.received(chunk);
@@ -37,7 +37,10 @@ function onLost(this: LinkedSocket, err?: Error): void {
  * every link, and deadlines wait in one heap per clock (`Deadlines`) rather than in a Node timer each.
  */
 export class Link {
-  readonly socket: Socket;
+  /** The byte stream: a TCP socket, or a WebSocket behind an adapter (stream.ts). */
+  readonly socket: ByteStream;
+  /** How the peer reached us (or we the peer), for status and logs; the protocol does not care. */
+  readonly transport: TransportName;
   connection: Connection;
   private readonly events: LinkEvents;
   private readonly now: () => number;
@@ -50,13 +53,14 @@ export class Link {
   private pumping = false;
   private closed = false;
 
-  constructor(socket: Socket, connection: Connection, events: LinkEvents, now: () => number = Date.now) {
+  constructor(socket: ByteStream, connection: Connection, events: LinkEvents, now: () => number = Date.now, transport: TransportName = 'tcp') {
     this.socket = socket;
+    this.transport = transport;
     this.connection = connection;
     this.events = events;
     this.now = now;
     this.deadlines = deadlinesFor(now);
-    socket.setNoDelay(true);
+    socket.setNoDelay?.(true);
     (socket as LinkedSocket)[LINK] = this;
     socket.on('data', onData);
     socket.on('drain', onDrain);

@@ -2,6 +2,7 @@ import net from 'node:net';
 import type { Connection } from '../protocol/connection.js';
 import { Link, type LinkEvents } from './link.js';
 import { BurstCompactor } from './memory.js';
+import type { ByteStream, TransportName } from './stream.js';
 
 export interface ListenerOptions {
   host: string;
@@ -11,6 +12,10 @@ export interface ListenerOptions {
   events: LinkEvents;
   /** Sockets beyond this many are refused at once (resource limit). */
   maxConnections?: number;
+  /** Sockets from one IP address beyond this many are closed at once, before any handshake work. */
+  maxConnectionsPerIp?: number;
+  /** Told of sockets refused by `maxConnectionsPerIp` (logging): at most once a second, with how many since. */
+  onRefused?: (remote: string, open: number, refused: number) => void;
   /** Give the heap back after a burst of connections (see `BurstCompactor`); default true. */
   compactAfterBurst?: boolean;
 }
@@ -23,6 +28,10 @@ export class Listener {
   /** One events object for every link (the link is passed along): nothing per socket. */
   private readonly events: LinkEvents;
   private readonly burst: BurstCompactor | undefined;
+  /** Open sockets by remote address (only kept with `maxConnectionsPerIp`). */
+  private readonly perIp = new Map<string, number>();
+  private refused = 0;
+  private refusedReportAt = 0;
 
   constructor(o: ListenerOptions) {
     this.o = o;
@@ -62,8 +71,42 @@ export class Listener {
   }
 
   private accept(socket: net.Socket): void {
+    const max = this.o.maxConnectionsPerIp;
+    if (max) {
+      const ip = socket.remoteAddress ?? '';
+      const open = this.perIp.get(ip) ?? 0;
+      if (open >= max) {
+        socket.destroy();
+        this.refused++;
+        const now = Date.now();
+        if (now - this.refusedReportAt >= 1_000) {
+          this.refusedReportAt = now;
+          this.o.onRefused?.(ip, open, this.refused);
+          this.refused = 0;
+        }
+        return;
+      }
+      this.perIp.set(ip, open + 1);
+      socket.once('close', () => {
+        const left = (this.perIp.get(ip) ?? 1) - 1;
+        if (left > 0) this.perIp.set(ip, left);
+        else this.perIp.delete(ip);
+      });
+    }
+    this.adopt(socket, 'tcp');
+  }
+
+  /**
+   * Runs a responder on a stream accepted elsewhere (a WebSocket from the HTTP port): the same links,
+   * events and limits as TCP sockets, so the hub never learns the difference.
+   */
+  adopt(stream: ByteStream, transport: TransportName): void {
+    if (this.o.maxConnections && this.links.size >= this.o.maxConnections) {
+      stream.destroy();
+      return;
+    }
     // The link listens for 'error' from here on (its close reports it), so no extra listener is needed.
-    const link = new Link(socket, this.o.connection(), this.events);
+    const link = new Link(stream, this.o.connection(), this.events, undefined, transport);
     this.links.add(link);
     this.burst?.connected();
     link.pump();

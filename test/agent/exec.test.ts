@@ -1,10 +1,10 @@
 import { alive } from '../helpers/process.js';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { OUTPUT_TAIL_BYTES, OutputTail } from '../../src/agent/handlers/exec.js';
+import { BASE_ENV_KEYS, baseEnv, OUTPUT_TAIL_BYTES, OutputTail } from '../../src/agent/handlers/exec.js';
 import { runAction, type HandlerContext } from '../../src/agent/handlers/index.js';
 import type { Action, FileFacts } from '../../src/agent/rules.js';
 
@@ -176,5 +176,20 @@ describe('exec handler', () => {
     const sh = Number(/sh=(\d+)/u.exec(out.detail['output'] as string)?.[1]);
     await waitGone([sh]);
     expect(alive(sh)).toBe(false);
+  });
+});
+
+describe('the environment handlers get', () => {
+  it('README lists exactly the variables baseEnv passes on', async () => {
+    const readme = await readFile(path.join(import.meta.dirname, '../../README.md'), 'utf8');
+    const para = readme.split('\n\n').find((p) => p.startsWith("Handlers' environment:"));
+    expect(para).toBeDefined();
+    const listed = [...para!.split('Anything else')[0]!.matchAll(/`([A-Z_()0-9*]+)`/g)].map((m) => m[1]!);
+    expect(listed.filter((v) => v !== 'DROPWIRE_*').sort()).toEqual([...BASE_ENV_KEYS, 'LC_*'].sort());
+  });
+
+  it('passes the listed variables and LC_*, nothing else', () => {
+    const env = baseEnv({ PATH: '/bin', HOME: '/h', LANG: 'C.UTF-8', LC_TIME: 'de_DE', TERM: 'xterm', SHELL: '/bin/sh', AWS_SECRET_ACCESS_KEY: 'x', HTTPS_PROXY: 'http://p', DROPWIRE_HOME: '/h/.dw' });
+    expect(env).toEqual({ PATH: '/bin', HOME: '/h', LANG: 'C.UTF-8', LC_TIME: 'de_DE', TERM: 'xterm', SHELL: '/bin/sh' });
   });
 });

@@ -50,10 +50,13 @@ describe('print helpers', () => {
     ]);
   });
 
-  it('reports a missing lp as DW_PRINT_FAILED, a missing lpstat as DW_PRINT_UNAVAILABLE', async () => {
+  it('reports a missing lp or lpstat as DW_NO_PRINT_SYSTEM, saying to install CUPS', async () => {
     const out = await runAction({ type: 'print' }, { facts: facts('/tmp/x'), env: { PATH: '/nonexistent' }, platform: 'linux' });
-    expect(out).toMatchObject({ status: 'failed', code: 'DW_PRINT_FAILED', detail: { error: 'ENOENT' } });
-    await expect(listPrinters({ env: { PATH: '/nonexistent' }, platform: 'linux' })).rejects.toMatchObject({ code: 'DW_PRINT_UNAVAILABLE' });
+    expect(out).toMatchObject({ status: 'failed', code: 'DW_NO_PRINT_SYSTEM', detail: { error: 'lp not found (install CUPS)' } });
+    await expect(listPrinters({ env: { PATH: '/nonexistent' }, platform: 'linux' })).rejects.toMatchObject({
+      code: 'DW_NO_PRINT_SYSTEM',
+      message: 'lpstat not found (install CUPS)',
+    });
   });
 
   it('on Windows runs printCommand with {file} {printer} substituted, once per copy', async () => {

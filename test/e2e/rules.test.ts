@@ -23,7 +23,7 @@ describe('rule commands', () => {
     ]);
     const t = await cliOk(['rule', 'test', 'a b $(reboot).xml', ...h]);
     expect(t).toContain('rule 1:');
-    expect(t).toContain(`would run: /usr/bin/import --in '${path.join(s.home, 'spool', '<id>')}' 'a b $(reboot).xml'`);
+    expect(t).toContain(`would run: /usr/bin/import --in '${path.join(s.home, 'spool', '<id>', 'a b $(reboot).xml')}' 'a b $(reboot).xml'`);
     expect(await cliOk(['rule', 'test', 'orders-1.dlm', '--from', 'web', ...h])).toContain('would run: lp -d kitchen -n 2 -o media=A4 -t orders-1.dlm --');
     // From another sender the print rule does not apply; the catch-all save does.
     expect(await cliOk(['rule', 'test', 'orders-1.dlm', '--from', 'shop', ...h])).toContain('rule 3:');

@@ -304,16 +304,18 @@ describe('a broken config edit', () => {
     const file = path.join(s.home, 'config.json');
     const good = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
 
-    fs.writeFileSync(file, JSON.stringify({ ...good, relay: 'relay.example.net' }, null, 2));
+    // `init` writes the address list as `relays`; a bad address there is named.
+    expect(good.relays).toBeDefined();
+    fs.writeFileSync(file, JSON.stringify({ ...good, relays: ['relay.example.net'] }, null, 2));
     const before = fs.readFileSync(file);
     const r = await cli(['agent', '--home', s.home], { env: NOT_SYSTEMD });
     expect(r.code).toBe(78);
     expect(r.stderr).toContain('DW_BAD_CONFIG');
-    expect(r.stderr).toContain("field 'relay'");
+    expect(r.stderr).toContain("field 'relays'");
     expect(fs.readFileSync(file)).toEqual(before);
     const last = JSON.parse(await cliOk(['logs', '-n', '1', '--json', '--home', s.home])) as { level: number; msg: string; code: string };
     expect(last).toMatchObject({ level: 60, code: 'DW_BAD_CONFIG' });
-    expect(last.msg).toContain("field 'relay'");
+    expect(last.msg).toContain("field 'relays'");
 
     fs.writeFileSync(file, JSON.stringify({ ...good, rules: [{ match: '*', action: { type: 'teleport' } }] }, null, 2));
     const rule = await cli(['agent', '--home', s.home], { env: NOT_SYSTEMD });

@@ -9,6 +9,54 @@ import { onTestFinished } from 'vitest';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const BIN = path.join(ROOT, 'bin', 'dropwire.js');
 
+/**
+ * The CLI under test: `node bin/dropwire.js`, or the single executable named by DROPWIRE_CLI_BIN (built by
+ * `npm run release`; test/release/ sets it). Against the executable the CLI runs as on a host without
+ * Node: no folder holding a `node` on PATH, and from an empty working folder.
+ */
+function command(args: string[]): [string, string[]] {
+  const exe = process.env.DROPWIRE_CLI_BIN;
+  return exe ? [exe, args] : [process.execPath, [BIN, ...args]];
+}
+
+let emptyCwd: string | undefined;
+function defaultCwd(): string {
+  if (!process.env.DROPWIRE_CLI_BIN) return ROOT;
+  return (emptyCwd ??= fs.mkdtempSync(path.join(os.tmpdir(), 'dw-empty-cwd-')));
+}
+
+const NODE_NAMES = new Set(['node', 'nodejs', 'node.exe']);
+const shadows = new Map<string, string>();
+
+/**
+ * PATH with every `node` taken out: a folder that holds one (here /usr/bin has the machine's Node 20) is
+ * replaced by a copy made of symbolic links to everything else in it, so the other tools stay reachable.
+ */
+export function pathWithoutNode(pathVar = process.env.PATH ?? ''): string {
+  return pathVar
+    .split(path.delimiter)
+    .filter((d) => d !== '' && fs.existsSync(d))
+    .map((d) => {
+      const entries = fs.readdirSync(d);
+      if (!entries.some((e) => NODE_NAMES.has(e))) return d;
+      let shadow = shadows.get(d);
+      if (!shadow) {
+        if (shadows.size === 0) process.once('exit', () => shadows.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
+        shadow = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-path-without-node-'));
+        for (const e of entries) if (!NODE_NAMES.has(e)) fs.symlinkSync(path.join(d, e), path.join(shadow, e));
+        shadows.set(d, shadow);
+      }
+      return shadow;
+    })
+    .join(path.delimiter);
+}
+
+function childEnv(extra: NodeJS.ProcessEnv | undefined): NodeJS.ProcessEnv {
+  const env = { ...process.env, ...extra };
+  if (process.env.DROPWIRE_CLI_BIN) env.PATH = pathWithoutNode(env.PATH);
+  return env;
+}
+
 export function tempDir(prefix = 'dw-'): string {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   onTestFinished(() => fs.rmSync(d, { recursive: true, force: true }));
@@ -18,7 +66,8 @@ export function tempDir(prefix = 'dw-'): string {
 /** Runs the CLI to completion. */
 export function cli(args: string[], o: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { env: { ...process.env, ...o.env }, cwd: o.cwd ?? ROOT, timeout: 60_000 }, (err, stdout, stderr) => {
+    const [file, argv] = command(args);
+    execFile(file, argv, { env: childEnv(o.env), cwd: o.cwd ?? defaultCwd(), timeout: 60_000 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -42,7 +91,8 @@ export interface Proc {
 
 /** A long-running CLI process (relay start, agent); killed by PID when the test ends. */
 export function spawnCli(args: string[], o: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...o.env }, cwd: o.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [file, argv] = command(args);
+  const child = spawn(file, argv, { env: childEnv(o.env), cwd: o.cwd ?? defaultCwd(), stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   const waiters: { pred: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] = [];
   let buf = '';

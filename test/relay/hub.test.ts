@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 /**
  * The relay's hub against hand-driven agent sessions (real TCP on loopback, the real SQLite store): what an
  * agent reports is applied only to its own messages, whether or not the hub streamed them in this process.
@@ -17,10 +18,15 @@ import type { Link } from '../../src/transport/link.js';
 import { tempDir, waitFor } from '../helpers/cli.js';
 import type { KeyPair } from '../../src/protocol/crypto.js';
 import { makeKeys } from '../helpers/protocol.js';
+import type { SessionLimits } from '../../src/protocol/limits.js';
+import { tokenHash } from '../../src/relay/http.js';
 
 /** A bare agent session: HELLO on every new stream, collects FILEs, sends what the test tells it to. */
 class RawAgent {
   readonly files: string[] = [];
+  /** Bytes of each file received in CHUNKs, and the ids the relay sent CANCEL for. */
+  readonly chunkBytes = new Map<string, number>();
+  readonly cancels: string[] = [];
   private readonly session = new Session();
   private readonly dialer: Dialer;
   private decoder = new MessageDecoder();
@@ -55,6 +61,8 @@ class RawAgent {
             this.decoder.push(out.bytes);
             for (let m: Message | undefined = this.decoder.next(); m; m = this.decoder.next()) {
               if (m.type === MessageType.FILE) this.files.push(m.header.id);
+              if (m.type === MessageType.CHUNK) this.chunkBytes.set(m.header.id, (this.chunkBytes.get(m.header.id) ?? 0) + m.body.length);
+              if (m.type === MessageType.CANCEL) this.cancels.push(m.header.id);
             }
           }
         },
@@ -71,6 +79,19 @@ class RawAgent {
     this.link?.pump();
   }
 
+  /** Stops reading the socket (a slow host): the relay's writes back up. */
+  pause(): void {
+    (this.link?.socket as Socket | undefined)?.pause(); // a TCP link in these tests
+  }
+
+  resume(): void {
+    (this.link?.socket as Socket | undefined)?.resume();
+  }
+
+  get connected(): boolean {
+    return this.link !== undefined;
+  }
+
   close(): void {
     this.dialer.close();
   }
@@ -81,8 +102,8 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function startRelay(dataDir: string, log = silentLogger()): Promise<Relay> {
-  const relay = await Relay.start({ dataDir, listen: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, log });
+async function startRelay(dataDir: string, log = silentLogger(), limits?: Partial<SessionLimits>): Promise<Relay> {
+  const relay = await Relay.start({ dataDir, listen: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, log, ...(limits ? { limits } : {}) });
   cleanups.push(() => relay.close());
   return relay;
 }
@@ -182,3 +203,80 @@ describe('hub: reports from agents', () => {
     expect(lines.filter((l) => l.level >= 50)).toEqual([]);
   });
 });
+
+/** A sender token for the relay's HTTP API, and a fetch through it. */
+async function sender(relay: Relay): Promise<(method: string, path: string, body?: Uint8Array) => Promise<{ status: number; json: Record<string, unknown> }>> {
+  const secret = `dwt_test_${Math.random().toString(36).slice(2)}`;
+  await relay.store.createToken({ name: 'web', hash: tokenHash(secret), to: '*', createdAt: Date.now() });
+  return async (method, path, body) => {
+    const res = await fetch(`http://${relay.info.http}${path}`, { method, headers: { authorization: `Bearer ${secret}` }, ...(body ? { body } : {}) });
+    return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+  };
+}
+
+describe('hub: cancel', () => {
+  it('mid-stream: granted, no byte more of the file is written, the agent is told CANCEL and never has it whole', async () => {
+    const relay = await startRelay(tempDir(), silentLogger(), { replayCapacity: 2 * 1024 * 1024, highWater: 512 * 1024, lowWater: 128 * 1024 });
+    const keys = await enrolled(relay, 'kitchen');
+    const api = await sender(relay);
+    const agent = new RawAgent(relay, keys);
+    cleanups.push(() => agent.close());
+    await waitFor(() => (relay.hub.isOnline('kitchen') ? true : undefined), 10_000, 'online');
+    agent.pause(); // a slow host: the stream backs up in the session and the socket
+    const size = 32 * 1024 * 1024;
+    const big = await api('POST', '/v1/messages?to=kitchen&filename=big.bin', new Uint8Array(size).fill(7));
+    expect(big.status).toBe(202);
+    const id = big.json.id as string;
+    await waitFor(async () => ((await statusOf(relay, id)) === 'sent' ? true : undefined), 10_000, 'sent');
+    await new Promise((r) => setTimeout(r, 300)); // the delivery loop now waits for the agent to drain
+    const del = await api('DELETE', `/v1/messages/${id}`);
+    expect([del.status, del.json.status]).toEqual([200, 'cancelled']);
+    agent.resume();
+    await waitFor(() => (agent.cancels.includes(id) ? true : undefined), 10_000, 'CANCEL');
+    // The stream goes on with the next message; the cancelled file stays incomplete.
+    const next = await api('POST', '/v1/messages?to=kitchen&filename=next.xml', new TextEncoder().encode('<next/>'));
+    await waitFor(() => (agent.files.includes(next.json.id as string) ? true : undefined), 10_000, 'next file');
+    const got = agent.chunkBytes.get(id) ?? 0;
+    console.log(`cancelled mid-stream after ${(got / 1024 / 1024).toFixed(2)} of ${size / 1024 / 1024} MiB reached the agent`);
+    expect(got).toBeGreaterThan(0);
+    expect(got).toBeLessThan(size);
+    expect(agent.files.filter((f) => f === id)).toHaveLength(1);
+    expect(await statusOf(relay, id)).toBe('cancelled');
+  });
+
+  it('refused with 409 DW_TOO_LATE once all of the file was written (the host may hold it), also after a relay restart', async () => {
+    const dir = tempDir();
+    let relay = await startRelay(dir);
+    const keys = await enrolled(relay, 'kitchen');
+    let api = await sender(relay);
+    const agent = new RawAgent(relay, keys);
+    cleanups.push(() => agent.close());
+    const body = new TextEncoder().encode('<order n="1"/>');
+    const sent = await api('POST', '/v1/messages?to=kitchen&filename=o.xml', body);
+    const id = sent.json.id as string;
+    // The raw agent has every byte but has not said RECEIVED: a real one may be running the handler.
+    await waitFor(() => (agent.chunkBytes.get(id) === body.length ? true : undefined), 10_000, 'all bytes');
+    let del = await api('DELETE', `/v1/messages/${id}`);
+    expect([del.status, (del.json.error as { code: string }).code]).toEqual([409, 'DW_TOO_LATE']);
+    expect(await statusOf(relay, id)).toBe('sent');
+    expect(agent.cancels).toEqual([]);
+    agent.close();
+    await relay.close();
+    cleanups.pop();
+    relay = await startRelay(dir);
+    api = await sender2(relay);
+    del = await api('DELETE', `/v1/messages/${id}`);
+    expect([del.status, (del.json.error as { code: string }).code]).toEqual([409, 'DW_TOO_LATE']);
+    expect(await statusOf(relay, id)).toBe('sent');
+  });
+});
+
+/** The sender of a relay restarted on the same folder (the token is already stored). */
+async function sender2(relay: Relay): Promise<(method: string, path: string) => Promise<{ status: number; json: Record<string, unknown> }>> {
+  const secret = `dwt_test_again_${Math.random().toString(36).slice(2)}`;
+  await relay.store.createToken({ name: 'web2', hash: tokenHash(secret), to: '*', createdAt: Date.now() });
+  return async (method, path) => {
+    const res = await fetch(`http://${relay.info.http}${path}`, { method, headers: { authorization: `Bearer ${secret}` } });
+    return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+  };
+}

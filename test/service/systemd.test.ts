@@ -50,7 +50,7 @@ describe.skipIf(unavailable)('rendered systemd units pass systemd-analyze verify
     expect(s.score).toBeLessThanOrEqual(2.5);
   });
 
-  it('user unit (graphical session), a home with blanks and %', () => {
+  it('user unit (default.target), a home with blanks and %', () => {
     const root = install({ scope: 'user', home: '/home/op/my 100% dropwire' });
     const unit = path.join(root, os_home(), '.config/systemd/user/dropwire-agent.service');
     expect(systemdVerify(unit, true)).toEqual({ code: 0, output: '' });

@@ -169,11 +169,12 @@ describe('systemd units', () => {
     expect(u).toContain('BindReadOnlyPaths=/root/.nvm/versions/node/v24/bin /home/op/dw');
   });
 
-  it('user unit: tied to the graphical session, the per-user home', () => {
+  it('user unit: wanted by default.target (a headless host has no graphical session), the per-user home', () => {
     const u = settings(renderSystemdUnit(linux({ scope: 'user', home: '/home/op/my 100% home' })));
-    expect(u).toContain('PartOf=graphical-session.target');
+    expect(u).not.toContain('PartOf=graphical-session.target');
     expect(u).toContain('After=graphical-session.target');
-    expect(u).toContain('WantedBy=graphical-session.target');
+    expect(u).toContain('WantedBy=default.target');
+    expect(u.filter((l) => l.startsWith('WantedBy='))).toEqual(['WantedBy=default.target']);
     expect(u).toContain('Environment="DROPWIRE_HOME=/home/op/my 100%% home"');
     expect(u).not.toContain('User=dropwire');
     expect(unitHome(renderSystemdUnit(linux({ scope: 'user', home: '/home/op/my 100% home' })))).toBe('/home/op/my 100% home');

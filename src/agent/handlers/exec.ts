@@ -174,10 +174,11 @@ export function definedOnly(env: NodeJS.ProcessEnv): Record<string, string> {
 }
 
 /**
- * Variables a handler's child may need from the agent's own environment. Everything else (tokens, keys,
- * the agent's config paths) stays out unless the agent passes it in `ctx.env` on purpose.
+ * Variables a handler's child may need from the agent's own environment (and `LC_*`): README "Agent" lists
+ * exactly these, and a test holds the two together. Everything else (tokens, proxies, DROPWIRE_HOME, the
+ * agent's config paths) stays out unless the agent passes it in `ctx.env` on purpose.
  */
-const BASE_ENV_KEYS = [
+export const BASE_ENV_KEYS: readonly string[] = [
   'PATH', 'HOME', 'USER', 'LOGNAME', 'SHELL', 'LANG', 'LANGUAGE', 'TZ', 'TMPDIR', 'TERM',
   'DISPLAY', 'WAYLAND_DISPLAY', 'XAUTHORITY', 'XDG_RUNTIME_DIR', 'XDG_DATA_DIRS', 'XDG_CONFIG_DIRS',
   'XDG_CURRENT_DESKTOP', 'XDG_SESSION_TYPE', 'DBUS_SESSION_BUS_ADDRESS', 'CUPS_SERVER',

@@ -42,10 +42,16 @@ export function lpArgs(action: Extract<Action, { type: 'print' }>, file: string,
 const substitutePrint = (arg: string, vars: { file: string; printer: string; copies: string }): string =>
   arg.replace(/\{(file|printer|copies)\}/gu, (_m, k: keyof typeof vars) => vars[k]);
 
-function outcomeOf(run: ProcessRun, detail: Record<string, unknown>, jobId?: string): Outcome {
+/** What `dropwire printers` and a print rule say when the host has no print system (`lp`, `lpstat` missing). */
+export const noPrintSystem = (command: string): string => `${command} not found (install CUPS)`;
+
+function outcomeOf(run: ProcessRun, detail: Record<string, unknown>, jobId?: string, command?: string): Outcome {
   const { spawnError, cancelled, pid: _pid, ...rest } = run;
   const full: Record<string, unknown> = { ...detail, ...rest, ...(jobId !== undefined ? { jobId } : {}) };
   if (cancelled) return { status: 'failed', code: 'DW_CANCELLED', detail: full };
+  if (spawnError === 'ENOENT' && command !== undefined) {
+    return { status: 'failed', code: 'DW_NO_PRINT_SYSTEM', detail: { ...full, error: noPrintSystem(command) } };
+  }
   if (spawnError !== undefined) return { status: 'failed', code: 'DW_PRINT_FAILED', detail: { ...full, error: spawnError } };
   if (run.exitCode !== 0) return { status: 'failed', code: 'DW_PRINT_FAILED', detail: full };
   return { status: 'handled', detail: full };
@@ -62,7 +68,7 @@ export async function runPrint(action: Extract<Action, { type: 'print' }>, ctx: 
   if (platform !== 'win32') {
     const args = lpArgs(action, ctx.facts.file, safeName(ctx.facts.name));
     const run = await runProcess('lp', args, { env: { ...env, LC_ALL: 'C' }, timeoutMs: PRINT_TIMEOUT_MS, ...signal });
-    return outcomeOf(run, detail, parseJobId(run.output));
+    return outcomeOf(run, detail, parseJobId(run.output), 'lp');
   }
 
   const template = ctx.printCommand ?? DEFAULT_WINDOWS_PRINT_COMMAND;
@@ -109,7 +115,7 @@ export function parseLpstat(destinations: string, details: string): Printer[] {
 }
 
 /**
- * The printers this host can print to, for `dropwire printers`. Throws `DW_PRINT_UNAVAILABLE` when there is
+ * The printers this host can print to, for `dropwire printers`. Throws `DW_NO_PRINT_SYSTEM` when there is
  * no print system (no `lpstat`), `DW_PRINT_FAILED` when asking it fails.
  */
 export async function listPrinters(
@@ -120,7 +126,8 @@ export async function listPrinters(
   const common = { env, timeoutMs: PRINT_TIMEOUT_MS, ...(opts.signal ? { signal: opts.signal } : {}) };
   const check = (run: ProcessRun, what: string): string => {
     if (run.spawnError === 'ENOENT') {
-      throw new DropwireError('DW_PRINT_UNAVAILABLE', `${what} not found: no print system on this host`);
+      const command = what.split(' ')[0]!;
+      throw new DropwireError('DW_NO_PRINT_SYSTEM', platform === 'win32' ? `${command} not found: no print system on this host` : noPrintSystem(command));
     }
     if (run.exitCode !== 0) {
       const why = run.output.trim() || run.spawnError || `exit ${run.exitCode}`;

@@ -38,6 +38,13 @@ export interface DeviceRecord {
   lastSeen?: number;
   /** Highest handshake timestamp accepted from this device (replay guard, PROTOCOL 3.7). */
   lastHandshakeTs?: number;
+  /** What the agent last said it runs, from its HELLO (PROTOCOL 7.3): `dropwire/0.1.0 (0123abcd4567)`. */
+  agentVersion?: string;
+  /**
+   * Glob of the names this device may send files to (devices, or sites with a receiving token); none until
+   * an operator allows it (`relay device allow NAME --send-to GLOB`, PROTOCOL 7.14).
+   */
+  sendTo?: string;
 }
 
 export interface TokenRecord {
@@ -47,8 +54,12 @@ export interface TokenRecord {
   /** Glob of device names this token may send to (default '*'). */
   to: string;
   webhook?: string;
-  /** Key for the webhook signatures (HMAC-SHA256); printed once when the token is made. */
+  /** Key for the webhook signatures (HMAC-SHA256); printed once when the token is made. Also signs pushed files. */
   webhookSecret?: string;
+  /** The site receives files from devices (`relay token add NAME --receive`): devices may send `--to NAME`. */
+  receive?: boolean;
+  /** Where each file for the site is POSTed (signed); without it the site pulls them (GET /v1/inbox). */
+  deliverUrl?: string;
   createdAt: number;
 }
 
@@ -123,6 +134,14 @@ export interface NewMessage {
   deadlineAt?: number;
   /** Epoch ms after which it is never delivered (`expired`). */
   expiresAt?: number;
+  /**
+   * The id of the message this one is a retry of. When the message is created, the store writes
+   * `{ retryOf }` as the detail of its `queued` history entry and, in the same transaction, appends to the
+   * old message's history an entry with its current status and detail `{ retriedAs: id }`.
+   */
+  retryOf?: string;
+  /** The body is a sealed envelope (PROTOCOL 12): the receiving agent opens it before its rule runs. */
+  sealed?: boolean;
 }
 
 export interface MessageRecord {
@@ -146,6 +165,8 @@ export interface MessageRecord {
   overdue: boolean;
   /** What the host's handler reported (exit code, output tail, job id, ...). */
   result?: Record<string, unknown>;
+  /** The body is a sealed envelope (PROTOCOL 12); absent when it is not. */
+  sealed?: boolean;
 }
 
 /** A message waiting for delivery, with its body when that is kept inline. */
@@ -171,6 +192,10 @@ export interface Store {
   removeDevice(name: string, at: number): Promise<boolean>;
   /** Records a sign of life; with `handshakeTs`, also raises the replay guard. */
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void>;
+  /** Replaces the agent version the device reported (its HELLO); an unknown device is a no-op. */
+  setAgentVersion(name: string, agentVersion: string): Promise<void>;
+  /** Replaces the device's send-to glob (undefined: it sends nowhere). False for an unknown device. */
+  setSendTo(name: string, sendTo: string | undefined): Promise<boolean>;
 
   /** Sender tokens. `createToken` fails with DW_TOKEN_EXISTS when the name is taken. */
   createToken(token: TokenRecord): Promise<void>;
@@ -268,3 +293,27 @@ export const StoreErrorCode = {
   /** A store URL that cannot be understood (`--store`, DROPWIRE_STORE). */
   URL: 'DW_STORE_URL',
 } as const;
+
+/** The record a fresh insert produced, built without reading it back (every backend). */
+export function insertedMessage(m: NewMessage, seq: number): MessageRecord {
+  return {
+    id: m.id,
+    seq,
+    to: m.to,
+    from: m.from,
+    filename: m.filename,
+    size: m.size,
+    sha256: m.sha256,
+    inline: m.body !== undefined,
+    bodyPath: m.bodyPath,
+    status: 'queued',
+    idempotencyKey: m.idempotencyKey,
+    createdAt: m.createdAt,
+    updatedAt: m.createdAt,
+    deadlineAt: m.deadlineAt,
+    expiresAt: m.expiresAt,
+    overdue: false,
+    result: undefined,
+    ...(m.sealed ? { sealed: true } : {}),
+  };
+}

@@ -174,6 +174,28 @@ return 1
 `,
   ),
 
+  /** ARGV: name, agent version. An unknown device is a no-op. */
+  setAgentVersion: script(
+    'setAgentVersion',
+    `
+local key = K.device(ARGV[3])
+if redis.call('EXISTS', key) == 0 then return 0 end
+redis.call('HSET', key, 'agentVersion', ARGV[4])
+return 1
+`,
+  ),
+
+  /** ARGV: name, send-to glob ('' clears it). Returns 1, or 0 for an unknown device. */
+  setSendTo: script(
+    'setSendTo',
+    `
+local key = K.device(ARGV[3])
+if redis.call('EXISTS', key) == 0 then return 0 end
+if ARGV[4] == '' then redis.call('HDEL', key, 'sendTo') else redis.call('HSET', key, 'sendTo', ARGV[4]) end
+return 1
+`,
+  ),
+
   /** ARGV: name, hash, token JSON. */
   createToken: script(
     'createToken',
@@ -251,13 +273,24 @@ if ikey ~= '' then f[#f + 1] = 'ikey'; f[#f + 1] = ikey end
 if deadlineAt ~= '' then f[#f + 1] = 'deadlineAt'; f[#f + 1] = deadlineAt end
 if expiresAt ~= '' then f[#f + 1] = 'expiresAt'; f[#f + 1] = expiresAt end
 if blobKey ~= '' then f[#f + 1] = 'blobKey'; f[#f + 1] = blobKey end
+if ARGV[20] == '1' then f[#f + 1] = 'sealed'; f[#f + 1] = '1' end
 redis.call('HSET', key, unpack(f))
 if inline == '1' then redis.call('SET', K.body(id), ARGV[17]) end
 if ifield ~= '' then redis.call('HSET', K.idempotency, ifield, id) end
 redis.call('ZADD', K.queue(to), seq, id)
 if deadlineAt ~= '' then redis.call('ZADD', K.deadlines, deadlineAt, member(seq, id)) end
 if expiresAt ~= '' then redis.call('ZADD', K.expiries, expiresAt, member(seq, id)) end
-redis.call('RPUSH', K.history(id), '{"status":"queued","at":' .. createdAt .. '}')
+local retryOf = ARGV[19]
+if retryOf ~= '' then
+  -- A retry: the new message names the old one; the old one's history says which message retried it.
+  redis.call('RPUSH', K.history(id), '{"status":"queued","at":' .. createdAt .. ',"detail":{"retryOf":' .. cjson.encode(retryOf) .. '}}')
+  local oldStatus = redis.call('HGET', K.message(retryOf), 'status')
+  if oldStatus then
+    redis.call('RPUSH', K.history(retryOf), '{"status":"' .. oldStatus .. '","at":' .. createdAt .. ',"detail":{"retriedAs":' .. cjson.encode(id) .. '}}')
+  end
+else
+  redis.call('RPUSH', K.history(id), '{"status":"queued","at":' .. createdAt .. '}')
+end
 appendEvent('message.queued', to, id, from, createdAt, '{"message":' .. ev .. ',"status":"queued"}}')
 return {1, seq}
 `,
