@@ -37,7 +37,7 @@ export interface LightAgentOptions {
   hash: boolean;
   backoff?: Partial<Backoff>;
   timers?: Partial<ConnectionTimers>;
-  /** Follow REDIRECT to another relay node as the real agent does (src/agent/redirect.ts; PROTOCOL 7.15). */
+  /** Follow REDIRECT to another relay node as the real agent does (src/agent/redirect.ts; PROTOCOL 7.16). */
   redirects?: boolean;
   events: {
     /** A hand-over to another relay node completed. */
@@ -277,7 +277,7 @@ export interface LoadAgentsOptions {
   hash?: boolean;
   backoff?: Partial<Backoff>;
   localAddresses?: readonly string[];
-  /** The agents follow REDIRECT (PROTOCOL 7.15). */
+  /** The agents follow REDIRECT (PROTOCOL 7.16). */
   redirects?: boolean;
   onReceived?(device: string, filename: string, size: number, at: number, ok: boolean): void;
 }

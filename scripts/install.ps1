@@ -86,8 +86,13 @@ try {
   Move-Item -Force -Path (Join-Path $tmp $file) -Destination $rootBin
   Write-Output "Installed $rootBin ($(& $rootBin --version))"
 
-  & $rootBin init $Token --home $rootHome
-  if ($LASTEXITCODE -ne 0) { Fail "dropwire init failed (exit $LASTEXITCODE)" }
+  if (Test-Path (Join-Path $rootHome 'config.json')) {
+    # Installing again (an update): the host keeps its key and enrollment; the token is not used.
+    Write-Output "Already enrolled ($rootHome\config.json): kept; the token was not used"
+  } else {
+    & $rootBin init $Token --home $rootHome
+    if ($LASTEXITCODE -ne 0) { Fail "dropwire init failed (exit $LASTEXITCODE)" }
+  }
 
   $serviceDone = $false
   if (-not $NoService) {

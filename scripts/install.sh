@@ -91,24 +91,24 @@ GOT="$(sha256 "$TMP/$FILE")"
 say "Checked SHA-256 $GOT"
 
 # --- where -----------------------------------------------------------------------------------------
+# The agent folder is where `dropwire` itself looks: the system one as root, the per-user one otherwise.
 if [ "$(id -u)" = 0 ]; then
   BIN_DIR=/usr/local/bin
-  HOME_DIR=/etc/dropwire
   SCOPE=--system
-  INIT_HOME="--home $HOME_DIR"
+  if [ "$OS" = darwin ]; then HOME_DIR='/Library/Application Support/dropwire'; else HOME_DIR=/etc/dropwire; fi
 else
   [ -n "${HOME:-}" ] || die 'HOME is not set'
   BIN_DIR="$HOME/.local/bin"
-  HOME_DIR=''
   SCOPE=--user
-  INIT_HOME=''
+  if [ "$OS" = darwin ]; then HOME_DIR="$HOME/Library/Application Support/dropwire"; else HOME_DIR="${XDG_CONFIG_HOME:-$HOME/.config}/dropwire"; fi
 fi
+AGENT_HOME="$ROOT$HOME_DIR"
 BIN="$BIN_DIR/dropwire"
 
 if [ "$DRY_RUN" = 1 ]; then
   say "Dry run: nothing installed. Would run:"
   say "  install -m 0755 $FILE $ROOT$BIN"
-  say "  $ROOT$BIN init TOKEN ${INIT_HOME:+--home $ROOT$HOME_DIR}"
+  say "  $ROOT$BIN init TOKEN --home '$AGENT_HOME'"
   [ "$SERVICE" = 0 ] || say "  $ROOT$BIN service install $SCOPE${ROOT:+ --root $ROOT --node $BIN}"
   exit 0
 fi
@@ -120,26 +120,27 @@ mv -f "$ROOT$BIN.new" "$ROOT$BIN"
 say "Installed $ROOT$BIN ($("$ROOT$BIN" --version))"
 
 # --- enroll ----------------------------------------------------------------------------------------
-if [ -n "$HOME_DIR" ]; then
-  "$ROOT$BIN" init "$TOKEN" --home "$ROOT$HOME_DIR"
-elif [ -n "$ROOT" ]; then
-  "$ROOT$BIN" init "$TOKEN" --home "$ROOT${XDG_CONFIG_HOME:-$HOME/.config}/dropwire"
+if [ -f "$AGENT_HOME/config.json" ]; then
+  # Installing again (an update): the host keeps its key and enrollment; the token is not used.
+  say "Already enrolled ($AGENT_HOME/config.json): kept; the token was not used"
 else
-  "$ROOT$BIN" init "$TOKEN"
+  "$ROOT$BIN" init "$TOKEN" --home "$AGENT_HOME"
 fi
 
 # --- service ---------------------------------------------------------------------------------------
+STATUS=0
 if [ "$SERVICE" = 1 ]; then
   if [ -n "$ROOT" ]; then
     # The service files name the executable where it will be once DIR is the root.
-    "$ROOT$BIN" service install $SCOPE --root "$ROOT" --node "$BIN"
+    "$ROOT$BIN" service install $SCOPE --root "$ROOT" --node "$BIN" || STATUS=$?
   else
-    "$BIN" service install $SCOPE
+    "$BIN" service install $SCOPE || STATUS=$?
   fi
+  [ "$STATUS" = 0 ] || say "The service was not installed (exit $STATUS, see above): fix that, then run $BIN service install $SCOPE"
 fi
 
 say ''
-say 'dropwire is installed.'
+if [ "$STATUS" = 0 ]; then say 'dropwire is installed.'; else say 'dropwire is installed, without its service.'; fi
 case ":${PATH:-}:" in
   *":$BIN_DIR:"*) ;;
   *) say "Note: $BIN_DIR is not on your PATH; add it, or call $BIN." ;;
@@ -147,4 +148,5 @@ esac
 say 'To undo:'
 [ "$SERVICE" = 0 ] || say "  $BIN service uninstall $SCOPE"
 say "  rm $ROOT$BIN"
-if [ -n "$HOME_DIR" ]; then say "  rm -r $ROOT$HOME_DIR   (the agent's key, config and journal)"; fi
+say "  rm -r '$AGENT_HOME'   (the agent's key, config and journal)"
+exit "$STATUS"

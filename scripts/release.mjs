@@ -105,6 +105,9 @@ async function bundle(work, info) {
     platform: 'node',
     format: 'cjs',
     target: 'node24',
+    // Module names in the bundle are paths relative to the checkout: with node_modules a symbolic link
+    // (a shared folder), following it would put where it points into the bytes.
+    preserveSymlinks: true,
     // Builtins are never bundled; node:sqlite and node:sea are listed because esbuild may not know them.
     external: ['node:sqlite', 'node:sea'],
     define: {

@@ -3,7 +3,7 @@ import { fromHex } from '../protocol/bytes.js';
 import { Connection, type Output } from '../protocol/connection.js';
 import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
-import type { ProtocolError } from '../protocol/errors.js';
+import { ProtocolError } from '../protocol/errors.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
@@ -19,6 +19,9 @@ import { loadAgentConfig, paths, rulesVersion, type AgentConfig } from './config
 import { DISK_FULL_LOG_INTERVAL_MS, DISK_FULL_RETRY_MS, isDiskFull } from './disk.js';
 import { baseEnv, runAction, type Outcome } from './handlers/index.js';
 import { Journal } from './journal.js';
+import { openSealed } from './open-sealed.js';
+import { Outboxes } from './outbox/index.js';
+import { Sender } from './send.js';
 import { checkName, safeName } from './names.js';
 import { matchRule } from './rules.js';
 import { RedirectFollower } from './redirect.js';
@@ -44,7 +47,7 @@ export interface AgentOptions {
   ca?: string;
   /** In auto mode, how long a TCP dial may take before WSS is tried (default FALLBACK_AFTER_MS). */
   fallbackAfterMs?: number;
-  /** Refuse every REDIRECT (PROTOCOL 7.16): `--refuse-redirects`; also `"redirects": false` in the config. */
+  /** Refuse every REDIRECT (PROTOCOL 7.17): `--refuse-redirects`; also `"redirects": false` in the config. */
   refuseRedirects?: boolean;
   signal?: AbortSignal;
 }
@@ -102,6 +105,11 @@ export class Agent {
   private removedLogged = false;
   private closed = false;
   readonly status: AgentStatus;
+  /** Files this host sends (PROTOCOL 7.14): `dropwire send` and the outbox folders. */
+  readonly sender: Sender;
+  private drainWaiters: (() => void)[] = [];
+  private readonly outboxes: Outboxes;
+  private streaming = false;
 
   constructor(o: AgentOptions) {
     this.o = o;
@@ -156,7 +164,8 @@ export class Agent {
           this.status.reconnects++;
           // A dial that failed before any link (proxy refused, certificate untrusted…): say why, once per
           // reason (a link's own close has set lastError already).
-          const dialCode = this.removed ? undefined : (err as { code?: string }).code;
+          // A link's end (a ProtocolError) was told to onClose, which keeps the more precise last error.
+          const dialCode = this.removed || err instanceof ProtocolError ? undefined : (err as { code?: string }).code;
           if (!this.status.connected && dialCode && dialCode !== this.status.lastError) this.o.log.warn({ code: dialCode, reason: err.message }, 'cannot reach the relay');
           if (dialCode) this.status.lastError = dialCode;
           if (this.removed && !this.removedLogged) {
@@ -167,6 +176,20 @@ export class Agent {
         },
       },
     });
+    const isReady = () => this.streaming && this.status.connected;
+    this.sender = new Sender({
+      write: (type, header, body) => {
+        let ok = true;
+        for (const part of encodeMessage(type, header, body)) ok = this.session.write(part);
+        this.schedulePump();
+        return ok;
+      },
+      drained: () => new Promise((resolve) => this.drainWaiters.push(resolve)),
+      get ready() {
+        return isReady();
+      },
+    });
+    this.outboxes = this.makeOutboxes();
     this.redirects = new RedirectFollower({
       log: o.log,
       dialer: this.dialer,
@@ -189,6 +212,22 @@ export class Agent {
       current: () => this.status.relay,
     });
     o.signal?.addEventListener('abort', () => void this.close(), { once: true });
+  }
+
+  /** Outbox folders send through this agent's session (src/agent/outbox/). */
+  private makeOutboxes(): Outboxes {
+    return new Outboxes(this.o.home, {
+      sender: this.sender,
+      journal: this.journal,
+      log: this.o.log,
+      identity: { name: this.config.name, home: this.o.home },
+      presence: (device) => this.presence(device),
+    });
+  }
+
+  /** The device's name and keys, for sealing to and opening from (PROTOCOL 12). */
+  get identity(): { name: string; privateKey: Uint8Array; home: string } {
+    return { name: this.config.name, privateKey: this.keys.privateKey, home: this.o.home };
   }
 
   private readonly queries = new Map<number, (answer: Headers[typeof MessageType.PRESENCE]) => void>();
@@ -232,6 +271,11 @@ export class Agent {
     }
     for (const e of this.journal.waiting()) this.handle(e.id, e.filename, e.from);
     this.watchConfig();
+    try {
+      this.outboxes.reload();
+    } catch (err) {
+      log.error({ err }, 'outbox folders not started: config.json has a bad outbox');
+    }
     log.info({ relay: this.status.relay, device: this.config.name }, 'agent started');
     this.dialer.start();
   }
@@ -245,7 +289,9 @@ export class Agent {
     this.retryTimers.clear();
     this.configWatcher?.removeAllListeners();
     fs.unwatchFile(paths(this.o.home).config);
+    await this.outboxes.close();
     this.dialer.close();
+    this.sender.close();
     this.transfer?.abandon();
     await Promise.allSettled([...this.running]);
     this.journal.close();
@@ -294,9 +340,13 @@ export class Agent {
         }
         return;
       case 'lost':
+        this.streaming = false;
+        for (const w of this.drainWaiters.splice(0)) w();
         log.warn({ code: out.code }, 'session lost; recovering at message level');
         return;
       case 'drain':
+        for (const w of this.drainWaiters.splice(0)) w();
+        return;
       case 'hello':
       case 'handover-ready':
       case 'position':
@@ -306,11 +356,11 @@ export class Agent {
 
   private onClose(err: ProtocolError, link: Link): void {
     if (this.link !== undefined && this.link !== link) {
-      this.routes.delete(link); // the connection a hand-over replaced (PROTOCOL 7.15): the session is on the new one
+      this.routes.delete(link); // the connection a hand-over replaced (PROTOCOL 7.16): the session is on the new one
       return;
     }
     if (this.redirects.busy) {
-      // PROTOCOL 7.15 step 6: the old node let go; the new connection takes the session now.
+      // PROTOCOL 7.16 step 6: the old node let go; the new connection takes the session now.
       this.o.log.info({ code: err.code, reason: err.cause }, 'old relay connection closed during a hand-over');
       if (this.link === link) this.link = undefined;
       this.status.connected = false;
@@ -326,6 +376,7 @@ export class Agent {
     this.status.connected = false;
     this.status.lastError = this.diskFull ? diskFullText(this.diskFull) : err.code;
     if (err.code === 'DW_SESSION_LOST' && this.session.closed) this.session.reset();
+    if (err.code === 'DW_PEER_CLOSED' && err.cause === 'DW_BAD_MESSAGE') this.sender.relayRefusedMessages();
     if (err.code !== 'DW_HANDSHAKE_REFUSED') return;
     if (err.cause === 'DW_UNKNOWN_DEVICE') {
       // The device was removed at the relay: only `init` with a new token helps. Say so once (in onRetry,
@@ -350,10 +401,17 @@ export class Agent {
       if (e.state === 'done' && e.status) this.send(MessageType.RESULT, resultHeader(e.id, e.status, e.code, e.result));
     }
     this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials(), caps: [CAP_REDIRECT] });
+    for (const w of this.drainWaiters.splice(0)) w();
+    this.streaming = true;
+    this.sender.newStream(); // PROTOCOL 7.14: unfinished uploads are offered again
   }
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {
     for (const part of encodeMessage(type, header)) this.session.write(part);
+    this.schedulePump();
+  }
+
+  private schedulePump(): void {
     if (this.pumpScheduled) return;
     // One pump per turn of the event loop: reports written meanwhile share records.
     this.pumpScheduled = true;
@@ -394,7 +452,7 @@ export class Agent {
           return;
         }
         if (h.offset > 0) log.info({ id: h.id, offset: h.offset, size: h.size }, 'transfer resumed from the bytes on disk');
-        this.incoming = { from: h.from, filename: h.filename };
+        this.incoming = { from: h.from, filename: h.filename, sealed: h.sealed === true };
         // All bytes may already be on disk (a stop between the last write and the rename).
         if (this.transfer.complete) this.complete();
         return;
@@ -435,11 +493,12 @@ export class Agent {
         if (!this.journal.get(m.header.id)) this.spool.remove(m.header.id);
         return;
       default:
+        if (this.sender.onMessage(m)) return;
         throw Object.assign(new Error(`message type ${m.type} is not for the agent`), { code: 'DW_BAD_MESSAGE' });
     }
   }
 
-  private incoming: { from: string; filename: string } = { from: '', filename: '' };
+  private incoming: { from: string; filename: string; sealed: boolean } = { from: '', filename: '', sealed: false };
 
   private complete(): void {
     const t = this.transfer!;
@@ -451,7 +510,9 @@ export class Agent {
       this.send(MessageType.RESTART, { id: t.id, offset: 0, code: 'DW_CHECKSUM' });
       return;
     }
-    const { from, filename } = this.incoming;
+    const { from, filename, sealed } = this.incoming;
+    // PROTOCOL 12.4: a sealed file is opened before it counts as received; a tampered one is rejected.
+    const badSeal = sealed ? openSealed(this.spool.filePath(t.id, filename), { recipientPrivate: this.keys.privateKey, sender: from, filename }) : undefined;
     try {
       this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256 }, Date.now());
     } catch (err) {
@@ -462,6 +523,11 @@ export class Agent {
     this.spaceAgain();
     log.info({ id: t.id, from, filename, size: t.size, resumedFrom: t.resumedFrom }, 'message received');
     this.send(MessageType.RECEIVED, { id: t.id });
+    if (badSeal) {
+      this.spool.remove(t.id);
+      this.finish(t.id, { status: 'failed', code: 'DW_BAD_SEAL', detail: { reason: badSeal } }, 'rejected');
+      return;
+    }
     this.handle(t.id, filename, from);
   }
 
@@ -591,13 +657,14 @@ export class Agent {
    * Reads config.json now and puts its rules (and retention) in force; a bad file throws DW_BAD_CONFIG and
    * the previous rules stay. Answers what `dropwire rule …` waits for: the number and version of the rules.
    */
-  reloadConfig(): { rules: number; version: string } {
+  reloadConfig(): { rules: number; version: string; outboxes: number } {
     const next = loadAgentConfig(this.o.home);
     const version = rulesVersion(next.rules);
     const changed = version !== rulesVersion(this.config.rules) || next.retention !== this.config.retention;
     this.config = { ...next, relay: this.config.relay, relays: this.config.relays, relayKey: this.config.relayKey };
     if (changed) this.o.log.info({ rules: next.rules.length, version }, 'config reloaded');
-    return { rules: next.rules.length, version };
+    const outboxes = this.outboxes.reload();
+    return { rules: next.rules.length, version, outboxes };
   }
 
   /** Rule edits (by `dropwire rule …` or by hand) take effect without a restart; a bad edit is refused. */

@@ -24,7 +24,7 @@ export interface AgentConfig {
   rules: Rule[];
   /** What happens to the spooled file after its handler: removed, or kept in the spool. */
   retention: 'remove' | 'keep';
-  /** False: refuse every REDIRECT to another relay node (PROTOCOL 7.16); default true. */
+  /** False: refuse every REDIRECT to another relay node (PROTOCOL 7.17); default true. */
   redirects?: boolean;
 }
 

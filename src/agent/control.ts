@@ -27,13 +27,24 @@ export class AgentNotRunning extends DropwireError {
 }
 
 /** `reload`: read config.json now and answer with the rules in force (`dropwire rule …` waits for it). */
-export type ControlRequest = { op: 'status' } | { op: 'online'; device: string } | { op: 'reload' };
+export type ControlRequest = { op: 'status' } | { op: 'online'; device: string } | { op: 'reload' } | SendRequest;
+/** `dropwire send` through the running agent: progress lines stream back, the last line is the answer. */
+export interface SendRequest {
+  op: 'send';
+  files: string[];
+  to: string;
+  seal?: boolean;
+  /** Seconds to wait for each message's final status (0: do not wait). */
+  wait?: number;
+}
 
 export interface ControlHandlers {
   status: () => Record<string, unknown>;
   online?: (device: string) => Promise<Record<string, unknown>>;
   /** Applies config.json; answers `{ rules, version }` (see `rulesVersion`) or throws DW_BAD_CONFIG. */
   reload?: () => Record<string, unknown>;
+  /** Sends files over the agent's session; `emit` streams progress lines before the answer. */
+  send?: (req: SendRequest, emit: (line: Record<string, unknown>) => void) => Promise<Record<string, unknown>>;
 }
 export type ControlAnswer = { ok: true; status: Record<string, unknown> } | { ok: false; error: { code: string; message: string } };
 
@@ -96,7 +107,7 @@ export class ControlServer {
 }
 
 function serve(sock: net.Socket, h: ControlHandlers, log: Logger): void {
-  const { status, online, reload } = h;
+  const { status, online, reload, send } = h;
   let buf = '';
   sock.setEncoding('utf8');
   sock.setTimeout(CONTROL_TIMEOUT_MS, () => sock.destroy());
@@ -120,6 +131,16 @@ function serve(sock: net.Socket, h: ControlHandlers, log: Logger): void {
       );
       return;
     }
+    if (req.op === 'send' && send && Array.isArray(req.files) && req.files.every((f) => typeof f === 'string') && typeof req.to === 'string') {
+      sock.setTimeout(0); // a large file takes as long as it takes; the client's going away ends nothing
+      send(req as SendRequest, (line) => {
+        if (!sock.destroyed) sock.write(JSON.stringify({ progress: line }) + '\n');
+      }).then(
+        (st) => answer({ ok: true, status: st }),
+        (err: unknown) => answer({ ok: false, error: { code: (err as { code?: string }).code ?? 'DW_INTERNAL', message: (err as Error).message } }),
+      );
+      return;
+    }
     const op = req.op === 'status' ? status : req.op === 'reload' ? reload : undefined;
     if (!op) return answer({ ok: false, error: { code: 'DW_BAD_REQUEST', message: `unknown op ${JSON.stringify(req.op)}` } });
     try {
@@ -128,6 +149,45 @@ function serve(sock: net.Socket, h: ControlHandlers, log: Logger): void {
       log.warn({ err, op: req.op }, 'control request failed');
       answer({ ok: false, error: { code: (err as { code?: string }).code ?? 'DW_INTERNAL', message: (err as Error).message } });
     }
+  });
+}
+
+/**
+ * Asks the agent and reads its answer line by line: `onLine` gets each progress line; resolves with the
+ * final answer. No timeout: a send lasts as long as the file takes.
+ */
+export function streamAgent(home: string, req: ControlRequest, onLine: (line: Record<string, unknown>) => void): Promise<Record<string, unknown>> {
+  const p = controlPath(home);
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(p);
+    let buf = '';
+    let last: ControlAnswer | undefined;
+    sock.setEncoding('utf8');
+    sock.once('connect', () => sock.write(JSON.stringify(req) + '\n'));
+    sock.on('data', (chunk: string) => {
+      buf += chunk;
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let parsed: Record<string, unknown>;
+        try {
+          parsed = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          continue;
+        }
+        if (parsed.progress !== undefined) onLine(parsed.progress as Record<string, unknown>);
+        else last = parsed as unknown as ControlAnswer;
+      }
+    });
+    sock.once('close', () => {
+      if (!last) return reject(new DropwireError('DW_CONTROL', `the agent on ${p} ended the connection without an answer`));
+      if (!last.ok) return reject(new DropwireError(last.error.code, last.error.message));
+      resolve(last.status);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(new AgentNotRunning(`no agent is running with the folder ${home}`, { cause: err }));
+      else reject(new DropwireError('DW_CONTROL', `cannot reach the agent on ${p}: ${err.message}`, { cause: err }));
+    });
   });
 }
 

@@ -148,6 +148,20 @@ export class Journal {
 
   private lastTimestamp = 0;
 
+  /** Outbox (PROTOCOL 7.14): the relay stored upload `sid` as message `id`; a restart watches it, never re-sends. */
+  outboxStored(sid: string, id: string): void {
+    this.q.kvSet!.run(`outbox:${sid}`, id);
+  }
+
+  outboxId(sid: string): string | undefined {
+    return (this.q.kvGet!.get(`outbox:${sid}`) as { v: string } | undefined)?.v;
+  }
+
+  /** The upload's file is in `sent/` or `failed/` with its result: nothing more to remember. */
+  outboxForget(sid: string): void {
+    this.db.prepare('DELETE FROM kv WHERE k = ?').run(`outbox:${sid}`);
+  }
+
   close(): void {
     if (this.db.isOpen) this.db.close();
   }

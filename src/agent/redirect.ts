@@ -13,9 +13,9 @@ type Redirect = Headers[typeof MessageType.REDIRECT];
 const MAX_WAIT_MS = 60_000;
 
 /**
- * PROTOCOL 7.15 at the agent: on REDIRECT, dial the node named, ask HANDOVER in the handshake, and swap to the
+ * PROTOCOL 7.16 at the agent: on REDIRECT, dial the node named, ask HANDOVER in the handshake, and swap to the
  * new connection once it carries the session (make before break: the old one stays until then). Refuses
- * (REDIRECT_REFUSED, 7.16) when the agent is configured so, when a hand-over is under way, or when the deadline
+ * (REDIRECT_REFUSED, 7.17) when the agent is configured so, when a hand-over is under way, or when the deadline
  * has passed; gives up by itself at the deadline and stays where it is.
  */
 export class RedirectFollower {
@@ -109,7 +109,7 @@ export class RedirectFollower {
     );
   }
 
-  /** The agent's connection closed (PROTOCOL 7.15 step 6: the old node let go): swap if the new one is ready. */
+  /** The agent's connection closed (PROTOCOL 7.16 step 6: the old node let go): swap if the new one is ready. */
   oldClosed(): void {
     const p = this.pending;
     if (!p) return;

@@ -14,6 +14,11 @@ export function serveAgentControl(o: { agent: Agent; home: string; log: Logger; 
     log,
     status: () => ({ ...agent.snapshot(), pid: process.pid, home, startedAt, version: buildInfo().version, commit: buildInfo().commit, log: target }),
     reload: () => agent.reloadConfig(),
+    send: async (req, emit) => {
+      const { runSendJob } = await import('../agent/send-job.js');
+      const id = agent.identity;
+      return runSendJob({ sender: agent.sender, presence: (d) => agent.presence(d), identity: { name: id.name, home: id.home } }, req, emit);
+    },
     online: async (device) => {
       const a = await agent.presence(device);
       return { name: a.device, known: a.known, online: a.online, lastSeen: a.lastSeen === null ? null : new Date(a.lastSeen).toISOString() };

@@ -2,6 +2,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { DropwireError } from '../shared/errors.js';
 import { versionLine } from '../shared/version.js';
 import { addNodeOptions, registerClusterCommands, storeOpt } from './relay-cluster.js';
+import { registerOutboxCommands } from './outbox.js';
 import { registerRuleCommands } from './rule-commands.js';
 import { registerRelayMessageCommands } from './relay-message.js';
 import { registerServiceCommands } from './service-commands.js';
@@ -49,9 +50,21 @@ device
   .addOption(storeOpt())
   .option('--public <addresses>', 'relay addresses for the token, comma-separated (default: the running relay\'s; a cluster\'s: all its agent addresses)')
   .option('--ttl <hours>', 'hours the token stays valid', (v) => Number(v), 24)
-  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number }) => {
+  .option('--send-to <glob>', 'names this device may send files to (default: nowhere)')
+  .action(async (name: string, o: { data: string; store?: string; public?: string; ttl: number; sendTo?: string }) => {
     const { runDeviceAdd } = await import('./relay.js');
     await runDeviceAdd(o, name, o);
+  });
+device
+  .command('allow <name>')
+  .description('let a device send files: to the devices (or receiving sites) matching GLOB; \'-\' for nowhere')
+  .addOption(dataOpt())
+  .addOption(storeOpt())
+  .requiredOption('--send-to <glob>', 'names it may send to, e.g. office or office-*')
+  .action(async (name: string, o: { data: string; store?: string; sendTo: string }) => {
+    const { allowDevice } = await import('../relay/admin.js');
+    await allowDevice(o, name, o.sendTo);
+    console.log(o.sendTo === '-' ? `device '${name}' sends nowhere` : `device '${name}' may send to '${o.sendTo}'`);
   });
 device
   .command('list')
@@ -80,11 +93,13 @@ token
   .addOption(storeOpt())
   .option('--to <glob>', 'devices this token may send to', '*')
   .option('--webhook <url>', 'where status events are posted')
-  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string }) => {
+  .option('--receive', 'a site that receives files from devices: they may send --to NAME')
+  .option('--deliver-url <url>', 'with --receive: POST each file there (signed); without it the site pulls GET /v1/inbox')
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string; receive?: boolean; deliverUrl?: string }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}), ...(o.receive ? { receive: true } : {}), ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}) });
     console.log(t.token);
-    if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
+    if (t.webhookSecret) console.log(`${o.deliverUrl && !o.webhook ? 'delivery' : 'webhook'} secret: ${t.webhookSecret}`);
   });
 token
   .command('list')
@@ -165,11 +180,29 @@ program
     await runOnline(name, o);
   });
 
+program
+  .command('send <files...>')
+  .description('send files from this host to another device (or a receiving site); prints each message id')
+  .requiredOption('--to <name>', 'the device (or site) to send to')
+  .option('--wait [seconds]', 'wait for each file\'s final status; exit 0 only when handled', (v) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('--wait takes a number of seconds');
+    return n;
+  })
+  .option('--json', 'one JSON object per file')
+  .option('--seal', 'encrypt end to end to the recipient\'s key: the relay stores ciphertext only')
+  .addOption(homeOpt())
+  .action(async (files: string[], o: { to: string; wait?: number | true; json?: boolean; seal?: boolean; home?: string }) => {
+    const { runSend } = await import('./send.js');
+    await runSend(files, o);
+  });
+
 // Command groups declared in their own files.
 registerClusterCommands(relay);
 registerRuleCommands(program);
 registerServiceCommands(program);
 registerRelayMessageCommands(relay);
+registerOutboxCommands(program);
 
 async function main(argv: string[]): Promise<number> {
   try {

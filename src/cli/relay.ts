@@ -59,8 +59,8 @@ function summary(info: RelayInfo, data: string): string {
 }
 
 /** `relay device add`: the token alone on stdout (for scripts); on stderr, what to run on the host. */
-export async function runDeviceAdd(target: AdminTarget, name: string, o: { public?: string; ttl: number }): Promise<void> {
-  const token = await addDevice(target, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl });
+export async function runDeviceAdd(target: AdminTarget, name: string, o: { public?: string; ttl: number; sendTo?: string }): Promise<void> {
+  const token = await addDevice(target, name, { ...(o.public ? { public: o.public } : {}), ttlHours: o.ttl, ...(o.sendTo !== undefined && o.sendTo !== '-' ? { sendTo: o.sendTo } : {}) });
   console.log(token);
   process.stderr.write(`Run this on the host '${name}' (the token works once, within ${o.ttl} h):\n  dropwire init ${token}\n`);
   if (typeof target === 'string' || !target.store) {
@@ -88,13 +88,13 @@ function where(t: AdminTarget): string {
 export async function printDevices(target: AdminTarget, json: boolean): Promise<void> {
   const devices = await listDevices(target);
   if (json) {
-    console.log(JSON.stringify(devices.map((d) => ({ name: d.name, enrolled: d.publicKey !== undefined, lastSeen: d.lastSeen ?? null, createdAt: d.createdAt }))));
+    console.log(JSON.stringify(devices.map((d) => ({ name: d.name, enrolled: d.publicKey !== undefined, lastSeen: d.lastSeen ?? null, createdAt: d.createdAt, sendTo: d.sendTo ?? null }))));
     return;
   }
   if (devices.length === 0) process.stderr.write(`no devices in ${where(target)} yet: add one with \`dropwire relay device add NAME\`\n`);
   for (const d of devices) {
     const seen = d.lastSeen ? new Date(d.lastSeen).toISOString() : 'never';
-    console.log(`${d.name}\t${d.publicKey ? 'enrolled' : 'waiting for enrollment'}\tlast seen ${seen}`);
+    console.log(`${d.name}\t${d.publicKey ? 'enrolled' : 'waiting for enrollment'}\tlast seen ${seen}${d.sendTo ? `\tsends to ${d.sendTo}` : ''}`);
   }
 }
 

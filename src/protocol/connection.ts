@@ -39,7 +39,7 @@ export type Output =
   | { type: 'lost'; code: string }
   /** The replay buffer fell to its low-water mark: writing may go on. */
   | { type: 'drain' }
-  /** Responder, after a HANDOVER (PROTOCOL 7.15 step 8): the initiator's count; this connection sends from it. */
+  /** Responder, after a HANDOVER (PROTOCOL 7.16 step 8): the initiator's count; this connection sends from it. */
   | { type: 'position'; received: number }
   /** Initiator, HANDOVER: the new node resumed the session; call `swap()` once the old connection has closed. */
   | { type: 'handover-ready' }
@@ -63,7 +63,7 @@ export interface InitiatorOptions extends ConnectionOptions {
   /** Strictly increasing per device key; the responder refuses a repeat (PROTOCOL 3.7). */
   timestamp: number;
   enroll?: { name: string; secret: string };
-  /** Follow a REDIRECT (PROTOCOL 7.15): take the established session to another node with this request id. */
+  /** Follow a REDIRECT (PROTOCOL 7.16): take the established session to another node with this request id. */
   handover?: Uint8Array;
 }
 
@@ -93,7 +93,7 @@ export class Connection {
   private lastSent: number;
   private pongDue = false;
   private closeAfterWrite: ProtocolError | undefined;
-  /** Initiator: this connection asked HANDOVER. Responder: no DATA until the initiator's first count (7.15). */
+  /** Initiator: this connection asked HANDOVER. Responder: no DATA until the initiator's first count (7.16). */
   private handover = false;
   private awaitingCount = false;
   /** Initiator, HANDOVER: the answer read, waiting for `swap()`. */
@@ -220,7 +220,7 @@ export class Connection {
   }
 
   /**
-   * PROTOCOL 7.15 step 7: a HANDOVER carries the session handed over by another node. Its result is RESUMED
+   * PROTOCOL 7.16 step 7: a HANDOVER carries the session handed over by another node. Its result is RESUMED
    * with this side's count; where the initiator's stream goes on is known only from its first counter record
    * (step 8), so no DATA goes out before it.
    */
@@ -346,7 +346,7 @@ export class Connection {
   }
 
   /**
-   * PROTOCOL 7.15 steps 7-8, initiator: the new node RESUMED the session. It supersedes the old connection
+   * PROTOCOL 7.16 steps 7-8, initiator: the new node RESUMED the session. It supersedes the old connection
    * (nothing more is taken from it), and the first record is this side's count, final from here on. Any other
    * answer leaves the session untouched on the old connection.
    */
@@ -478,7 +478,7 @@ export class Connection {
 
   private counted(s: Session, received: number): void {
     if (this.awaitingCount) {
-      // PROTOCOL 7.15 step 8: the first count after a HANDOVER says where this connection sends from.
+      // PROTOCOL 7.16 step 8: the first count after a HANDOVER says where this connection sends from.
       if (received < s.out.base || received > s.out.end) throw new ProtocolError(ProtocolCode.PROTOCOL, `hand-over count ${received} outside ${s.out.base}..${s.out.end}`);
       this.awaitingCount = false;
       s.wire = received;

@@ -4,7 +4,7 @@ import { SESSION_ID_LENGTH, type SessionLimits } from './limits.js';
 import { Session } from './session.js';
 
 /**
- * PROTOCOL 7.15 step 6: what a node hands over with a session, so that the next node continues both streams
+ * PROTOCOL 7.16 step 6: what a node hands over with a session, so that the next node continues both streams
  * byte for byte. Pure: the relay moves it through Redis.
  *
  * - `base`..`base + bytes.length` is the relay's stream not yet acknowledged by the agent (its replay
@@ -34,7 +34,7 @@ export function restoreSession(h: SessionHandoverState, limits: Partial<SessionL
   const s = new Session({ id: h.id.slice(), limits });
   s.out.base = s.out.end = h.base;
   if (h.bytes.length > 0) s.out.push(h.bytes.slice());
-  s.wire = s.out.end; // all of it may be on the agent's side; the first count after HANDOVER says (7.15 step 8)
+  s.wire = s.out.end; // all of it may be on the agent's side; the first count after HANDOVER says (7.16 step 8)
   s.acked = h.base;
   s.received = h.received;
   s.ackSent = h.received;

@@ -16,7 +16,7 @@ export interface ClientHello {
   received: number;
   /** ENROLL only: the device name and one-time secret from the enrollment token. */
   enroll?: { name: string; secret: string };
-  /** HANDOVER only (PROTOCOL 3.4, 7.15): the 16-byte request id of the REDIRECT being followed. */
+  /** HANDOVER only (PROTOCOL 3.4, 7.16): the 16-byte request id of the REDIRECT being followed. */
   requestId?: Uint8Array;
 }
 
@@ -33,7 +33,7 @@ export interface ServerHello {
 }
 
 const CLIENT_FIXED = 1 + 1 + 8 + SESSION_ID_LENGTH + 8;
-/** PROTOCOL 3.4: a HANDOVER hello ends with the 16-byte request id of the REDIRECT (7.15). */
+/** PROTOCOL 3.4: a HANDOVER hello ends with the 16-byte request id of the REDIRECT (7.16). */
 export const REQUEST_ID_LENGTH = 16;
 const SERVER_FIXED = 1 + 1 + SESSION_ID_LENGTH + 8;
 const enc = new TextEncoder();

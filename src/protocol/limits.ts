@@ -58,3 +58,6 @@ export const DEFAULT_TIMERS: ConnectionTimers = {
   pingInterval: 10_000,
   idleTimeout: 25_000,
 };
+
+/** PROTOCOL 7.14: bytes of an upload an agent may send beyond the relay's last SEND_ACK `have`. */
+export const SEND_WINDOW = 4 * 1024 * 1024;

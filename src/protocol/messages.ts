@@ -18,7 +18,12 @@ export const MessageType = {
   CANCEL: 8,
   PRESENCE_QUERY: 9,
   PRESENCE: 10,
-  // 11-16 are the send messages (PROTOCOL 7.14 on the send branch); the redirect takes the next ones.
+  SEND: 11,
+  SEND_ACK: 12,
+  SEND_CHUNK: 13,
+  SEND_END: 14,
+  WATCH: 15,
+  STATUS: 16,
   REDIRECT: 17,
   REDIRECT_REFUSED: 18,
 } as const;
@@ -32,7 +37,7 @@ export interface Headers {
    */
   [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[]; caps?: string[] };
   /** Relay → agent: a file follows from `offset` in CHUNKs. */
-  [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number };
+  [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number; sealed?: boolean };
   /** Relay → agent: the next bytes of the current file `id`. */
   [MessageType.CHUNK]: { id: string };
   /** Agent → relay: the file is complete on the host's disk (fsync'd) and its SHA-256 matched. */
@@ -48,16 +53,28 @@ export interface Headers {
   /** Agent → relay: is `device` connected? (`dropwire online` on a host) */
   [MessageType.PRESENCE_QUERY]: { qid: number; device: string };
   /** Relay → agent: the answer to PRESENCE_QUERY `qid`; `known` false for a device that does not exist. */
-  [MessageType.PRESENCE]: { qid: number; device: string; known: boolean; online: boolean; lastSeen: number | null };
-  /** Relay → agent (PROTOCOL 7.15): continue this session at the node `to` before `deadline` (Unix ms), presenting `rid`. */
+  [MessageType.PRESENCE]: { qid: number; device: string; known: boolean; online: boolean; lastSeen: number | null; publicKey?: string };
+  /** Agent → relay: offers a file for `to` (PROTOCOL 7.14); `sid` is the sender's own name for the upload. */
+  [MessageType.SEND]: { sid: string; to: string; filename: string; size: number; sha256: string; sealed?: boolean };
+  /** Relay → agent: the relay holds the first `have` bytes of upload `sid`; send from there, at most SEND_WINDOW ahead. */
+  [MessageType.SEND_ACK]: { sid: string; have: number };
+  /** Agent → relay: the next bytes of upload `sid`. */
+  [MessageType.SEND_CHUNK]: { sid: string };
+  /** Relay → agent: upload `sid` is stored durably as message `id`, or refused with `code`. */
+  [MessageType.SEND_END]: { sid: string; id?: string; code?: string; message?: string };
+  /** Agent → relay: report the status of message `id`, which this device sent, now and when it is final. */
+  [MessageType.WATCH]: { id: string };
+  /** Relay → agent: the status of a watched message; `result` is what the receiver's handler reported. */
+  [MessageType.STATUS]: { id: string; status: string; result?: Record<string, unknown> };
+  /** Relay → agent (PROTOCOL 7.16): continue this session at the node `to` before `deadline` (Unix ms), presenting `rid`. */
   [MessageType.REDIRECT]: { rid: string; to: string; deadline: number };
-  /** Agent → relay (PROTOCOL 7.16): the agent stays where it is; `code` says why. */
+  /** Agent → relay (PROTOCOL 7.17): the agent stays where it is; `code` says why. */
   [MessageType.REDIRECT_REFUSED]: { rid: string; code: string };
 }
 
-/** PROTOCOL 7.3: the capability an agent lists in HELLO `caps` when it understands REDIRECT (7.15). */
+/** PROTOCOL 7.3: the capability an agent lists in HELLO `caps` when it understands REDIRECT (7.16). */
 export const CAP_REDIRECT = 'redirect';
-/** PROTOCOL 7.15: a request id is 16 bytes, written as 32 lowercase hex digits. */
+/** PROTOCOL 7.16: a request id is 16 bytes, written as 32 lowercase hex digits. */
 export const isRequestId = (x: unknown): x is string => typeof x === 'string' && /^[0-9a-f]{32}$/.test(x);
 const KNOWN_TYPES: ReadonlySet<number> = new Set(Object.values(MessageType));
 
@@ -100,6 +117,8 @@ function bad(msg: string, cause?: unknown): ProtocolError {
 
 const isStr = (x: unknown): x is string => typeof x === 'string' && x.length > 0 && x.length <= 1024;
 const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+/** PROTOCOL 7.14: an upload id, chosen by the sender. */
+const isSid = (x: unknown): x is string => typeof x === 'string' && /^[0-9a-z]{1,64}$/.test(x);
 
 /** PROTOCOL 7: every header is checked field by field before anyone uses it. */
 function checkHeader(type: number, h: Record<string, unknown>): Message {
@@ -118,6 +137,7 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
       for (const f of ['id', 'from', 'filename', 'sha256'] as const) if (!isStr(h[f])) throw fail(f);
       for (const f of ['size', 'offset', 'createdAt'] as const) if (!isCount(h[f])) throw fail(f);
       if ((h.offset as number) > (h.size as number)) throw fail('offset');
+      if (h.sealed !== undefined && typeof h.sealed !== 'boolean') throw fail('sealed');
       break;
     case MessageType.CHUNK:
     case MessageType.RECEIVED:
@@ -143,6 +163,36 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
       if (typeof h.known !== 'boolean') throw fail('known');
       if (typeof h.online !== 'boolean') throw fail('online');
       if (h.lastSeen !== null && !isCount(h.lastSeen)) throw fail('lastSeen');
+      if (h.publicKey !== undefined && (typeof h.publicKey !== 'string' || !/^[0-9a-f]{64}$/.test(h.publicKey))) throw fail('publicKey');
+      break;
+    case MessageType.SEND:
+      if (!isSid(h.sid)) throw fail('sid');
+      for (const f of ['to', 'filename'] as const) if (!isStr(h[f])) throw fail(f);
+      if (!isCount(h.size)) throw fail('size');
+      if (typeof h.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(h.sha256)) throw fail('sha256');
+      if (h.sealed !== undefined && typeof h.sealed !== 'boolean') throw fail('sealed');
+      break;
+    case MessageType.SEND_ACK:
+      if (!isSid(h.sid)) throw fail('sid');
+      if (!isCount(h.have)) throw fail('have');
+      break;
+    case MessageType.SEND_CHUNK:
+      if (!isSid(h.sid)) throw fail('sid');
+      break;
+    case MessageType.SEND_END:
+      if (!isSid(h.sid)) throw fail('sid');
+      if ((h.id === undefined) === (h.code === undefined)) throw fail(h.id === undefined ? 'code' : 'id');
+      if (h.id !== undefined && !isStr(h.id)) throw fail('id');
+      if (h.code !== undefined && (typeof h.code !== 'string' || !/^DW_[A-Z0-9_]+$/.test(h.code))) throw fail('code');
+      if (h.message !== undefined && typeof h.message !== 'string') throw fail('message');
+      break;
+    case MessageType.WATCH:
+      if (!isStr(h.id)) throw fail('id');
+      break;
+    case MessageType.STATUS:
+      if (!isStr(h.id)) throw fail('id');
+      if (!isStr(h.status)) throw fail('status');
+      if (h.result !== undefined && (typeof h.result !== 'object' || h.result === null || Array.isArray(h.result))) throw fail('result');
       break;
     case MessageType.REDIRECT:
       if (!isRequestId(h.rid)) throw fail('rid');
@@ -186,7 +236,7 @@ export class MessageDecoder {
   }
 
   /**
-   * The bytes of a message begun but not complete (PROTOCOL 7.15: handed over with the session), taking
+   * The bytes of a message begun but not complete (PROTOCOL 7.16: handed over with the session), taking
    * them out; a decoder fed them again continues where this one stopped.
    */
   takePending(): Uint8Array {

@@ -71,15 +71,16 @@ async function withStore<T>(target: AdminTarget, fn: (s: Store) => Promise<T>): 
   }
 }
 
-export async function addDevice(target: AdminTarget, name: string, o: { public?: string; ttlHours?: number } = {}): Promise<string> {
+export async function addDevice(target: AdminTarget, name: string, o: { public?: string; ttlHours?: number; sendTo?: string } = {}): Promise<string> {
   checkName('device', name);
+  if (o.sendTo !== undefined) checkGlob(o.sendTo);
   const url = storeUrl(target);
   if (url) {
     // A cluster: the token carries every agent address of the cluster (or --public's list), its public key.
     const { withClusterAdmin } = await import('./cluster/admin.js');
     return withClusterAdmin(url, async (a) => {
       const relays = o.public ? o.public.split(',').map((s) => s.trim()).filter(Boolean) : a.config.agents;
-      const { secret, record } = newEnrollment(name, o.ttlHours);
+      const { secret, record } = newEnrollment(name, o.ttlHours, o.sendTo);
       await a.store.createDevice(record);
       return encodeEnrollmentToken({ relays, relayKey: a.config.publicKey, name, secret, expiresAt: record.enrollExpiresAt! });
     });
@@ -90,17 +91,34 @@ export async function addDevice(target: AdminTarget, name: string, o: { public?:
   const relay = o.public ?? info?.public;
   if (!relay) throw new DropwireError('DW_NO_ADDRESS', 'the relay is not running: pass --public HOST:PORT (the address agents dial)');
   const keys = loadOrCreateKeyPair(relayPaths(dataDir).key);
-  const { secret, record } = newEnrollment(name, o.ttlHours);
+  const { secret, record } = newEnrollment(name, o.ttlHours, o.sendTo);
   await withStore(dataDir, (s) => s.createDevice(record));
   // `--public a,b`: every address goes into the token (TCP and wss://…/v1/connect, or a cluster's nodes).
   return encodeEnrollmentToken({ relays: relay.split(',').map((a) => a.trim()).filter(Boolean), relayKey: toHex(keys.publicKey), name, secret, expiresAt: record.enrollExpiresAt! });
 }
 
 /** A device waiting for enrollment, and the one-time secret its token carries (only its hash is stored). */
-function newEnrollment(name: string, ttlHours = DEFAULT_ENROLL_TTL_H): { secret: string; record: DeviceRecord } {
+function newEnrollment(name: string, ttlHours = DEFAULT_ENROLL_TTL_H, sendTo?: string): { secret: string; record: DeviceRecord } {
   const secret = randomBytes(18).toString('base64url');
   const now = Date.now();
-  return { secret, record: { name, enrollSecretHash: createHash('sha256').update(secret).digest('hex'), enrollExpiresAt: now + ttlHours * 3600_000, createdAt: now } };
+  return { secret, record: { name, enrollSecretHash: createHash('sha256').update(secret).digest('hex'), enrollExpiresAt: now + ttlHours * 3600_000, createdAt: now, ...(sendTo !== undefined ? { sendTo } : {}) } };
+}
+
+/** A send-to glob: names, `*` and `?`; `-` alone means nowhere. */
+function checkGlob(glob: string): void {
+  if (glob !== '-' && !/^[A-Za-z0-9._*?-]{1,64}$/.test(glob)) {
+    throw new DropwireError('DW_BAD_ARGUMENT', `--send-to must be a glob of names (letters, digits, '.', '_', '-', '*', '?'), or '-' for nowhere; got '${glob}'`);
+  }
+}
+
+/**
+ * `relay device allow NAME --send-to GLOB`: where the device may send files (PROTOCOL 7.14); `-` takes it
+ * back. The relay reads it at every offer: it applies at once, running or not.
+ */
+export async function allowDevice(target: AdminTarget, name: string, sendTo: string): Promise<void> {
+  checkGlob(sendTo);
+  const found = await withStore(target, (s) => s.setSendTo(name, sendTo === '-' ? undefined : sendTo));
+  if (!found) throw new DropwireError('DW_UNKNOWN_DEVICE', `no device named '${name}'`);
 }
 
 export function listDevices(target: AdminTarget): Promise<DeviceRecord[]> {
@@ -140,21 +158,34 @@ async function tellRunningRelay(dataDir: string, urlPath: string): Promise<boole
 }
 
 /** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
-export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
+export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string; receive?: boolean; deliverUrl?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
   checkName('token', name);
-  if (o.webhook !== undefined) {
+  for (const [flag, v] of [['--webhook', o.webhook], ['--deliver-url', o.deliverUrl]] as const) {
+    if (v === undefined) continue;
     let u: URL;
     try {
-      u = new URL(o.webhook);
+      u = new URL(v);
     } catch {
-      throw new DropwireError('DW_BAD_ARGUMENT', `--webhook must be an http(s) URL, got '${o.webhook}'`);
+      throw new DropwireError('DW_BAD_ARGUMENT', `${flag} must be an http(s) URL, got '${v}'`);
     }
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new DropwireError('DW_BAD_ARGUMENT', '--webhook must be an http(s) URL');
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new DropwireError('DW_BAD_ARGUMENT', `${flag} must be an http(s) URL`);
   }
+  if (o.deliverUrl !== undefined && !o.receive) throw new DropwireError('DW_BAD_ARGUMENT', '--deliver-url goes with --receive');
   const secret = `dwt_${randomBytes(24).toString('base64url')}`;
-  const webhookSecret = o.webhook ? `whsec_${randomBytes(24).toString('base64url')}` : undefined;
+  // One signing key for the token's webhook and for the files pushed to it.
+  const webhookSecret = o.webhook || o.deliverUrl ? `whsec_${randomBytes(24).toString('base64url')}` : undefined;
   await withStore(target, async (s) => {
-    await s.createToken({ name, hash: tokenHash(secret), to: o.to ?? '*', ...(o.webhook ? { webhook: o.webhook, webhookSecret } : {}), createdAt: Date.now() });
+    if (o.receive && (await s.getDevice(name))) throw new DropwireError('DW_NAME_TAKEN', `a device is named '${name}': a receiving site needs a name of its own`);
+    await s.createToken({
+      name,
+      hash: tokenHash(secret),
+      to: o.to ?? '*',
+      ...(o.webhook ? { webhook: o.webhook } : {}),
+      ...(webhookSecret ? { webhookSecret } : {}),
+      ...(o.receive ? { receive: true } : {}),
+      ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}),
+      createdAt: Date.now(),
+    });
     // A new webhook starts with the events from now on, not the relay's whole history.
     if (o.webhook) await s.skipWebhookEvents(name, await s.lastEventSeq());
   });

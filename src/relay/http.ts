@@ -10,6 +10,7 @@ import type { BodyStorage } from './body-storage.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { cancelMessage, RESERVED_KEY_PREFIX, retryLinks, retryMessage, type MessageActionDeps } from './message-actions.js';
+import { plainSize } from '../protocol/seal.js';
 import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
 
 export interface HttpOptions {
@@ -264,6 +265,14 @@ export class HttpApi {
       return send(res, 200, { ok: true, online: this.o.hub.onlineCount() });
     }
     if (parts[0] === 'v1' && parts[1] === 'admin') return this.admin(req, res, method, parts.slice(2));
+    if (parts[0] === 'v1' && parts[1] === 'inbox') {
+      // Sites that receive files from devices and pull them (src/relay/receive/inbox.ts).
+      const site = await this.authenticate(req);
+      const { inbox, InboxError } = await import('./receive/inbox.js');
+      return inbox({ store: this.o.store, hub: this.o.hub, feed: this.o.feed, now: this.now }, req, res, url, site, parts).catch((err: unknown) => {
+        throw err instanceof InboxError ? new HttpError(err.status, err.code, err.message) : err;
+      });
+    }
     const e = endpoint(parts);
     if (!e) throw new HttpError(404, 'DW_NOT_FOUND', 'no such endpoint');
     if (!e.methods.includes(method)) {
@@ -359,6 +368,8 @@ export class HttpApi {
     const deadline = seconds(url, 'deadline', DEFAULT_DEADLINE_S);
     const ttl = seconds(url, 'ttl', undefined);
     const allowEmpty = url.searchParams.get('allowEmpty') === '1';
+    // PROTOCOL 12: the body is an envelope sealed to the device's key (GET /v1/devices/NAME `publicKey`).
+    const sealed = url.searchParams.get('sealed') === '1';
     const idempotencyKey = req.headers['idempotency-key'];
     const ikey = typeof idempotencyKey === 'string' && idempotencyKey.length > 0 ? idempotencyKey.slice(0, 200) : undefined;
     if (ikey?.startsWith(RESERVED_KEY_PREFIX)) {
@@ -419,7 +430,10 @@ export class HttpApi {
     } catch (err) {
       await refuse(err as HttpError);
     }
-    if (received.size === 0 && !allowEmpty) {
+    if (sealed && plainSize(received.size) === undefined) {
+      await refuse(new HttpError(400, 'DW_BAD_SEAL', `sealed=1, but no sealed envelope is ${received.size} bytes long (PROTOCOL 12)`));
+    }
+    if (received.size === 0 && !allowEmpty && !sealed) {
       await refuse(new HttpError(400, 'DW_EMPTY_BODY', 'the body is empty (nothing was read from the file?); add allowEmpty=1 to send an empty file'));
     }
     const { message, created } = await store.enqueue({
@@ -434,6 +448,7 @@ export class HttpApi {
       createdAt: now,
       deadlineAt: now + deadline * 1000,
       ...(ttl !== undefined ? { expiresAt: now + ttl * 1000 } : {}),
+      ...(sealed ? { sealed: true } : {}),
     });
     if (!created && received.bodyPath) await blobs.remove(received.bodyPath);
     if (!created && (message.sha256 !== received.sha256 || message.to !== to || message.filename !== filename)) {
@@ -541,7 +556,8 @@ export class HttpApi {
     if (!scopeAllows(token.to, name)) throw unknownDevice(name);
     const d = await this.o.store.getDevice(name);
     if (!d) throw unknownDevice(name);
-    send(res, 200, await this.deviceView(d.name, d.lastSeen, d.agentVersion));
+    // PROTOCOL 12: the key HTTP senders seal to (null until the device enrolls).
+    send(res, 200, { ...(await this.deviceView(d.name, d.lastSeen, d.agentVersion)), publicKey: d.publicKey ?? null });
   }
 
   /**
@@ -668,24 +684,29 @@ function clientErrorAnswer(err: Error & { code?: string; rawPacket?: Buffer }): 
   }
 }
 
-/** A body stream read until `signal` aborts, which rejects the read with the abort reason. */
+/**
+ * A body stream read until `signal` aborts, which rejects the read with the abort reason. Each read races
+ * a promise of its own that is dropped after it: one long-lived promise raced against every read would keep
+ * every chunk reachable (a race's reaction stays on the never-settling promise), 1 GiB for a 1 GiB upload.
+ */
 async function* untilAborted(src: Readable, signal: AbortSignal): AsyncIterable<Buffer> {
   const it = src.iterator({ destroyOnReturn: false });
-  let onAbort!: () => void;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason);
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-  });
-  aborted.catch(() => {});
-  try {
-    for (;;) {
-      const r = await Promise.race([it.next(), aborted]);
-      if (r.done) return;
-      yield r.value as Buffer;
+  for (;;) {
+    if (signal.aborted) throw signal.reason;
+    let onAbort!: () => void;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    aborted.catch(() => {});
+    let r: IteratorResult<unknown>;
+    try {
+      r = await Promise.race([it.next(), aborted]);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
     }
-  } finally {
-    signal.removeEventListener('abort', onAbort);
+    if (r.done) return;
+    yield r.value as Buffer;
   }
 }
 

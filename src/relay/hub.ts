@@ -31,6 +31,22 @@ export interface StatusEvent {
   detail?: Record<string, unknown>;
 }
 
+/**
+ * Where what an agent sends as a sender goes (PROTOCOL 7.14, 7.15): uploads and WATCH, handled beside the
+ * hub (src/relay/uploads.ts). `reply` writes to that agent's current stream only.
+ */
+export interface AgentSender {
+  /** True when the message was one of the sender's. May throw DW_BAD_MESSAGE (the session is retired). */
+  onMessage(device: string, m: Message, reply: PeerReply): boolean;
+}
+export interface PeerReply {
+  send<T extends MessageType>(type: T, header: Parameters<typeof encodeMessage<T>>[1], body?: Uint8Array): boolean;
+  /** The stream this reply writes to is still the device's current one. */
+  readonly live: boolean;
+  /** Resolves once the replay buffer has room again (or the stream ended). */
+  drained(): Promise<void>;
+}
+
 /** A device counts as offline only after its link has been gone this long (a resume in between is no event). */
 export const OFFLINE_GRACE_MS = 1_500;
 
@@ -49,7 +65,7 @@ export interface HubCluster {
   presence(device: string, online: boolean): Promise<boolean>;
   onlineElsewhere(device: string): boolean;
   /**
-   * PROTOCOL 7.15 step 5-6 at the target: checks a HANDOVER's request and brings the session's state from
+   * PROTOCOL 7.16 step 5-6 at the target: checks a HANDOVER's request and brings the session's state from
    * the node that held it; rejects with a `{ code }` to refuse the handshake.
    */
   takeHandover?(device: string, requestId: string, sessionId: Uint8Array): Promise<SessionHandoverState>;
@@ -57,7 +73,7 @@ export interface HubCluster {
 
 /** What the hub tells about redirects (src/relay/cluster/redirect.ts listens). */
 export interface RedirectEvents {
-  /** The agent answered REDIRECT_REFUSED (PROTOCOL 7.16). */
+  /** The agent answered REDIRECT_REFUSED (PROTOCOL 7.17). */
   refused: { device: string; rid: string; code: string };
   /** After a HANDOVER, the agent's count arrived: `resent` bytes were on the old wire and go out again. */
   position: { device: string; received: number; resent: number };
@@ -136,11 +152,13 @@ const STOPPED_MAX = 100_000;
  */
 export class Hub extends EventEmitter {
   private readonly o: HubOptions;
+  /** Uploads and WATCH from agents (set by the relay's composition). */
+  sender: AgentSender | undefined;
   private readonly peers = new Map<string, Peer>();
   private readonly byLink = new Map<Link, Peer>();
   private readonly now: () => number;
   private closed = false;
-  /** Sockets of sessions handed out (PROTOCOL 7.15) still delivering their last bytes. */
+  /** Sockets of sessions handed out (PROTOCOL 7.16) still delivering their last bytes. */
   private readonly flushing = new Set<Link['socket']>();
   /** A node being drained: new agents are refused (`DW_NODE_DRAINING`), `/healthz` says 503. */
   draining = false;
@@ -216,7 +234,7 @@ export class Hub extends EventEmitter {
     return this.peers.get(device)?.session.id;
   }
 
-  /** PROTOCOL 7.15 step 2: sends REDIRECT on the device's live session; false when it cannot be sent one. */
+  /** PROTOCOL 7.16 step 2: sends REDIRECT on the device's live session; false when it cannot be sent one. */
   redirect(device: string, header: Headers[typeof MessageType.REDIRECT]): boolean {
     const p = this.peers.get(device);
     if (!p || p.redirectable !== true || !p.ready || p.link?.connection.isEstablished !== true) return false;
@@ -225,7 +243,7 @@ export class Hub extends EventEmitter {
   }
 
   /**
-   * PROTOCOL 7.15 step 6 at the source: stops writing to the device's session (at a message boundary), ends
+   * PROTOCOL 7.16 step 6 at the source: stops writing to the device's session (at a message boundary), ends
    * its connection with CLOSE(DW_REDIRECTED), and gives the session's state for the next node; the session is
    * gone from here. Undefined when this hub holds no session of the device.
    */
@@ -255,7 +273,7 @@ export class Hub extends EventEmitter {
     await new Promise((r) => setImmediate(r)); // CONFIRMs of the writes just settled go into the stream
     if (this.peers.get(device) !== p || p.session.closed) return undefined;
     const partial: Record<string, number> = Object.fromEntries(p.partial ?? []);
-    // The file in flight continues from what was written of it (PROTOCOL 7.15: no byte sent twice).
+    // The file in flight continues from what was written of it (PROTOCOL 7.16: no byte sent twice).
     for (const id of p.sentTo?.keys() ?? []) {
       const written = this.progress.get(id);
       if (written !== undefined && written > 0) partial[id] = written;
@@ -478,7 +496,7 @@ export class Hub extends EventEmitter {
     if (this.draining) return refuse('DW_NODE_DRAINING', 'this node is being drained');
     if (!this.ready) return refuse('DW_NODE_NOT_READY', 'this node is still joining the cluster');
     if (hello.kind === HelloKind.HANDOVER) {
-      // PROTOCOL 7.15: the device is claimed for the redirect, once its request is checked (takeHandover).
+      // PROTOCOL 7.16: the device is claimed for the redirect, once its request is checked (takeHandover).
       await store.touchDevice(device.name, this.now(), hello.timestamp);
       if (link.connection.isClosed || this.closed) return;
       return this.takeHandover(link, device.name, hello, refuse);
@@ -502,7 +520,7 @@ export class Hub extends EventEmitter {
     link.pump();
   }
 
-  /** PROTOCOL 7.15 step 7 at the target: the session continues here at the same counts. */
+  /** PROTOCOL 7.16 step 7 at the target: the session continues here at the same counts. */
   private async takeHandover(link: Link, device: string, hello: ClientHello, refuse: (code: string, why: string) => void): Promise<void> {
     const cluster = this.o.cluster;
     if (!cluster?.takeHandover || !hello.requestId) return refuse('DW_REDIRECT_UNKNOWN', 'no such redirect request');
@@ -588,6 +606,12 @@ export class Hub extends EventEmitter {
     this.forget(p);
   }
 
+  /** A durable write only when the version changed: every reconnect sends HELLO, few bring a new version. */
+  private async recordAgentVersion(device: string, version: string): Promise<void> {
+    const d = await this.o.store.getDevice(device);
+    if (d && d.agentVersion !== version) await this.o.store.setAgentVersion(device, version);
+  }
+
   private forget(p: Peer): void {
     if (this.peers.get(p.device) !== p) return;
     this.peers.delete(p.device);
@@ -602,7 +626,7 @@ export class Hub extends EventEmitter {
         for (const { id, have } of m.header.partial) (p.partial ??= new Map()).set(id, have);
         p.redirectable = m.header.caps?.includes(CAP_REDIRECT) === true;
         const version = agentVersionOf(m.header.agent); // PROTOCOL 7.3; shown by GET /v1/devices/NAME
-        if (version) this.o.store.setAgentVersion(p.device, version).catch(() => {});
+        if (version) this.recordAgentVersion(p.device, version).catch(() => {});
         // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
         this.afterWrites(p, () => {
           p.ready = true;
@@ -623,7 +647,8 @@ export class Hub extends EventEmitter {
       case MessageType.PRESENCE_QUERY: {
         const { qid, device } = m.header;
         void this.o.store.getDevice(device).then(
-          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null }),
+          // PROTOCOL 7.10a: `publicKey` lets the asking agent seal files to that device (12).
+          (d) => this.send(p, MessageType.PRESENCE, { qid, device, known: d !== undefined, online: d ? this.isOnline(device) : false, lastSeen: d?.lastSeen ?? null, ...(d?.publicKey ? { publicKey: d.publicKey } : {}) }),
           () => this.send(p, MessageType.PRESENCE, { qid, device, known: false, online: false, lastSeen: null }),
         );
         return;
@@ -638,8 +663,22 @@ export class Hub extends EventEmitter {
         this.deliver(p);
         return;
       default:
+        if (this.sender?.onMessage(p.device, m, this.replyTo(p))) return;
         throw Object.assign(new Error(`message type ${m.type} is not for the relay`), { code: ProtocolCode.BAD_MESSAGE });
     }
+  }
+
+  /** Writes to this peer's current stream only: a later stream (or a retired session) drops the answer. */
+  private replyTo(p: Peer): PeerReply {
+    const gen = p.gen;
+    const live = () => p.gen === gen && !p.session.closed && this.peers.get(p.device) === p;
+    return {
+      send: (type, header, body) => (live() ? this.send(p, type, header, body) : false),
+      get live() {
+        return live();
+      },
+      drained: () => this.drained(p, gen),
+    };
   }
 
   private pendingWrites = new Map<Peer, Promise<unknown>>();
@@ -808,7 +847,7 @@ export class Hub extends EventEmitter {
         })
         .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
     }
-    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt });
+    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt, ...(m.sealed ? { sealed: true } : {}) });
     const before = this.progress.get(m.id);
     if (before !== undefined) {
       // A second attempt at this file: say how much of what had gone out is sent again.

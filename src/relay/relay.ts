@@ -18,8 +18,10 @@ import { DeadlineSweeper } from './deadlines.js';
 import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
 import { Downloads } from './downloads.js';
-import { HttpApi } from './http.js';
+import { HttpApi, messageId } from './http.js';
 import { Hub } from './hub.js';
+import { Uploads } from './uploads.js';
+import { SitePush } from './receive/push.js';
 import { TlsFiles } from './tls.js';
 import { openSqliteStore, type SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/types.js';
@@ -178,6 +180,8 @@ export class Relay<S extends Store = SqliteStore> {
     feed.setMaxListeners(0);
     const hub = new Hub({ store, keys, crypto, log: o.log, feed, ...(cluster ? { cluster, bodies: blobs } : {}), ...(o.timers ? { timers: o.timers } : {}), ...(o.limits ? { limits: o.limits } : {}) });
     if (cluster) hub.ready = false; // agents only once the node is registered and heart-beating (below)
+    // Files agents send (PROTOCOL 7.14) and their WATCHes.
+    hub.sender = new Uploads({ store, hub, blobs, uploadsDir: path.join(o.dataDir, 'uploads'), feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, newId: messageId });
     const listener = new Listener({
       host: o.listen.host,
       port: o.listen.port,
@@ -189,11 +193,16 @@ export class Relay<S extends Store = SqliteStore> {
     const background = (gate?: () => boolean) => {
       const webhooks = new Webhooks({ store, feed, log: o.log, ...(gate ? { gate } : {}) });
       const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log, ...(gate ? { gate } : {}) });
+      const pushes = new SitePush({ store, hub, feed, log: o.log, ...(gate ? { gate } : {}) });
       webhooks.refresh(); // deliver what is still owed from before a restart
       return {
-        refresh: () => webhooks.refresh(),
+        refresh: () => {
+          webhooks.refresh();
+          pushes.refresh();
+        },
         close: () => {
           webhooks.close();
+          pushes.close();
           sweeper.close();
         },
       };

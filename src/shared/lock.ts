@@ -12,6 +12,7 @@ import { DropwireError } from './errors.js';
 
 export const LOCK_FILE = 'dropwire.lock';
 const SQLITE_BUSY = 5;
+const SQLITE_FULL = 13;
 
 export class FolderLocked extends DropwireError {
   readonly pid: number | undefined;
@@ -26,7 +27,7 @@ export class FolderLock {
   readonly file: string;
   private db: DatabaseSync | undefined;
 
-  private constructor(file: string, db: DatabaseSync) {
+  private constructor(file: string, db: DatabaseSync | undefined) {
     this.file = file;
     this.db = db;
   }
@@ -49,6 +50,14 @@ export class FolderLock {
       db.exec('BEGIN IMMEDIATE');
       return new FolderLock(file, db);
     } catch (err) {
+      if ((err as { errcode?: number }).errcode === SQLITE_FULL) {
+        // A full disk, and nobody holds the lock (a holder would have made this BUSY first): no lock can be
+        // written now. Go on unlocked, so that what the process writes next says why it cannot run
+        // (e.g. the agent's DW_DISK_FULL); the control socket check still refuses a second agent.
+        if (db.isTransaction) db.exec('ROLLBACK');
+        db.close();
+        return new FolderLock(file, undefined);
+      }
       if ((err as { errcode?: number }).errcode !== SQLITE_BUSY) {
         db.close();
         throw new DropwireError('DW_LOCK', `cannot lock ${dir}: ${(err as Error).message}`, { cause: err });

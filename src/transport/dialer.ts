@@ -187,7 +187,16 @@ export class Dialer {
           opened.stream.destroy();
           return;
         }
-        const link = new Link(opened.stream, this.o.connection(), this.events, this.o.now, opened.transport);
+        let connection: Connection;
+        try {
+          connection = this.o.connection();
+        } catch (err) {
+          // e.g. the journal cannot be written: give up this attempt, not the process.
+          opened.stream.destroy();
+          this.retry(err as Error);
+          return;
+        }
+        const link = new Link(opened.stream, connection, this.events, this.o.now, opened.transport);
         this.link = link;
         this.o.events.onOpen?.(opened, link);
         link.pump();

@@ -89,10 +89,28 @@ describe.skipIf(why !== undefined)('once per cluster', () => {
     expect(hook.of('device.offline', 'shop')).toHaveLength(offlineBefore + 1);
     expect(hook.of('device.online', 'shop')).toHaveLength(offlineBefore);
 
-    // A node dies with an agent that never comes back: the node running the once-per-cluster work tells
-    // device.offline once, after the dead node's heartbeats have been missing for 10 s.
+    // A node stopped cleanly (SIGTERM) with the agent on it (not the node running the reaper): the agent
+    // moves, and no presence event is told.
+    const runner = (await c.client.get('dw:lease:background'))!.split('|')[0]!;
+    const holding = c.nodes.find((n) => n.proc && n.name !== runner)!;
+    c.front.backends = () => [holding.agentsPort];
     agent = spawnCli(['agent', '--home', home]);
     await waitFor(() => (hook.of('device.online', 'shop').length === offlineBefore + 1 ? true : undefined), 30_000, 'shop online again');
+    expect((await owners(c.client, ['shop'])).get('shop')!.node).toBe(holding.name);
+    const eventsBefore = hook.received.length;
+    // The agent finds no other node for 3 s (longer than a reaper's round): still no event.
+    c.front.backends = () => [holding.agentsPort];
+    await holding.proc!.kill('SIGTERM');
+    holding.proc = undefined;
+    await new Promise((r) => setTimeout(r, 3_000));
+    c.front.backends = () => c.nodes.filter((n) => n.proc).map((n) => n.agentsPort);
+    await waitFor(async () => ((await owners(c.client, ['shop'])).get('shop')!.node ? true : undefined), 20_000, 'shop on another node');
+    await new Promise((r) => setTimeout(r, 8_000)); // past the grace for a stopped node's devices
+    expect(hook.received.slice(eventsBefore).filter((r) => r.body.type.startsWith('device.'))).toEqual([]);
+    await c.startNode(holding);
+
+    // A node dies with an agent that never comes back: the node running the once-per-cluster work tells
+    // device.offline once, after the dead node's heartbeats have been missing for 10 s.
     const on = (await owners(c.client, ['shop'])).get('shop')!.node!;
     await agent.kill('SIGKILL');
     const diedAt = Date.now();

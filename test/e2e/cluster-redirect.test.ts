@@ -1,5 +1,5 @@
 /**
- * Issue 13: moving agents between relay nodes without a gap (PROTOCOL 7.15, 7.16): `relay drain`, `relay move`,
+ * Issue 13: moving agents between relay nodes without a gap (PROTOCOL 7.16, 7.17): `relay drain`, `relay move`,
  * `relay rebalance`, with three (four) real nodes, a private redis-server and real agent processes on loopback.
  * Agent counts are scaled to what two shared cores run in a few minutes; `bench/redirect.ts` is the full size.
  */

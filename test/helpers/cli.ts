@@ -25,11 +25,29 @@ function defaultCwd(): string {
   return (emptyCwd ??= fs.mkdtempSync(path.join(os.tmpdir(), 'dw-empty-cwd-')));
 }
 
-/** PATH without any folder that holds a `node` executable. */
+const NODE_NAMES = new Set(['node', 'nodejs', 'node.exe']);
+const shadows = new Map<string, string>();
+
+/**
+ * PATH with every `node` taken out: a folder that holds one (here /usr/bin has the machine's Node 20) is
+ * replaced by a copy made of symbolic links to everything else in it, so the other tools stay reachable.
+ */
 export function pathWithoutNode(pathVar = process.env.PATH ?? ''): string {
   return pathVar
     .split(path.delimiter)
-    .filter((d) => d !== '' && !fs.existsSync(path.join(d, process.platform === 'win32' ? 'node.exe' : 'node')))
+    .filter((d) => d !== '' && fs.existsSync(d))
+    .map((d) => {
+      const entries = fs.readdirSync(d);
+      if (!entries.some((e) => NODE_NAMES.has(e))) return d;
+      let shadow = shadows.get(d);
+      if (!shadow) {
+        if (shadows.size === 0) process.once('exit', () => shadows.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
+        shadow = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-path-without-node-'));
+        for (const e of entries) if (!NODE_NAMES.has(e)) fs.symlinkSync(path.join(d, e), path.join(shadow, e));
+        shadows.set(d, shadow);
+      }
+      return shadow;
+    })
     .join(path.delimiter);
 }
 

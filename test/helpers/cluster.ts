@@ -134,12 +134,12 @@ export async function startCluster(o: { nodes: number; nodeArgs?: string[]; url?
   return { dir, redis, url, keyFile, nodes, front, client, startNode, killNode };
 }
 
-/** The node holding each device's session, and the claim's epoch (cluster/handover.ts). */
-export async function owners(client: Redis, devices: string[]): Promise<Map<string, { node: string | undefined; epoch: number }>> {
-  const out = new Map<string, { node: string | undefined; epoch: number }>();
+/** The node holding each device's session, the claim's epoch and when the node made it (cluster/handover.ts). */
+export async function owners(client: Redis, devices: string[]): Promise<Map<string, { node: string | undefined; epoch: number; at: number }>> {
+  const out = new Map<string, { node: string | undefined; epoch: number; at: number }>();
   for (const d of devices) {
     const h = await client.hgetall(`dw:owner:{${d}}`);
-    out.set(d, { node: h.node, epoch: Number(h.epoch ?? 0) });
+    out.set(d, { node: h.node, epoch: Number(h.epoch ?? 0), at: Number(h.at ?? 0) });
   }
   return out;
 }

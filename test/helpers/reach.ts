@@ -9,6 +9,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { onTestFinished } from 'vitest';
 import { alive } from './process.js';
+import { freePort } from './net.js';
+
+export { freePort };
 
 export const NGINX = '/usr/sbin/nginx';
 export const SQUID = '/usr/sbin/squid';
@@ -33,14 +36,6 @@ export function hasOpenssl(): boolean {
   }
 }
 
-/** A loopback port nothing listens on right now (bound and released). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => server.close(() => r()));
-  return port;
-}
 
 export async function waitListening(port: number, ms = 15_000, host = '127.0.0.1'): Promise<void> {
   const end = Date.now() + ms;

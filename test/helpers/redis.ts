@@ -10,6 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { findTool } from './cups.js';
+import { freePort } from './net.js';
+
+export { freePort };
 
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 5_000;
@@ -25,16 +28,6 @@ export function sentinelUnavailableReason(): string | undefined {
   return redisUnavailableReason() ?? (findTool('redis-sentinel') === undefined ? 'redis-sentinel not installed (apt-get install redis-sentinel)' : undefined);
 }
 
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 export interface PrivateRedisOptions {
   /** `appendonly yes` + `appendfsync always` (what a dropwire cluster requires). Default true. */

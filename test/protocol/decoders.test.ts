@@ -79,6 +79,7 @@ const cutsArb = fc.array(fc.nat(), { maxLength: 24 });
 
 const idArb = fc.string({ unit: 'binary', minLength: 1, maxLength: 24 });
 const countArb = fc.maxSafeNat();
+const sidArb = fc.stringMatching(/^[0-9a-z]{1,64}$/);
 const sha256Arb = fc.uint8Array({ minLength: 32, maxLength: 32 }).map(hex);
 
 const headerArbs: { [T in MessageType]: fc.Arbitrary<Record<string, unknown>> } = {
@@ -112,6 +113,18 @@ const headerArbs: { [T in MessageType]: fc.Arbitrary<Record<string, unknown>> } 
   [MessageType.CANCEL]: fc.record({ id: idArb }),
   [MessageType.PRESENCE_QUERY]: fc.record({ qid: countArb, device: idArb }),
   [MessageType.PRESENCE]: fc.record({ qid: countArb, device: idArb, known: fc.boolean(), online: fc.boolean(), lastSeen: fc.option(countArb, { nil: null }) }),
+  [MessageType.SEND]: fc.record(
+    { sid: sidArb, to: idArb, filename: idArb, size: countArb, sha256: sha256Arb, sealed: fc.boolean() },
+    { requiredKeys: ['sid', 'to', 'filename', 'size', 'sha256'] },
+  ),
+  [MessageType.SEND_ACK]: fc.record({ sid: sidArb, have: countArb }),
+  [MessageType.SEND_CHUNK]: fc.record({ sid: sidArb }),
+  [MessageType.SEND_END]: fc.oneof(fc.record({ sid: sidArb, id: idArb }), fc.record({ sid: sidArb, code: fc.constantFrom('DW_FORBIDDEN', 'DW_CHECKSUM'), message: fc.string() })),
+  [MessageType.WATCH]: fc.record({ id: idArb }),
+  [MessageType.STATUS]: fc.record(
+    { id: idArb, status: fc.constantFrom('queued', 'handled', 'failed'), result: fc.dictionary(fc.string(), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 3 }) },
+    { requiredKeys: ['id', 'status'] },
+  ),
   [MessageType.REDIRECT]: fc.record({ rid: fc.uint8Array({ minLength: 16, maxLength: 16 }).map(hex), to: idArb, deadline: countArb }),
   [MessageType.REDIRECT_REFUSED]: fc.record({ rid: fc.uint8Array({ minLength: 16, maxLength: 16 }).map(hex), code: fc.constantFrom('DW_REDIRECT_REFUSED', 'DW_REDIRECT_TIMEOUT', 'DW_X') }),
 };
@@ -338,6 +351,12 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
     [MessageType.CANCEL]: { id: 'f1' },
     [MessageType.PRESENCE_QUERY]: { qid: 1, device: 'shop' },
     [MessageType.PRESENCE]: { qid: 1, device: 'shop', known: true, online: false, lastSeen: null },
+    [MessageType.SEND]: { sid: 'u1', to: 'office', filename: 'a.csv', size: 10, sha256: 'ab'.repeat(32), sealed: true },
+    [MessageType.SEND_ACK]: { sid: 'u1', have: 0 },
+    [MessageType.SEND_CHUNK]: { sid: 'u1' },
+    [MessageType.SEND_END]: { sid: 'u1', id: 'm1' },
+    [MessageType.WATCH]: { id: 'm1' },
+    [MessageType.STATUS]: { id: 'm1', status: 'handled', result: { exitCode: 0 } },
     [MessageType.REDIRECT]: { rid: '00112233445566778899aabbccddeeff', to: '127.0.0.1:7391', deadline: 1700000010000 },
     [MessageType.REDIRECT_REFUSED]: { rid: '00112233445566778899aabbccddeeff', code: 'DW_REDIRECT_REFUSED' },
   };
@@ -368,6 +387,21 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
     [MessageType.PRESENCE, 'known', [undefined, null, 1, 'true']],
     [MessageType.PRESENCE, 'online', [undefined, null, 1, 'true']],
     [MessageType.PRESENCE, 'lastSeen', [undefined, -1, 1.5, '1']],
+    [MessageType.SEND, 'sid', [...notId, 'A1', 'a-1', 'x'.repeat(65)]],
+    [MessageType.SEND, 'to', notId],
+    [MessageType.SEND, 'filename', notId],
+    [MessageType.SEND, 'size', notCount],
+    [MessageType.SEND, 'sha256', [...notString, 'AB'.repeat(32), 'ab'.repeat(31)]],
+    [MessageType.SEND, 'sealed', [null, 1, 'true']],
+    [MessageType.SEND_ACK, 'sid', notId],
+    [MessageType.SEND_ACK, 'have', notCount],
+    [MessageType.SEND_CHUNK, 'sid', notId],
+    [MessageType.SEND_END, 'sid', notId],
+    [MessageType.SEND_END, 'id', [undefined, null, 1, '']],
+    [MessageType.WATCH, 'id', notId],
+    [MessageType.STATUS, 'id', notId],
+    [MessageType.STATUS, 'status', notId],
+    [MessageType.STATUS, 'result', [null, [], 'x', 1]],
     [MessageType.HELLO, 'caps', [null, 'redirect', [1], [''], {}]],
     [MessageType.REDIRECT, 'rid', [undefined, null, '', '00112233445566778899AABBCCDDEEFF', '0011', 1]],
     [MessageType.REDIRECT, 'to', notId],

@@ -565,6 +565,16 @@ function randomHeader(rng: Prng, type: MessageType): { [k: string]: unknown } {
       return { qid: randomCount(rng), device: id() };
     case MessageType.PRESENCE:
       return { qid: randomCount(rng), device: id(), known: rng.chance(0.5), online: rng.chance(0.5), lastSeen: rng.chance(0.5) ? null : randomCount(rng) };
+    case MessageType.SEND:
+      return { sid: sid(rng), to: id(), filename: id(), size: randomCount(rng), sha256: toHex(rng.bytes(32)), ...(rng.chance(0.5) ? { sealed: rng.chance(0.5) } : {}) };
+    case MessageType.SEND_ACK:
+      return { sid: sid(rng), have: randomCount(rng) };
+    case MessageType.SEND_CHUNK:
+      return { sid: sid(rng) };
+    case MessageType.SEND_END:
+      return rng.chance(0.5) ? { sid: sid(rng), id: id() } : { sid: sid(rng), code: 'DW_FORBIDDEN', message: randomString(rng) };
+    case MessageType.STATUS:
+      return { id: id(), status: rng.pick(['queued', 'handled', 'failed']), ...(rng.chance(0.5) ? { result: { exitCode: rng.int(256) } } : {}) };
     case MessageType.REDIRECT:
       return { rid: toHex(rng.bytes(16)), to: id(), deadline: randomCount(rng) };
     case MessageType.REDIRECT_REFUSED:
@@ -575,6 +585,11 @@ function randomHeader(rng: Prng, type: MessageType): { [k: string]: unknown } {
 }
 
 const MESSAGE_TYPES = Object.values(MessageType);
+
+/** An upload id (PROTOCOL 7.14): 1 to 64 of [0-9a-z]. */
+function sid(rng: Prng): string {
+  return Array.from({ length: 1 + rng.int(12) }, () => '0123456789abcdefghijklmnopqrstuvwxyz'[rng.int(36)]).join('');
+}
 
 function randomMessages(rng: Prng, count: number): Uint8Array[] {
   const parts: Uint8Array[] = [];

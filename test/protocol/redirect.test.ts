@@ -1,5 +1,5 @@
 /**
- * PROTOCOL 3.4 (HANDOVER), 7.3 (`caps`), 7.15 and 7.16: the test vectors byte for byte, and a session handed
+ * PROTOCOL 3.4 (HANDOVER), 7.3 (`caps`), 7.16 and 7.17: the test vectors byte for byte, and a session handed
  * from one responder to another through `exportSession` / `restoreSession` while the initiator keeps it:
  * every byte of both streams delivered once, none sent again, the first count after HANDOVER deciding where
  * the new connection sends from.
@@ -18,7 +18,7 @@ const unhex = (s: string): string => s.replace(/\s+/g, '');
 const join = (parts: Uint8Array[]): string => parts.map(hex).join('');
 const RID = '00112233445566778899aabbccddeeff';
 
-describe('PROTOCOL 3.4, 7.3, 7.15, 7.16: test vectors', () => {
+describe('PROTOCOL 3.4, 7.3, 7.16, 7.17: test vectors', () => {
   it('the HANDOVER client hello (50 bytes)', () => {
     const sessionId = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
     const bytes = encodeClientHello({ kind: HelloKind.HANDOVER, timestamp: 0x0193512b1c01, sessionId, received: 70000, requestId: Buffer.from(RID, 'hex') });
@@ -93,7 +93,7 @@ function exchange(a: Connection, b: Connection, now: number, cutAfterAToB?: numb
 
 const dataOf = (outs: Output[]): Buffer => Buffer.concat(outs.filter((o) => o.type === 'data').map((o) => (o as { bytes: Uint8Array }).bytes));
 
-describe('PROTOCOL 7.15: a session handed from one relay node to another', () => {
+describe('PROTOCOL 7.16: a session handed from one relay node to another', () => {
   const crypto = nodeCrypto;
   const relayKey = crypto.keyPairFromPrivate(new Uint8Array(32).fill(0x11));
   const agentKey = crypto.keyPairFromPrivate(new Uint8Array(32).fill(0x22));

@@ -149,6 +149,49 @@ export function storeContract(
         expect(await store.getDevice('ghost')).toBeUndefined();
       });
 
+      it('a device sends nowhere until allowed: sendTo is kept by createDevice and replaced by setSendTo', async () => {
+        const { store } = await fresh();
+        await store.createDevice({ name: 'till', createdAt: 1 });
+        await store.createDevice({ name: 'kitchen', createdAt: 1, sendTo: 'office-*' });
+        expect((await store.getDevice('till'))?.sendTo).toBeUndefined();
+        expect((await store.getDevice('kitchen'))?.sendTo).toBe('office-*');
+        await expect(store.setSendTo('till', 'office')).resolves.toBe(true);
+        await store.enrollDevice('till', KEY_A, 2);
+        expect(await store.getDeviceByKey(KEY_A)).toMatchObject({ name: 'till', sendTo: 'office' });
+        expect((await store.listDevices()).find((d) => d.name === 'till')?.sendTo).toBe('office');
+        await store.touchDevice('till', 5, 5);
+        await store.setAgentVersion('till', 'dropwire/0.2.0');
+        expect((await store.getDevice('till'))?.sendTo).toBe('office');
+        await expect(store.setSendTo('kitchen', undefined)).resolves.toBe(true);
+        expect((await store.getDevice('kitchen'))?.sendTo).toBeUndefined();
+        await expect(store.setSendTo('ghost', '*')).resolves.toBe(false);
+        expect(await store.getDevice('ghost')).toBeUndefined();
+      });
+
+      it('keeps a message sealed flag: set at enqueue, read back by getMessage and pending', async () => {
+        const { store } = await fresh();
+        const [plain] = await enqueueMany(store, [newMessage()]);
+        const sealed = newMessage({ sealed: true });
+        await store.enqueue(sealed);
+        expect((await store.getMessage(plain!.id))?.sealed).toBeUndefined();
+        expect((await store.getMessage(sealed.id))?.sealed).toBe(true);
+        const pending = await store.pending(sealed.to, 0, 10);
+        expect(pending.find((m) => m.id === sealed.id)?.sealed).toBe(true);
+        expect(pending.find((m) => m.id === plain!.id)?.sealed).toBeUndefined();
+      });
+
+      it('keeps whether a token receives files and where they are pushed', async () => {
+        const { store } = await fresh();
+        await store.createToken({ name: 'web', hash: 'h-web', to: '*', createdAt: 1 });
+        await store.createToken({ name: 'shop', hash: 'h-shop', to: '-', receive: true, deliverUrl: 'http://127.0.0.1:9/in', webhookSecret: 'whsec_x', createdAt: 2 });
+        await store.createToken({ name: 'pull', hash: 'h-pull', to: '-', receive: true, createdAt: 3 });
+        expect((await store.getTokenByHash('h-web'))?.receive).toBeUndefined();
+        expect(await store.getTokenByHash('h-shop')).toMatchObject({ receive: true, deliverUrl: 'http://127.0.0.1:9/in', webhookSecret: 'whsec_x' });
+        const pull = (await store.listTokens()).find((t) => t.name === 'pull');
+        expect(pull).toMatchObject({ receive: true });
+        expect(pull?.deliverUrl).toBeUndefined();
+      });
+
       it('removeDevice deletes it and cancels its undelivered messages only', async () => {
         const { store } = await fresh();
         await store.createDevice({ name: 'shop1', createdAt: 1 });

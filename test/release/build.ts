@@ -13,7 +13,13 @@ import { ROOT } from '../helpers/cli.js';
  */
 
 export const canBuild = process.platform === 'linux' && process.arch === 'x64' && process.versions.node.startsWith('24.');
-const CACHE = path.join(os.tmpdir(), 'dropwire-sea-test');
+/**
+ * Per checkout: several worktrees on one machine keep their own builds. Not under a temporary folder:
+ * `service install` rightly refuses an executable there (a reboot empties it), and the tests install it.
+ */
+const CACHE = path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'dropwire-sea-test', createHash('sha256').update(ROOT).digest('hex').slice(0, 12));
+/** An older build of this checkout is removed only when it has not been used for this long. */
+const KEEP_UNUSED_MS = 60 * 60_000;
 const BUILD_MS = 5 * 60_000;
 
 function listFiles(dir: string): string[] {
@@ -40,13 +46,33 @@ export function sourceKey(): string {
   return h.digest('hex').slice(0, 24);
 }
 
-/** Runs `scripts/release.mjs --targets linux-x64 --out OUT`; resolves with its stdout. */
-export function buildLinuxX64(out: string): Promise<string> {
+/** Runs `scripts/release.mjs --targets linux-x64 --out OUT` in `root`; resolves with its stdout. */
+export function buildLinuxX64(out: string, root = ROOT, env: NodeJS.ProcessEnv = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, [path.join(ROOT, 'scripts', 'release.mjs'), '--targets', 'linux-x64', '--out', out, '--no-typecheck'], { cwd: ROOT, timeout: BUILD_MS, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+    execFile(process.execPath, [path.join(root, 'scripts', 'release.mjs'), '--targets', 'linux-x64', '--out', out, '--no-typecheck'], { cwd: root, env: { ...process.env, ...env }, timeout: BUILD_MS, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
       err ? reject(new Error(`release build failed: ${err.message}\n${stderr.slice(-4000)}`)) : resolve(stdout),
     );
   });
+}
+
+/**
+ * The same build from a copy of the checkout's build inputs in another folder (no .git there: the commit
+ * string is passed in), node_modules linked: what lands in the executable must not depend on where the
+ * checkout is.
+ */
+export async function buildLinuxX64Elsewhere(out: string, commit: string): Promise<string> {
+  const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-elsewhere-'));
+  const root = path.join(copy, 'a', 'different', 'checkout');
+  try {
+    fs.mkdirSync(root, { recursive: true });
+    for (const p of ['src', 'scripts', 'service-templates', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json']) {
+      fs.cpSync(path.join(ROOT, p), path.join(root, p), { recursive: true });
+    }
+    fs.symlinkSync(fs.realpathSync(path.join(ROOT, 'node_modules')), path.join(root, 'node_modules'));
+    return await buildLinuxX64(out, root, { DROPWIRE_COMMIT: commit });
+  } finally {
+    fs.rmSync(copy, { recursive: true, force: true });
+  }
 }
 
 export interface Release {
@@ -60,7 +86,10 @@ export async function cachedRelease(): Promise<Release> {
   const dir = path.join(CACHE, sourceKey());
   const done = path.join(dir, 'SHA256SUMS');
   const result = (): Release => ({ dir, exe: path.join(dir, 'dropwire-linux-x64'), sums: fs.readFileSync(done, 'utf8') });
-  if (fs.existsSync(done)) return result();
+  if (fs.existsSync(done)) {
+    fs.utimesSync(dir, new Date(), new Date()); // in use: not pruned
+    return result();
+  }
   fs.mkdirSync(CACHE, { recursive: true });
   const lock = `${dir}.lock`;
   const end = Date.now() + BUILD_MS;
@@ -84,10 +113,12 @@ export async function cachedRelease(): Promise<Release> {
     await buildLinuxX64(tmp);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(tmp, dir);
-    // Builds of other source states are 120 MiB each: keep only this one.
+    // Builds of other source states are 120 MiB each: drop those unused for an hour (a test run still
+    // using one keeps it fresh).
     for (const other of fs.readdirSync(CACHE)) {
       const p = path.join(CACHE, other);
-      if (other !== path.basename(dir) && !other.endsWith('.lock') && !other.includes('.tmp-')) fs.rmSync(p, { recursive: true, force: true });
+      const unused = Date.now() - (fs.statSync(p, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (other !== path.basename(dir) && !other.endsWith('.lock') && !other.includes('.tmp-') && unused > KEEP_UNUSED_MS) fs.rmSync(p, { recursive: true, force: true });
     }
     return result();
   } finally {

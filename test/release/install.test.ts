@@ -99,12 +99,20 @@ describe.skipIf(!canBuild || !hasCurl)('install.sh', () => {
     expect(good.stdout).toContain('service uninstall');
     expect(good.stdout).toContain(`rm ${bin}`);
 
-    // --dry-run downloads and checks, then installs nothing.
+    // Running it again (an update) replaces the executable and keeps the enrollment.
+    const keyBefore = fs.readFileSync(path.join(homeIn(root), 'device.key'));
+    const again = await pipeInstall(base, ['dw1.unused', '--root', root], env);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain('Already enrolled');
+    expect(fs.readFileSync(path.join(homeIn(root), 'device.key'))).toEqual(keyBefore);
+
+    // --dry-run downloads and checks, then installs nothing (DESTDIR as the root this time).
     const dryRoot = path.join(dir, 'dry-root');
     const token3 = await cliOk(['relay', 'device', 'add', 'office', '--data', data]);
-    const dry = await pipeInstall(base, [token3, '--root', dryRoot, '--dry-run'], env);
+    const dry = await pipeInstall(base, [token3, '--dry-run'], { ...env, DESTDIR: dryRoot });
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toContain('Dry run: nothing installed');
+    expect(dry.stdout).toContain(`install -m 0755 dropwire-linux-x64 ${binIn(dryRoot)}`); // DESTDIR is the root
     expect(fs.existsSync(dryRoot)).toBe(false);
 
     await relay.proc.kill();

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Api, cli, cliOk, pathWithoutNode, ROOT, sha256, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
-import { buildLinuxX64, cachedRelease, canBuild, type Release } from './build.js';
+import { buildLinuxX64Elsewhere, cachedRelease, canBuild, type Release } from './build.js';
 
 /**
  * Issue 15: the Linux x64 single executable works on a host without Node. Every CLI process in these
@@ -76,10 +76,11 @@ describe.skipIf(!canBuild)('the linux-x64 single executable', () => {
     expect(rel.sums).toBe(`${sha256(fs.readFileSync(rel.exe))}  dropwire-linux-x64\n`);
   });
 
-  it('a second build of the same sources gives the same bytes', async () => {
+  it('a second build of the same sources, from another folder, gives the same bytes', async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), 'dw-rebuild-'));
     try {
-      await buildLinuxX64(out);
+      const commit = /\(commit (\S+)\)/.exec(execFileSync(rel.exe, ['--version'], { encoding: 'utf8' }))![1]!;
+      await buildLinuxX64Elsewhere(out, commit);
       expect(fs.readFileSync(path.join(out, 'SHA256SUMS'), 'utf8')).toBe(rel.sums);
     } finally {
       fs.rmSync(out, { recursive: true, force: true });

@@ -14,7 +14,7 @@ export type BusMessage =
   | { t: 'presence'; device: string; node?: string }
   /** A device was removed: drop its session wherever it is. */
   | { t: 'drop'; device: string }
-  /** PROTOCOL 7.15 step 6: the source froze the device's session; its state is at `keys.handoverState(rid)`. */
+  /** PROTOCOL 7.16 step 6: the source froze the device's session; its state is at `keys.handoverState(rid)`. */
   | { t: 'handover-state'; rid: string; device: string; ok: boolean }
   /** Step 9: the target carries the session now (the hand-over is complete). */
   | { t: 'redirect-done'; rid: string; device: string }

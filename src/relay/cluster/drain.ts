@@ -15,7 +15,7 @@ export interface MoveSummary {
   /** Agents that do not understand REDIRECT (older versions): only a plain disconnect moves them. */
   unsupported: string[];
   failed: string[];
-  /** Bytes the targets sent again after the swaps (PROTOCOL 7.15 step 8; goal 0). */
+  /** Bytes the targets sent again after the swaps (PROTOCOL 7.16 step 8; goal 0). */
   resentBytes: number;
   /** Bytes the agents had not acknowledged at the swaps (the most that could have been sent again). */
   unacknowledgedBytes: number;

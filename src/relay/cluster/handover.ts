@@ -72,7 +72,7 @@ return 0`;
 export interface SessionRetirer {
   /** Closes this node's session of the device, if any (the agent is elsewhere now). */
   retireSession(device: string, code: string): void;
-  /** PROTOCOL 7.15 step 6: the device's session goes to node `by` for redirect `requestId` (redirect.ts). */
+  /** PROTOCOL 7.16 step 6: the device's session goes to node `by` for redirect `requestId` (redirect.ts). */
   handOut?(device: string, requestId: string, by: string): void;
 }
 

@@ -18,7 +18,7 @@ export const keys = {
   /** String: `node|fence` of the holder of a lease; `fence` counts takeovers. */
   lease: (name: string) => `${PREFIX}lease:${name}`,
   fence: (name: string) => `${PREFIX}fence:${name}`,
-  /** Hash: a pending redirect (PROTOCOL 7.15): device, from, to, deadline, session, state, resent. */
+  /** Hash: a pending redirect (PROTOCOL 7.16): device, from, to, deadline, session, state, resent. */
   redirect: (rid: string) => `${PREFIX}redirect:${rid}`,
   /** String (bytes): the session state handed over for a redirect (protocol/handover.ts). */
   handoverState: (rid: string) => `${PREFIX}handover:${rid}`,

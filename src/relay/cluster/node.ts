@@ -55,7 +55,7 @@ export class ClusterNode implements HubCluster {
   readonly handover: SessionHandover;
   private readonly ownership: DeviceOwnership;
   private readonly presenceState: ClusterPresence;
-  /** Seamless moves of agents between nodes (PROTOCOL 7.15): drain, rebalance. */
+  /** Seamless moves of agents between nodes (PROTOCOL 7.16): drain, rebalance. */
   readonly redirects: Redirects;
   private control: NodeControl | undefined;
   private registry: NodeRegistry | undefined;

@@ -9,7 +9,7 @@ import type { Bus, BusMessage } from './bus.js';
 import type { DeviceOwnership } from './handover.js';
 import { keys } from './keys.js';
 
-/** How long a redirect may take, by default, before both ends give it up (PROTOCOL 7.15). */
+/** How long a redirect may take, by default, before both ends give it up (PROTOCOL 7.16). */
 export const REDIRECT_TIMEOUT_MS = 10_000;
 /** After the target took a request, how long the source waits for the retire that follows (a dead target). */
 const TAKE_GRACE_MS = 5_000;
@@ -48,7 +48,7 @@ if s == 'pending' then redis.call('HSET', KEYS[1], 'state', ARGV[1]) end
 return s or ''`;
 
 /**
- * Seamless redirect between nodes (PROTOCOL 7.15, 7.16): the source side (`move`: request in Redis, REDIRECT to
+ * Seamless redirect between nodes (PROTOCOL 7.16, 7.17): the source side (`move`: request in Redis, REDIRECT to
  * the agent, refusal and time-out, handing the session out) and the target side (`take`: the HANDOVER checked
  * against the request, the session state brought over through Redis).
  */
@@ -83,7 +83,7 @@ export class Redirects {
 
   // --- source -----------------------------------------------------------------------------------
 
-  /** PROTOCOL 7.15 steps 1-2 and 6: moves the device's session to `to` (a node name at address `address`). */
+  /** PROTOCOL 7.16 steps 1-2 and 6: moves the device's session to `to` (a node name at address `address`). */
   async move(device: string, to: string, address: string, timeoutMs = REDIRECT_TIMEOUT_MS): Promise<MoveResult> {
     const hub = this.hub;
     const started = Date.now();
@@ -132,7 +132,7 @@ export class Redirects {
     });
   }
 
-  /** PROTOCOL 7.16: the agent stays; the request is cancelled where the target looks for it. */
+  /** PROTOCOL 7.17: the agent stays; the request is cancelled where the target looks for it. */
   private async refused(e: RedirectEvents['refused']): Promise<void> {
     const m = this.moving.get(e.rid);
     if (!m || m.device !== e.device) return;

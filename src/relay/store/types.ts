@@ -40,6 +40,11 @@ export interface DeviceRecord {
   lastHandshakeTs?: number;
   /** What the agent last said it runs, from its HELLO (PROTOCOL 7.3): `dropwire/0.1.0 (0123abcd4567)`. */
   agentVersion?: string;
+  /**
+   * Glob of the names this device may send files to (devices, or sites with a receiving token); none until
+   * an operator allows it (`relay device allow NAME --send-to GLOB`, PROTOCOL 7.14).
+   */
+  sendTo?: string;
 }
 
 export interface TokenRecord {
@@ -49,8 +54,12 @@ export interface TokenRecord {
   /** Glob of device names this token may send to (default '*'). */
   to: string;
   webhook?: string;
-  /** Key for the webhook signatures (HMAC-SHA256); printed once when the token is made. */
+  /** Key for the webhook signatures (HMAC-SHA256); printed once when the token is made. Also signs pushed files. */
   webhookSecret?: string;
+  /** The site receives files from devices (`relay token add NAME --receive`): devices may send `--to NAME`. */
+  receive?: boolean;
+  /** Where each file for the site is POSTed (signed); without it the site pulls them (GET /v1/inbox). */
+  deliverUrl?: string;
   createdAt: number;
 }
 
@@ -131,6 +140,8 @@ export interface NewMessage {
    * old message's history an entry with its current status and detail `{ retriedAs: id }`.
    */
   retryOf?: string;
+  /** The body is a sealed envelope (PROTOCOL 12): the receiving agent opens it before its rule runs. */
+  sealed?: boolean;
 }
 
 export interface MessageRecord {
@@ -154,6 +165,8 @@ export interface MessageRecord {
   overdue: boolean;
   /** What the host's handler reported (exit code, output tail, job id, ...). */
   result?: Record<string, unknown>;
+  /** The body is a sealed envelope (PROTOCOL 12); absent when it is not. */
+  sealed?: boolean;
 }
 
 /** A message waiting for delivery, with its body when that is kept inline. */
@@ -181,6 +194,8 @@ export interface Store {
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void>;
   /** Replaces the agent version the device reported (its HELLO); an unknown device is a no-op. */
   setAgentVersion(name: string, agentVersion: string): Promise<void>;
+  /** Replaces the device's send-to glob (undefined: it sends nowhere). False for an unknown device. */
+  setSendTo(name: string, sendTo: string | undefined): Promise<boolean>;
 
   /** Sender tokens. `createToken` fails with DW_TOKEN_EXISTS when the name is taken. */
   createToken(token: TokenRecord): Promise<void>;
@@ -278,3 +293,27 @@ export const StoreErrorCode = {
   /** A store URL that cannot be understood (`--store`, DROPWIRE_STORE). */
   URL: 'DW_STORE_URL',
 } as const;
+
+/** The record a fresh insert produced, built without reading it back (every backend). */
+export function insertedMessage(m: NewMessage, seq: number): MessageRecord {
+  return {
+    id: m.id,
+    seq,
+    to: m.to,
+    from: m.from,
+    filename: m.filename,
+    size: m.size,
+    sha256: m.sha256,
+    inline: m.body !== undefined,
+    bodyPath: m.bodyPath,
+    status: 'queued',
+    idempotencyKey: m.idempotencyKey,
+    createdAt: m.createdAt,
+    updatedAt: m.createdAt,
+    deadlineAt: m.deadlineAt,
+    expiresAt: m.expiresAt,
+    overdue: false,
+    result: undefined,
+    ...(m.sealed ? { sealed: true } : {}),
+  };
+}

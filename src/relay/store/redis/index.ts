@@ -12,6 +12,7 @@ import type { Redis } from 'ioredis';
 import { DropwireError } from '../../../shared/errors.js';
 import { closedError, invalid, jsonOrNull } from '../errors.js';
 import {
+  insertedMessage,
   MessageStatus,
   type DeviceRecord,
   type EventType,
@@ -101,6 +102,7 @@ function toDevice(h: Hash): DeviceRecord {
     lastSeen: num(h.lastSeen),
     lastHandshakeTs: num(h.lastHandshakeTs),
     agentVersion: h.agentVersion,
+    sendTo: h.sendTo,
   };
 }
 
@@ -123,6 +125,7 @@ function toMessage(h: Hash): MessageRecord {
     expiresAt: num(h.expiresAt),
     overdue: h.overdue === '1',
     result: h.result === undefined ? undefined : (JSON.parse(h.result) as Record<string, unknown>),
+    ...(h.sealed === '1' ? { sealed: true } : {}),
   };
 }
 
@@ -134,6 +137,8 @@ function toToken(json: string): TokenRecord {
     to: t.to,
     webhook: t.webhook,
     webhookSecret: t.webhookSecret,
+    ...(t.receive ? { receive: true } : {}),
+    ...(t.deliverUrl !== undefined ? { deliverUrl: t.deliverUrl } : {}),
     createdAt: t.createdAt,
   };
 }
@@ -257,6 +262,7 @@ class RedisStoreImpl implements RedisStore {
       opt('lastSeen', true);
       opt('lastHandshakeTs', true);
       await this.durable;
+      opt('sendTo', false);
       await this.runScript(scripts.createDevice, [device.name, device.publicKey ?? '', ...fields]);
       await this.ack.confirm(stage);
     });
@@ -305,6 +311,10 @@ class RedisStoreImpl implements RedisStore {
     return this.write(`setAgentVersion ${name}`, scripts.setAgentVersion, [name, agentVersion], () => undefined);
   }
 
+  setSendTo(name: string, sendTo: string | undefined): Promise<boolean> {
+    return this.write(`setSendTo ${name}`, scripts.setSendTo, [name, sendTo ?? ''], (r) => Number(r) === 1);
+  }
+
   // --- tokens ---
 
   createToken(token: TokenRecord): Promise<void> {
@@ -314,6 +324,8 @@ class RedisStoreImpl implements RedisStore {
       to: token.to,
       ...(token.webhook !== undefined ? { webhook: token.webhook } : {}),
       ...(token.webhookSecret !== undefined ? { webhookSecret: token.webhookSecret } : {}),
+      ...(token.receive ? { receive: true } : {}),
+      ...(token.deliverUrl !== undefined ? { deliverUrl: token.deliverUrl } : {}),
       createdAt: token.createdAt,
     });
     return this.write(`createToken ${token.name}`, scripts.createToken, [token.name, token.hash, json], () => undefined);
@@ -366,6 +378,7 @@ class RedisStoreImpl implements RedisStore {
         message.body !== undefined ? Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength) : '',
         blobKey,
         message.retryOf ?? '',
+        message.sealed ? '1' : '0',
       ];
     } catch (err) {
       return Promise.reject(err instanceof DropwireError ? err : invalid(`${label}: ${(err as Error).message}`, err));
@@ -373,7 +386,7 @@ class RedisStoreImpl implements RedisStore {
     return this.write(label, scripts.enqueue, args, (reply) => {
       const [created, rest] = reply as [number, number | string[]];
       if (created === 0) return { message: toMessage(hashFrom(rest as string[])), created: false };
-      return { message: inserted(message, Number(rest)), created: true };
+      return { message: insertedMessage(message, Number(rest)), created: true };
     });
   }
 
@@ -537,26 +550,4 @@ class RedisStoreImpl implements RedisStore {
   }
 }
 
-/** The record a fresh insert produced, built without reading it back. */
-function inserted(m: NewMessage, seq: number): MessageRecord {
-  return {
-    id: m.id,
-    seq,
-    to: m.to,
-    from: m.from,
-    filename: m.filename,
-    size: m.size,
-    sha256: m.sha256,
-    inline: m.body !== undefined,
-    bodyPath: m.bodyPath,
-    status: 'queued',
-    idempotencyKey: m.idempotencyKey,
-    createdAt: m.createdAt,
-    updatedAt: m.createdAt,
-    deadlineAt: m.deadlineAt,
-    expiresAt: m.expiresAt,
-    overdue: false,
-    result: undefined,
-  };
-}
 

@@ -185,6 +185,17 @@ return 1
 `,
   ),
 
+  /** ARGV: name, send-to glob ('' clears it). Returns 1, or 0 for an unknown device. */
+  setSendTo: script(
+    'setSendTo',
+    `
+local key = K.device(ARGV[3])
+if redis.call('EXISTS', key) == 0 then return 0 end
+if ARGV[4] == '' then redis.call('HDEL', key, 'sendTo') else redis.call('HSET', key, 'sendTo', ARGV[4]) end
+return 1
+`,
+  ),
+
   /** ARGV: name, hash, token JSON. */
   createToken: script(
     'createToken',
@@ -262,6 +273,7 @@ if ikey ~= '' then f[#f + 1] = 'ikey'; f[#f + 1] = ikey end
 if deadlineAt ~= '' then f[#f + 1] = 'deadlineAt'; f[#f + 1] = deadlineAt end
 if expiresAt ~= '' then f[#f + 1] = 'expiresAt'; f[#f + 1] = expiresAt end
 if blobKey ~= '' then f[#f + 1] = 'blobKey'; f[#f + 1] = blobKey end
+if ARGV[20] == '1' then f[#f + 1] = 'sealed'; f[#f + 1] = '1' end
 redis.call('HSET', key, unpack(f))
 if inline == '1' then redis.call('SET', K.body(id), ARGV[17]) end
 if ifield ~= '' then redis.call('HSET', K.idempotency, ifield, id) end

@@ -11,6 +11,7 @@ import { closedError, failed, invalid, jsonOrNull } from '../errors.js';
 import {
   EventType,
   FINAL_STATUSES,
+  insertedMessage,
   MessageStatus,
   StoreErrorCode,
   type DeviceRecord,
@@ -27,7 +28,6 @@ import {
 import { openDatabase } from './schema.js';
 import {
   eventFromRow,
-  insertedMessage,
   prepareStatements,
   toDevice,
   toMessage,
@@ -254,6 +254,7 @@ class SqliteStoreImpl implements SqliteStore {
         createdAt: device.createdAt,
         lastSeen: device.lastSeen ?? null,
         lastHandshakeTs: device.lastHandshakeTs ?? null,
+        sendTo: device.sendTo ?? null,
       });
     });
   }
@@ -292,6 +293,10 @@ class SqliteStoreImpl implements SqliteStore {
     });
   }
 
+  setSendTo(name: string, sendTo: string | undefined): Promise<boolean> {
+    return this.write(`setSendTo ${name}`, undefined, () => this.sql.setSendTo.run({ name, sendTo: sendTo ?? null }).changes > 0);
+  }
+
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void> {
     // An unknown device is a no-op: the session that reports it is about to be refused anyway.
     return this.write(`touchDevice ${name}`, undefined, () => {
@@ -301,7 +306,7 @@ class SqliteStoreImpl implements SqliteStore {
 
   createToken(token: TokenRecord): Promise<void> {
     return this.write(`createToken ${token.name}`, StoreErrorCode.TOKEN_EXISTS, () => {
-      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.createdAt);
+      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.receive ? 1 : 0, token.deliverUrl ?? null, token.createdAt);
     });
   }
 
@@ -344,6 +349,7 @@ class SqliteStoreImpl implements SqliteStore {
         createdAt: message.createdAt,
         deadlineAt: message.deadlineAt ?? null,
         expiresAt: message.expiresAt ?? null,
+        sealed: message.sealed ? 1 : 0,
       }) as { seq: number };
       this.sql.insertHistory.run(message.id, 'queued', message.createdAt, message.retryOf !== undefined ? JSON.stringify({ retryOf: message.retryOf }) : null);
       if (message.retryOf !== undefined) {

@@ -112,6 +112,15 @@ const MIGRATIONS: readonly string[] = [
   -- What each agent reports it runs (its HELLO, PROTOCOL 7.3).
   ALTER TABLE devices ADD COLUMN agent_version TEXT;
   `,
+  `
+  -- Where a device may send files (relay device allow NAME --send-to GLOB); NULL: nowhere.
+  ALTER TABLE devices ADD COLUMN send_to TEXT;
+  -- The body is a sealed envelope (PROTOCOL 12).
+  ALTER TABLE messages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0 CHECK (sealed IN (0, 1));
+  -- Sites that receive files from devices, pushed to deliver_url or pulled from GET /v1/inbox.
+  ALTER TABLE tokens ADD COLUMN receive INTEGER NOT NULL DEFAULT 0 CHECK (receive IN (0, 1));
+  ALTER TABLE tokens ADD COLUMN deliver_url TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -26,6 +26,7 @@ export interface DeviceRow {
   last_seen: number | null;
   last_handshake_ts: number | null;
   agent_version: string | null;
+  send_to: string | null;
 }
 
 export interface TokenRow {
@@ -34,6 +35,8 @@ export interface TokenRow {
   to_glob: string;
   webhook: string | null;
   webhook_secret: string | null;
+  receive: number;
+  deliver_url: string | null;
   created_at: number;
 }
 
@@ -77,6 +80,7 @@ export interface MessageRow {
   expires_at: number | null;
   overdue: number;
   result: string | null;
+  sealed: number;
 }
 
 export interface HistoryRow {
@@ -86,7 +90,7 @@ export interface HistoryRow {
 }
 
 const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
-  body_path, status, idempotency_key, created_at, updated_at, deadline_at, expires_at, overdue, result`;
+  body_path, status, idempotency_key, created_at, updated_at, deadline_at, expires_at, overdue, result, sealed`;
 
 function opt<T>(v: T | null): T | undefined {
   return v === null ? undefined : v;
@@ -103,11 +107,12 @@ export function toDevice(r: DeviceRow): DeviceRecord {
     lastSeen: opt(r.last_seen),
     lastHandshakeTs: opt(r.last_handshake_ts),
     agentVersion: opt(r.agent_version),
+    sendTo: opt(r.send_to),
   };
 }
 
 export function toToken(r: TokenRow): TokenRecord {
-  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), createdAt: r.created_at };
+  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), ...(r.receive === 1 ? { receive: true } : {}), ...(r.deliver_url !== null ? { deliverUrl: r.deliver_url } : {}), createdAt: r.created_at };
 }
 
 export function toMessage(r: MessageRow): MessageRecord {
@@ -129,31 +134,10 @@ export function toMessage(r: MessageRow): MessageRecord {
     expiresAt: opt(r.expires_at),
     overdue: r.overdue === 1,
     result: r.result === null ? undefined : (JSON.parse(r.result) as Record<string, unknown>),
+    ...(r.sealed === 1 ? { sealed: true } : {}),
   };
 }
 
-/** The record a fresh insert produced, built without reading the row back. */
-export function insertedMessage(m: NewMessage, seq: number): MessageRecord {
-  return {
-    id: m.id,
-    seq,
-    to: m.to,
-    from: m.from,
-    filename: m.filename,
-    size: m.size,
-    sha256: m.sha256,
-    inline: m.body !== undefined,
-    bodyPath: m.bodyPath,
-    status: 'queued',
-    idempotencyKey: m.idempotencyKey,
-    createdAt: m.createdAt,
-    updatedAt: m.createdAt,
-    deadlineAt: m.deadlineAt,
-    expiresAt: m.expiresAt,
-    overdue: false,
-    result: undefined,
-  };
-}
 
 export const SCAN_SQL = {
   pending: `SELECT ${MESSAGE_COLUMNS}, body FROM messages
@@ -193,9 +177,9 @@ export function prepareStatements(db: DatabaseSync) {
     rollbackTo: p('ROLLBACK TO write'),
 
     insertDevice: p(`INSERT INTO devices (name, public_key, enroll_secret_hash, enroll_expires_at, enrolled_at,
-        created_at, last_seen, last_handshake_ts)
+        created_at, last_seen, last_handshake_ts, send_to)
       VALUES (:name, :publicKey, :enrollSecretHash, :enrollExpiresAt, :enrolledAt, :createdAt, :lastSeen,
-        :lastHandshakeTs)`),
+        :lastHandshakeTs, :sendTo)`),
     deviceByName: p('SELECT * FROM devices WHERE name = ?'),
     deviceByKey: p('SELECT * FROM devices WHERE public_key = ?'),
     listDevices: p('SELECT * FROM devices ORDER BY name'),
@@ -207,9 +191,10 @@ export function prepareStatements(db: DatabaseSync) {
                                  ELSE max(coalesce(last_handshake_ts, :ts), :ts) END
       WHERE name = :name`),
     setAgentVersion: p('UPDATE devices SET agent_version = :agentVersion WHERE name = :name'),
+    setSendTo: p('UPDATE devices SET send_to = :sendTo WHERE name = :name'),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
-    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),
+    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, receive, deliver_url, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
     insertEvent: p('INSERT INTO events (type, device, message_id, sender, at, data) VALUES (?, ?, ?, ?, ?, ?)'),
     eventsAfter: p('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?'),
     lastEvent: p('SELECT coalesce(max(seq), 0) AS seq FROM events'),
@@ -224,9 +209,9 @@ export function prepareStatements(db: DatabaseSync) {
     deleteToken: p('DELETE FROM tokens WHERE name = ?'),
 
     insertMessage: p(`INSERT INTO messages (id, to_device, from_sender, filename, size, sha256, body, body_path,
-        status, idempotency_key, created_at, updated_at, deadline_at, expires_at)
+        status, idempotency_key, created_at, updated_at, deadline_at, expires_at, sealed)
       VALUES (:id, :to, :from, :filename, :size, :sha256, :body, :bodyPath, 'queued', :idempotencyKey,
-        :createdAt, :createdAt, :deadlineAt, :expiresAt)
+        :createdAt, :createdAt, :deadlineAt, :expiresAt, :sealed)
       RETURNING seq`),
     messageById: p(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
     messageByIdempotency: p(SCAN_SQL.messageByIdempotency),
