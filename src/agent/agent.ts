@@ -194,6 +194,7 @@ export class Agent {
       log: o.log,
       dialer: this.dialer,
       follow: () => o.refuseRedirects !== true && this.config.redirects !== false,
+      busy: () => this.sender.busy, // the node keeps uploads and watches per session: they stay where they are
       open: (address, signal) =>
         new RelayReach({ relays: [address], mode: this.reach.mode, proxy: o.proxy ?? this.config.proxy, caFile: o.ca ?? this.config.ca }).open(signal),
       connection: (requestId) =>

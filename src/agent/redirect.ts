@@ -26,6 +26,8 @@ export class RedirectFollower {
     dialer: Dialer;
     /** False when the agent refuses redirects (`--refuse-redirects`, `"redirects": false`). */
     follow: () => boolean;
+    /** True while the agent has state the relay node keeps for this session only (uploads, watches: 7.14-7.15). */
+    busy?: () => boolean;
     /** Opens a byte stream to one relay address (the agent's transport settings). */
     open: (address: string, signal: AbortSignal) => Promise<OpenedStream>;
     /** A HANDOVER connection for the agent's session with this request id. */
@@ -52,7 +54,10 @@ export class RedirectFollower {
       log.info({ rid: r.rid, to: r.to }, 'redirect refused: this agent is configured to stay (redirects: false)');
       return this.o.refuse(r.rid, 'DW_REDIRECT_REFUSED');
     }
-    if (this.pending) return this.o.refuse(r.rid, 'DW_REDIRECT_BUSY');
+    if (this.pending || this.o.busy?.()) {
+      log.info({ rid: r.rid, to: r.to }, 'redirect refused: a hand-over, an upload or a watch is under way');
+      return this.o.refuse(r.rid, 'DW_REDIRECT_BUSY');
+    }
     if (wait <= 0) return this.o.refuse(r.rid, 'DW_REDIRECT_EXPIRED');
     const from = this.o.current();
     const started = Date.now();
