@@ -117,7 +117,7 @@ export function registerClusterCommands(relay: Command): void {
         }
         for (const n of nodes) {
           const ago = ((now - n.lastHeartbeat) / 1000).toFixed(1);
-          console.log(`${n.name}\t${n.alive ? 'alive' : 'DEAD'}\tagents ${n.agents}\thttp ${n.http}\tstarted ${new Date(n.startedAt).toISOString()}\tconnected ${n.connected}\t${n.messagesPerS} msg/s\theartbeat ${ago} s ago`);
+          console.log(`${n.name}\t${n.alive ? 'alive' : 'DEAD'}${n.draining ? ' draining' : ''}\tagents ${n.agents}\thttp ${n.http}\tstarted ${new Date(n.startedAt).toISOString()}\tconnected ${n.connected}\t${n.messagesPerS} msg/s\theartbeat ${ago} s ago`);
         }
       } finally {
         redis.disconnect();

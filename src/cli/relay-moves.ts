@@ -122,7 +122,7 @@ export function registerMoveCommands(relay: Command): void {
       const { planRebalance, balanced } = await import('../relay/cluster/rebalance.js');
       await withRedis(o.store, async (redis, sub) => {
         const counts = async () => {
-          const nodes = (await listNodes(redis)).filter((n) => n.alive && n.state === 'ready');
+          const nodes = (await listNodes(redis)).filter((n) => n.alive && !n.draining);
           const m = new Map<string, number>();
           for (const n of nodes) {
             const r = await sendCommand({ redis, sub, node: n.name, cmd: { op: 'status' }, silenceMs: 5_000 });

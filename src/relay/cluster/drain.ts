@@ -25,7 +25,7 @@ export interface MoveSummary {
 /** The nodes agents may be moved to: alive, not draining, not `self`, and `only` when given. */
 export async function targetsFor(redis: Redis, self: string, only?: string): Promise<NodeInfo[]> {
   const nodes = await listNodes(redis);
-  return nodes.filter((n) => n.alive && n.state === 'ready' && n.name !== self && (only === undefined || n.name === only));
+  return nodes.filter((n) => n.alive && !n.draining && n.name !== self && (only === undefined || n.name === only));
 }
 
 /**

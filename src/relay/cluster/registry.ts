@@ -24,8 +24,8 @@ export interface NodeInfo {
   messagesPerS: number;
   lastHeartbeat: number;
   alive: boolean;
-  /** `draining` once `relay drain` runs on it (it takes no new agents); else `ready`. */
-  state: 'ready' | 'draining';
+  /** True once `relay drain` runs on it: it takes no new agents, and none is moved to it. */
+  draining: boolean;
 }
 
 /** Marks a node draining (or ready): `relay nodes` shows it, and no agent is moved to it. */
@@ -122,7 +122,7 @@ export async function listNodes(redis: Redis, now = Date.now()): Promise<NodeInf
       messagesPerS: Number(r.messagesPerS),
       lastHeartbeat,
       alive: now - lastHeartbeat <= DEAD_AFTER_MS,
-      state: r.state === 'draining' ? 'draining' : 'ready',
+      draining: r.state === 'draining',
     });
   }
   return out.sort((a, b) => Number(b.alive) - Number(a.alive) || a.name.localeCompare(b.name));
