@@ -1,7 +1,9 @@
 /**
  * Issue 13: moving agents between relay nodes without a gap (PROTOCOL 7.16, 7.17): `relay drain`, `relay move`,
  * `relay rebalance`, with three (four) real nodes, a private redis-server and real agent processes on loopback.
- * Agent counts are scaled to what two shared cores run in a few minutes; `bench/redirect.ts` is the full size.
+ * The drain runs 200 agents: 12 agent processes (spool, journal, handlers: the exactly-once checks) and 188 light
+ * agents in the test process (bench/load-agents.ts, following REDIRECT with src/agent/redirect.ts); the other
+ * tests use a few processes. `bench/redirect.ts` drains 2,000 idle agents.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -128,6 +130,39 @@ async function eventsSoFar(http: string, token: string, ms = 2_000): Promise<{ i
   return events;
 }
 
+/**
+ * `n` light agents (bench/load-agents.ts: the agent's protocol code and its redirect follower, no spool) in this
+ * process, dialing the nodes round-robin: the drain test's crowd, besides the real agent processes.
+ */
+async function startLightAgents(c: TestCluster, n: number, from: number) {
+  const store = await openClusterStore(c.url, { unsafe: true, replicas: 0 });
+  const now = Date.now();
+  for (let i = from; i < from + n; i++) await store.createDevice({ name: deviceName(i), publicKey: toHex(deviceKeys(nodeCrypto, i).publicKey), enrolledAt: now, createdAt: now });
+  await store.close();
+  const relayKey = fromHex((await c.client.hget('dw:cluster', 'publicKey'))!);
+  const closes: string[] = [];
+  const received = new Map<string, number>();
+  const light: LightAgent[] = [];
+  for (let i = from; i < from + n; i++) {
+    const node = c.nodes[i % c.nodes.length]!;
+    const a = new LightAgent({
+      name: deviceName(i),
+      keys: deviceKeys(nodeCrypto, i),
+      relay: { host: '127.0.0.1', port: node.agentsPort },
+      relayKey,
+      crypto: nodeCrypto,
+      hash: true,
+      redirects: true,
+      events: { established: () => {}, received: (_a, filename, _size, _at, ok) => void received.set(filename, (received.get(filename) ?? 0) + (ok ? 1 : 1000)), closed: (_a, code) => void closes.push(code) },
+    });
+    light.push(a);
+    a.start();
+    onTestFinished(() => a.close());
+  }
+  await waitFor(() => (light.every((a) => a.connected) ? true : undefined), 60_000, 'the light agents connected');
+  return { light, closes, received, devices: light.map((a) => a.name) };
+}
+
 const handOverLines = (a: TestAgent) => a.proc.logs.filter((l) => l.msg === 'handed over to another relay node');
 
 describe.skipIf(why !== undefined)('moving agents between relay nodes without a gap', () => {
@@ -135,14 +170,25 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     const c = await startCluster({ nodes: 3 });
     const agents = await startAgents(c, 12);
     const devices = agents.map((a) => a.device);
+    const crowd = await startLightAgents(c, 188, 1000); // 200 agents in all, as in the issue
     const token = (await cliOk(['relay', 'token', 'add', 'site', '--store', c.url])).split('\n')[0]!;
     await new Promise((r) => setTimeout(r, 2_500)); // nodes re-read tokens every 2 s
     const before = await holders(c, devices);
-    console.log(`agents before the drain: ${[...before].map(([d, n]) => `${d}@${n}`).join(' ')}`);
+    const crowdBefore = await holders(c, crowd.devices);
+    console.log(`agents before the drain: ${[...before].map(([d, n]) => `${d}@${n}`).join(' ')}; light agents per node: ${JSON.stringify(Object.fromEntries(c.nodes.map((n) => [n.name, [...crowdBefore.values()].filter((x) => x === n.name).length])))}`);
     // Drain the node holding host0's session: its large file is in flight there.
     const drained = c.nodes.find((n) => n.name === before.get('host0'))!;
     const others = c.nodes.filter((n) => n !== drained);
     const onDrained = devices.filter((d) => before.get(d) === drained.name);
+    const crowdOnDrained = crowd.devices.filter((d) => crowdBefore.get(d) === drained.name);
+    // A file for each light agent, in flight around the drain.
+    const api0 = new Api(others[0]!.http, token);
+    const crowdSent = new Map<string, string>();
+    for (const d of crowd.devices) {
+      const r = await api0.send(d, `${d}.bin`, randomData(48 * 1024));
+      expect(r.status).toBe(202);
+      crowdSent.set(r.json.id as string, d);
+    }
     // The enrollments' own short sessions may have been told offline during the set-up: only what follows counts.
     const lastBefore = Math.max(0, ...(await eventsSoFar(others[0]!.http, token)).map((e) => e.id));
 
@@ -171,13 +217,13 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
       }
     })();
     const t0 = Date.now();
-    const out = await cli(['relay', 'drain', '--node', drained.name, '--rate', '4', '--json', '--store', c.url]);
+    const out = await cli(['relay', 'drain', '--node', drained.name, '--rate', '25', '--json', '--store', c.url]);
     expect(out.code, out.stderr).toBe(0);
     const summary = JSON.parse(out.stdout.trim().split('\n').at(-1)!) as { moved: number; refused: string[]; timedOut: string[]; unsupported: string[]; failed: string[]; resentBytes: number; unacknowledgedBytes: number; durationMs: number };
-    console.log(`drain of ${drained.name} (${onDrained.length} agents, large file at ${partBefore} bytes) in ${Date.now() - t0} ms: ${JSON.stringify(summary)}`);
+    console.log(`drain of ${drained.name} (${onDrained.length} agent processes and ${crowdOnDrained.length} light agents, large file at ${partBefore} bytes) in ${Date.now() - t0} ms: ${JSON.stringify(summary)}`);
     await watching;
     expect(health503).toBe(true);
-    expect(summary.moved).toBe(onDrained.length);
+    expect(summary.moved).toBe(onDrained.length + crowdOnDrained.length);
     expect(summary.refused).toEqual([]);
     expect(summary.timedOut).toEqual([]);
     expect(summary.unsupported).toEqual([]);
@@ -192,8 +238,10 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     expect(listed.map((n) => n.name)).not.toContain(drained.name);
 
     // Every agent is on the other two; each moved one logged its hand-over as one line.
-    const after = await holders(c, devices);
-    for (const d of devices) expect(others.map((n) => n.name)).toContain(after.get(d));
+    const after = await holders(c, [...devices, ...crowd.devices]);
+    for (const d of [...devices, ...crowd.devices]) expect(others.map((n) => n.name)).toContain(after.get(d));
+    for (const a of crowd.light) expect(a.handovers, a.name).toBe(crowdOnDrained.includes(a.name) ? 1 : 0);
+    expect(crowd.closes).toEqual([]); // no light agent lost its connection: each swapped to the new one
     for (const a of agents) {
       const lines = handOverLines(a);
       if (onDrained.includes(a.device)) {
@@ -216,6 +264,10 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     console.log(`messages accepted during the test: ${flow.sent.size}; refused posts: ${flow.failures.length}`);
     expect(flow.failures).toEqual([]);
     await expectExactlyOnce(new Api(others[0]!.http, token), agents, flow.sent);
+    // The light agents' files: each handled, received once, its SHA-256 right.
+    for (const id of crowdSent.keys()) await api0.until(id, ['handled'], 60_000);
+    for (const d of crowd.devices) expect(crowd.received.get(`${d}.bin`), d).toBe(1);
+    expect(crowd.light.reduce((k, a) => k + a.redelivered, 0)).toBe(0);
     // No device.offline at all, for any agent, over the whole drain.
     const events = (await eventsSoFar(others[1]!.http, token, 3_000)).filter((e) => e.id > lastBefore);
     expect(events.length).toBeGreaterThan(0);
