@@ -193,7 +193,7 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     const lastBefore = Math.max(0, ...(await eventsSoFar(others[0]!.http, token)).map((e) => e.id));
 
     const flow = traffic(() => others, token, devices);
-    const big = randomData(64 * MiB);
+    const big = randomData(100 * MiB); // the issue's size
     const bigPost = await new Api(others[0]!.http, token).send('host0', 'big.bin', big);
     expect(bigPost.status).toBe(202);
     const bigId = bigPost.json.id as string;
