@@ -228,6 +228,10 @@ describe.skipIf(why !== undefined)('moving agents between relay nodes without a 
     expect(summary.timedOut).toEqual([]);
     expect(summary.unsupported).toEqual([]);
     expect(summary.failed).toEqual([]);
+    if (summary.resentBytes > 0) {
+      for (const a of agents) for (const l of a.proc.logs.filter((x) => x.msg === 'old relay connection closed during a hand-over')) console.log(`${a.device}: old connection closed with ${String(l.code)} (${String(l.reason)})`);
+      for (const n of c.nodes) for (const l of n.proc?.logs.filter((x) => x.resent !== undefined && Number(x.resent) > 0) ?? []) console.log(`${n.name}: ${JSON.stringify(l)}`);
+    }
     // The bytes sent again over the whole drain: at most what was unacknowledged at the swaps (goal 0).
     expect(summary.resentBytes).toBeLessThanOrEqual(summary.unacknowledgedBytes);
     // The node exits once empty and leaves the node list.
