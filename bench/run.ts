@@ -989,6 +989,7 @@ async function main(): Promise<void> {
   let crypto: CryptoRow[] = [];
   let store: StoreBenchResult[] = [];
   let transports: TransportRow[] = [];
+  let redirect: string | undefined;
   if (ONLY.has(7) && MICRO) {
     console.log('\n== 7. crypto backends (bench/crypto.ts)');
     crypto = await runCryptoBench({ durationMs: QUICK ? 200 : 500 });
@@ -996,6 +997,7 @@ async function main(): Promise<void> {
     store = await runStoreBench({ dir: workDir });
     console.log('== transports: TCP, ws, wss (bench/transports.ts)');
     transports = await runTransportBench(QUICK ? { mib: 8, n: 200, settleS: 2 } : {});
+    redirect = runRedirectBench(workDir);
   }
 
   console.log(`\n== setup: ${TOTAL_DEVICES.toLocaleString('en-US')} devices with known keys in the relay's store`);
@@ -1067,7 +1069,7 @@ async function main(): Promise<void> {
   const table = formatTable();
   console.log(`\n${table}\n`);
   for (const line of targetLines()) console.log(line);
-  const md = renderMarkdown({ machine, table, crypto, store, transports, minutes });
+  const md = renderMarkdown({ machine, table, crypto, store, transports, minutes, ...(redirect ? { redirect } : {}) });
   fs.writeFileSync(OUT, md);
   console.log(`\nwrote ${path.relative(process.cwd(), OUT)} (${minutes.toFixed(1)} min)`);
   if (!flag('keep')) fs.rmSync(workDir, { recursive: true, force: true });
@@ -1187,7 +1189,25 @@ function keptAnalysis(): string | undefined {
   return undefined;
 }
 
-function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; store: StoreBenchResult[]; transports?: TransportRow[]; minutes: number }): string {
+/**
+ * The drain of idle agents from one node of three (issue 13; bench/redirect.ts, its own processes and Redis), as a
+ * markdown section; undefined when redis-server is not installed.
+ */
+function runRedirectBench(workDir: string): string | undefined {
+  try {
+    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
+  } catch {
+    console.log('== drain of idle agents: skipped (no redis-server)');
+    return undefined;
+  }
+  console.log('== drain of idle agents between relay nodes (bench/redirect.ts)');
+  const out = path.join(workDir, 'REDIRECT.md');
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'redirect.js');
+  execFileSync(process.execPath, [script, '--agents', QUICK ? '200' : '2000', '--rates', '200,1000', '--out', out], { stdio: 'inherit' });
+  return fs.readFileSync(out, 'utf8').replace(/^# .*\n/, '## Drain of idle agents between relay nodes (bench/redirect.ts)\n');
+}
+
+function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; store: StoreBenchResult[]; transports?: TransportRow[]; redirect?: string; minutes: number }): string {
   const m = o.machine;
   const lines: string[] = [];
   lines.push('# dropwire benchmarks: side by side with Mosquitto and Aedes');
@@ -1290,6 +1310,10 @@ function renderMarkdown(o: { machine: Record<string, string>; table: string; cry
     lines.push('| transport | stream MB/s | CPU % of a core | idle RSS KiB/conn | heap KiB/conn | external KiB/conn |');
     lines.push('|:--|--:|--:|--:|--:|--:|');
     for (const r of o.transports) lines.push(`| ${r.transport} | ${r.mbPerSec ?? ''} | ${r.cpuPct ?? ''} | ${r.rssKiB ?? ''} | ${r.heapKiB ?? ''} | ${r.externalKiB ?? ''} |`);
+    lines.push('');
+  }
+  if (o.redirect) {
+    lines.push(o.redirect.trimEnd());
     lines.push('');
   }
   if (o.store.length > 0) {
