@@ -90,6 +90,11 @@ export class Redirects {
     const live = hub?.liveDevices().find((d) => d.device === device);
     if (!hub || !live) return { device, to, outcome: 'gone', ms: 0 };
     if (!live.redirectable) return { device, to, outcome: 'unsupported', ms: 0 };
+    // A node listening on every interface without --public has no address an agent elsewhere could dial.
+    if (/^(0\.0\.0\.0|\[::\]|::):/.test(address)) {
+      this.o.log.warn({ device, to, address }, 'redirect impossible: the target node has no public address (start it with --public HOST:PORT)');
+      return { device, to, outcome: 'failed', code: 'DW_NODE_NO_ADDRESS', ms: 0 };
+    }
     const session = hub.sessionId(device);
     if (!session) return { device, to, outcome: 'gone', ms: 0 };
     const rid = toHex(randomBytes(16));
