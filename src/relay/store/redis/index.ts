@@ -23,6 +23,10 @@ import {
   type StatusChange,
   type Store,
   type TokenRecord,
+  type MessagePage,
+  type MessageQuery,
+  MESSAGE_SCAN_MAX,
+  checkMessageQuery,
   type WebhookAttempt,
 } from '../types.js';
 import {
@@ -134,6 +138,7 @@ function toToken(json: string): TokenRecord {
     to: t.to,
     webhook: t.webhook,
     webhookSecret: t.webhookSecret,
+    ...(t.role === 'admin' || t.role === 'metrics' ? { role: t.role } : {}),
     createdAt: t.createdAt,
   };
 }
@@ -314,6 +319,7 @@ class RedisStoreImpl implements RedisStore {
       to: token.to,
       ...(token.webhook !== undefined ? { webhook: token.webhook } : {}),
       ...(token.webhookSecret !== undefined ? { webhookSecret: token.webhookSecret } : {}),
+      ...(token.role === 'admin' || token.role === 'metrics' ? { role: token.role } : {}),
       createdAt: token.createdAt,
     });
     return this.write(`createToken ${token.name}`, scripts.createToken, [token.name, token.hash, json], () => undefined);
@@ -391,6 +397,26 @@ class RedisStoreImpl implements RedisStore {
         return { status: e.status, at: e.at, detail: e.detail };
       }),
     );
+  }
+
+  listMessages(q: MessageQuery): Promise<MessagePage> {
+    return this.track('listMessages', async () => {
+      const limit = checkMessageQuery(q);
+      const [rows, next] = (await this.runScript(scripts.listMessages, [
+        optInt(q.beforeSeq, 'beforeSeq'),
+        String(limit),
+        String(MESSAGE_SCAN_MAX),
+        q.device ?? '',
+        q.sender ?? '',
+        (q.statuses ?? []).join(','),
+        q.attention ? '1' : '',
+        optInt(q.since, 'since'),
+        optInt(q.until, 'until'),
+        q.search ?? '',
+      ])) as [string[][], string];
+      const messages = rows.map((flat) => toMessage(hashFrom(flat)));
+      return next === '' ? { messages } : { messages, next: Number(next) };
+    });
   }
 
   readInlineBody(id: string): Promise<Uint8Array | undefined> {

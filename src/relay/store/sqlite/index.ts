@@ -23,11 +23,16 @@ import {
   type StatusChange,
   type Store,
   type TokenRecord,
+  type MessagePage,
+  type MessageQuery,
+  MESSAGE_SCAN_MAX,
+  checkMessageQuery,
 } from '../types.js';
-import { openDatabase } from './schema.js';
+import { LIVE, openDatabase } from './schema.js';
 import {
   eventFromRow,
   insertedMessage,
+  MESSAGE_COLUMNS,
   prepareStatements,
   toDevice,
   toMessage,
@@ -210,6 +215,47 @@ class SqliteStoreImpl implements SqliteStore {
     );
   }
 
+  listMessages(q: MessageQuery): Promise<MessagePage> {
+    return this.read('listMessages', () => {
+      const limit = checkMessageQuery(q);
+      // The window: the newest MESSAGE_SCAN_MAX messages below `beforeSeq` (of the device / sender, by
+      // their index); the other filters apply inside it, so no query reads more than that many rows.
+      const where = ['seq < :hi'];
+      const params: Record<string, string | number> = { hi: q.beforeSeq ?? Number.MAX_SAFE_INTEGER, scan: MESSAGE_SCAN_MAX, limit };
+      if (q.device !== undefined) {
+        where.push('to_device = :device');
+        params.device = q.device;
+      }
+      if (q.sender !== undefined) {
+        where.push('from_sender = :sender');
+        params.sender = q.sender;
+      }
+      const window = `SELECT seq FROM messages WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT :scan`;
+      const filters: string[] = [];
+      if (q.statuses?.length) filters.push(`status IN (${q.statuses.map((st) => `'${st}'`).join(', ')})`);
+      if (q.attention) filters.push(`(status IN ('failed', 'rejected') OR (overdue = 1 AND ${LIVE}))`);
+      if (q.since !== undefined) {
+        filters.push('created_at >= :since');
+        params.since = q.since;
+      }
+      if (q.until !== undefined) {
+        filters.push('created_at < :until');
+        params.until = q.until;
+      }
+      if (q.search) {
+        filters.push('(id = :search OR instr(lower(filename), lower(:search)) > 0)');
+        params.search = q.search;
+      }
+      const rows = this.db
+        .prepare(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE seq IN (${window})${filters.map((f) => ` AND ${f}`).join('')} ORDER BY seq DESC LIMIT :limit`)
+        .all(params) as unknown as MessageRow[];
+      const messages = rows.map(toMessage);
+      if (messages.length === limit) return { messages, next: messages[limit - 1]!.seq };
+      const { n, low } = this.db.prepare(`SELECT count(*) AS n, min(seq) AS low FROM (${window})`).get({ hi: params.hi!, scan: MESSAGE_SCAN_MAX, ...(q.device !== undefined ? { device: q.device } : {}), ...(q.sender !== undefined ? { sender: q.sender } : {}) }) as { n: number; low: number | null };
+      return n === MESSAGE_SCAN_MAX && low !== null ? { messages, next: low } : { messages };
+    });
+  }
+
   readInlineBody(id: string): Promise<Uint8Array | undefined> {
     return this.read('readInlineBody', () => {
       const row = this.sql.body.get(id) as { body: Uint8Array | null } | undefined;
@@ -301,7 +347,7 @@ class SqliteStoreImpl implements SqliteStore {
 
   createToken(token: TokenRecord): Promise<void> {
     return this.write(`createToken ${token.name}`, StoreErrorCode.TOKEN_EXISTS, () => {
-      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.createdAt);
+      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.role === 'admin' || token.role === 'metrics' ? token.role : null, token.createdAt);
     });
   }
 

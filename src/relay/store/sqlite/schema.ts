@@ -112,6 +112,19 @@ const MIGRATIONS: readonly string[] = [
   -- What each agent reports it runs (its HELLO, PROTOCOL 7.3).
   ALTER TABLE devices ADD COLUMN agent_version TEXT;
   `,
+  `
+  -- Where a device may send files (relay device allow NAME --send-to GLOB); NULL: nowhere.
+  ALTER TABLE devices ADD COLUMN send_to TEXT;
+  -- The body is a sealed envelope (PROTOCOL 12).
+  ALTER TABLE messages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0 CHECK (sealed IN (0, 1));
+  `,
+  `
+  -- What a token is for: send (NULL), admin (console, metrics) or metrics only.
+  ALTER TABLE tokens ADD COLUMN role TEXT CHECK (role IN ('admin', 'metrics'));
+  -- The console's message list: newest first per device and per sender, and what needs an operator.
+  CREATE INDEX messages_by_device ON messages (to_device, seq);
+  CREATE INDEX messages_by_sender ON messages (from_sender, seq);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -11,6 +11,7 @@ import {
   type NewMessage,
   type RelayEvent,
   type TokenRecord,
+  type TokenRole,
 } from '../types.js';
 import { LIVE } from './schema.js';
 
@@ -34,6 +35,7 @@ export interface TokenRow {
   to_glob: string;
   webhook: string | null;
   webhook_secret: string | null;
+  role: string | null;
   created_at: number;
 }
 
@@ -85,7 +87,7 @@ export interface HistoryRow {
   detail: string | null;
 }
 
-const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
+export const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
   body_path, status, idempotency_key, created_at, updated_at, deadline_at, expires_at, overdue, result`;
 
 function opt<T>(v: T | null): T | undefined {
@@ -107,7 +109,15 @@ export function toDevice(r: DeviceRow): DeviceRecord {
 }
 
 export function toToken(r: TokenRow): TokenRecord {
-  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), createdAt: r.created_at };
+  return {
+    name: r.name,
+    hash: r.hash,
+    to: r.to_glob,
+    webhook: opt(r.webhook),
+    webhookSecret: opt(r.webhook_secret),
+    ...(r.role !== null ? { role: r.role as TokenRole } : {}),
+    createdAt: r.created_at,
+  };
 }
 
 export function toMessage(r: MessageRow): MessageRecord {
@@ -209,7 +219,7 @@ export function prepareStatements(db: DatabaseSync) {
     setAgentVersion: p('UPDATE devices SET agent_version = :agentVersion WHERE name = :name'),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
-    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, created_at) VALUES (?, ?, ?, ?, ?, ?)'),
+    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, role, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
     insertEvent: p('INSERT INTO events (type, device, message_id, sender, at, data) VALUES (?, ?, ?, ?, ?, ?)'),
     eventsAfter: p('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?'),
     lastEvent: p('SELECT coalesce(max(seq), 0) AS seq FROM events'),
