@@ -214,6 +214,22 @@ export function storeContract(
       });
     });
 
+    describe('renewEnrollment', () => {
+      it('gives an enrolled device a new secret and unbinds its key, so another host can enroll', async () => {
+        const { store } = await fresh();
+        await store.createDevice({ name: 'shop1', enrollSecretHash: 'old', enrollExpiresAt: 100, createdAt: 1 });
+        await store.enrollDevice('shop1', KEY_A, 10);
+        expect(await store.renewEnrollment('shop1', 'new', 500)).toBe(true);
+        expect(await store.renewEnrollment('nobody', 'x', 500)).toBe(false);
+        const d = await store.getDevice('shop1');
+        expect(d).toMatchObject({ name: 'shop1', enrollSecretHash: 'new', enrollExpiresAt: 500 });
+        expect(d?.publicKey).toBeUndefined();
+        expect(await store.getDeviceByKey(KEY_A)).toBeUndefined();
+        await store.enrollDevice('shop1', KEY_B, 20);
+        expect((await store.getDeviceByKey(KEY_B))?.name).toBe('shop1');
+      });
+    });
+
     describe('listMessages', () => {
       it('filters by device, sender, status, attention, time and search, newest first', async () => {
         const { store } = await fresh();

@@ -230,6 +230,11 @@ export interface Store {
   enrollDevice(name: string, publicKeyHex: string, at: number): Promise<void>;
   /** Removes the device and its undelivered messages' queue entries (they become `cancelled`). */
   removeDevice(name: string, at: number): Promise<boolean>;
+  /**
+   * A new enrollment secret for an existing device (the console's "new enrollment token"): its public key
+   * is unbound, so the host that enrolls with the new token replaces the old one. False if no such device.
+   */
+  renewEnrollment(name: string, enrollSecretHash: string, enrollExpiresAt: number): Promise<boolean>;
   /** Records a sign of life; with `handshakeTs`, also raises the replay guard. */
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void>;
   /** Replaces the agent version the device reported (its HELLO); an unknown device is a no-op. */

@@ -306,6 +306,10 @@ class RedisStoreImpl implements RedisStore {
     );
   }
 
+  renewEnrollment(name: string, enrollSecretHash: string, enrollExpiresAt: number): Promise<boolean> {
+    return this.write(`renewEnrollment ${name}`, scripts.renewEnrollment, [name, enrollSecretHash, int(enrollExpiresAt, 'enrollExpiresAt')], (r) => Number(r) > 0);
+  }
+
   setAgentVersion(name: string, agentVersion: string): Promise<void> {
     return this.write(`setAgentVersion ${name}`, scripts.setAgentVersion, [name, agentVersion], () => undefined);
   }

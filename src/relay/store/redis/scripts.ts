@@ -161,6 +161,21 @@ return existed
 `,
   ),
 
+  /** ARGV: name, secret hash, expiresAt. Unbinds the key; 0 for an unknown device. */
+  renewEnrollment: script(
+    'renewEnrollment',
+    `
+local name = ARGV[3]
+local key = K.device(name)
+if redis.call('EXISTS', key) == 0 then return 0 end
+local pk = redis.call('HGET', key, 'publicKey')
+if pk then redis.call('HDEL', K.deviceKeys, pk) end
+redis.call('HDEL', key, 'publicKey', 'enrolledAt')
+redis.call('HSET', key, 'enrollSecretHash', ARGV[4], 'enrollExpiresAt', ARGV[5])
+return 1
+`,
+  ),
+
   /** ARGV: name, lastSeen, handshakeTs|''. Raises, never lowers; an unknown device is a no-op. */
   touchDevice: script(
     'touchDevice',

@@ -332,6 +332,10 @@ class SqliteStoreImpl implements SqliteStore {
     });
   }
 
+  renewEnrollment(name: string, enrollSecretHash: string, enrollExpiresAt: number): Promise<boolean> {
+    return this.write(`renewEnrollment ${name}`, undefined, () => Number(this.sql.renewEnrollment.run({ name, hash: enrollSecretHash, expiresAt: enrollExpiresAt }).changes) > 0);
+  }
+
   setAgentVersion(name: string, agentVersion: string): Promise<void> {
     return this.write(`setAgentVersion ${name}`, undefined, () => {
       this.sql.setAgentVersion.run({ name, agentVersion });

@@ -212,6 +212,8 @@ export function prepareStatements(db: DatabaseSync) {
     enrollDevice: p(`UPDATE devices SET public_key = :publicKey, enrolled_at = :at, enroll_secret_hash = NULL,
         enroll_expires_at = NULL WHERE name = :name`),
     deleteDevice: p('DELETE FROM devices WHERE name = ?'),
+    renewEnrollment: p(`UPDATE devices SET public_key = NULL, enrolled_at = NULL, enroll_secret_hash = :hash,
+        enroll_expires_at = :expiresAt WHERE name = :name`),
     touchDevice: p(`UPDATE devices SET last_seen = max(coalesce(last_seen, :seen), :seen),
         last_handshake_ts = CASE WHEN :ts IS NULL THEN last_handshake_ts
                                  ELSE max(coalesce(last_handshake_ts, :ts), :ts) END
