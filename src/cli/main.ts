@@ -36,7 +36,8 @@ addNodeOptions(relay
   .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
   .option('--tls-key <file>', 'the PEM private key for --tls-cert')
   .option('--downloads <dir>', 'executables and SHA256SUMS served at /download/ (default: release/ of the package)')
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }) => {
+  .option('--metrics <host:port>', 'also serve GET /metrics without a token on this address of its own (on the HTTP port it needs an admin or --metrics token)')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string; metrics?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -80,9 +81,12 @@ token
   .addOption(storeOpt())
   .option('--to <glob>', 'devices this token may send to', '*')
   .option('--webhook <url>', 'where status events are posted')
-  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string }) => {
+  .addOption(new Option('--admin', 'an operator token: signs in to the console at / and reads /metrics (it may also send)').conflicts('metrics'))
+  .option('--metrics', 'a token that only reads /metrics (Prometheus); it cannot send')
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string; admin?: boolean; metrics?: boolean }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}) });
+    const role = o.admin ? 'admin' : o.metrics ? 'metrics' : undefined;
+    const t = await addToken(o, name, { ...(o.to !== '*' || !role ? { to: o.to } : {}), ...(o.webhook ? { webhook: o.webhook } : {}), ...(role ? { role } : {}) });
     console.log(t.token);
     if (t.webhookSecret) console.log(`webhook secret: ${t.webhookSecret}`);
   });

@@ -9,7 +9,7 @@ import { parseRelayList } from '../transport/address.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
-export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }): Promise<void> {
+export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string; metrics?: string }): Promise<void> {
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new DropwireError('DW_BAD_TLS', '--tls-cert and --tls-key go together');
   if (o.public) parseRelayList(o.public, '--public'); // a typo is refused here, not by every agent later
   if (o.store) {
@@ -27,6 +27,7 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
     caps: { bodyTimeoutS: o.bodyTimeout, maxUploads: o.maxUploads, maxUploadsPerToken: o.maxUploadsPerToken, maxConnsPerIp: o.maxConnsPerIp },
     ...(o.tlsCert && o.tlsKey ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey } } : {}),
     ...(o.downloads ? { downloads: o.downloads } : {}),
+    ...(o.metrics ? { metrics: parseHostPort(o.metrics, '--metrics') } : {}),
     log,
   });
   // On a terminal, a few lines for the person who just started it (the JSON logs go on as usual).

@@ -8,7 +8,7 @@ import { loadOrCreateKeyPair } from '../transport/identity.js';
 import { tokenHash } from './http.js';
 import { adminToken, relayPaths, type RelayInfo } from './relay.js';
 import { openSqliteStore } from './store/sqlite.js';
-import type { DeviceRecord, Store, TokenRecord } from './store/types.js';
+import type { DeviceRecord, Store, TokenRecord, TokenRole } from './store/types.js';
 
 /**
  * Operator actions on a relay's data folder (they work whether the relay runs or not: SQLite WAL), or,
@@ -140,8 +140,11 @@ async function tellRunningRelay(dataDir: string, urlPath: string): Promise<boole
 }
 
 /** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
-export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
+export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string; role?: TokenRole } = {}): Promise<{ token: string; webhookSecret?: string }> {
   checkName('token', name);
+  if (o.role === 'metrics' && (o.webhook !== undefined || (o.to !== undefined && o.to !== '*'))) {
+    throw new DropwireError('DW_BAD_ARGUMENT', 'a --metrics token only reads /metrics: it takes no --to or --webhook');
+  }
   if (o.webhook !== undefined) {
     let u: URL;
     try {
@@ -154,7 +157,7 @@ export async function addToken(target: AdminTarget, name: string, o: { to?: stri
   const secret = `dwt_${randomBytes(24).toString('base64url')}`;
   const webhookSecret = o.webhook ? `whsec_${randomBytes(24).toString('base64url')}` : undefined;
   await withStore(target, async (s) => {
-    await s.createToken({ name, hash: tokenHash(secret), to: o.to ?? '*', ...(o.webhook ? { webhook: o.webhook, webhookSecret } : {}), createdAt: Date.now() });
+    await s.createToken({ name, hash: tokenHash(secret), to: o.to ?? '*', ...(o.webhook ? { webhook: o.webhook, webhookSecret } : {}), ...(o.role && o.role !== 'send' ? { role: o.role } : {}), createdAt: Date.now() });
     // A new webhook starts with the events from now on, not the relay's whole history.
     if (o.webhook) await s.skipWebhookEvents(name, await s.lastEventSeq());
   });

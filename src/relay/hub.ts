@@ -145,6 +145,12 @@ export class Hub extends EventEmitter {
     return this.peers.get(device)?.link?.connection.isEstablished === true || this.o.cluster?.onlineElsewhere(device) === true;
   }
 
+  /** How a device is connected to this hub right now (the console shows it); undefined when not here. */
+  linkInfo(device: string): { transport: string; remote: string } | undefined {
+    const link = this.peers.get(device)?.link;
+    return link?.connection.isEstablished ? { transport: link.transport, remote: link.remote } : undefined;
+  }
+
   /** This hub holds a session (live or lingering) of the device. */
   hasSession(device: string): boolean {
     return this.peers.has(device);
@@ -207,6 +213,7 @@ export class Hub extends EventEmitter {
         if (!p) return;
         p.onlineSince = this.now();
         if (!out.resumed) this.newStream(p);
+        this.emit('session', { device: p.device, resumed: out.resumed });
         this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote, transport: link.transport }, out.resumed ? 'session resumed' : 'session started');
         this.presence(p.device, true);
         if (out.resumed) {
@@ -336,6 +343,7 @@ export class Hub extends EventEmitter {
     const key = toHex(remoteStatic);
     const refuse = (code: string, why: string) => {
       log.warn({ code, remote: link.remote, key: key.slice(0, 16) }, `handshake refused: ${why}`);
+      this.emit('refused', code);
       if (!link.connection.isClosed) {
         link.connection.refuse(code, this.now());
         link.pump();
