@@ -148,6 +148,10 @@ else { console.log('reading order'); console.error('bad order: missing customer'
     await row(page, s.device).getByText('online', { exact: true }).waitFor({ timeout: 30_000 });
     expect(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed)).toBe(true);
     await s.api.until(victim, ['handled']);
+    // The rest of the row follows from the server, still without a reload: how it is connected now.
+    await row(page, s.device).getByText('tcp', { exact: true }).waitFor({ timeout: 30_000 });
+    await page.getByText('1 device, 1 online, 0 offline.').waitFor();
+    expect(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed)).toBe(true);
     await page.screenshot({ path: path.join(SHOTS, 'devices.png'), fullPage: true });
     // Readable at 320 px: no sideways scrolling.
     await page.setViewportSize({ width: 320, height: 700 });

@@ -12,10 +12,10 @@ export function esc(v: unknown): string {
 
 const u = encodeURIComponent;
 
-export function when(ms: number | undefined): string {
+export function when(ms: number | undefined, precise = false): string {
   if (ms === undefined) return '<span class="muted">never</span>';
   const iso = new Date(ms).toISOString();
-  return `<time datetime="${iso}">${iso.slice(0, 19).replace('T', ' ')} UTC</time>`;
+  return `<time datetime="${iso}">${iso.slice(0, precise ? 23 : 19).replace('T', ' ')} UTC</time>`;
 }
 
 function size(n: number): string {
@@ -259,7 +259,7 @@ export function messagePage(o: { csrf: string; message: MessageRecord; history: 
   const facts = RESULT_FIELDS.filter(([k]) => r[k] !== undefined && r[k] !== null).map(([k, label]) => `<dt>${label}</dt><dd>${esc(r[k])}</dd>`).join('');
   const output = typeof r.output === 'string' && r.output !== '' ? `<h3 id="output-h">Output (last part)</h3><pre aria-labelledby="output-h">${esc(r.output)}</pre>` : '';
   const timeline = o.history
-    .map((h) => `<li>${when(h.at)} ${badge(h.status)}${h.detail ? ` <span class="muted">${esc(JSON.stringify(h.detail))}</span>` : ''}</li>`)
+    .map((h) => `<li>${when(h.at, true)} ${badge(h.status)}${h.detail ? ` <span class="muted">${esc(JSON.stringify(h.detail))}</span>` : ''}</li>`)
     .join('\n');
   return layout(
     { title: `Message ${m.filename}`, csrf: o.csrf, current: 'messages' },
