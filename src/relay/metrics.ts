@@ -54,7 +54,9 @@ export class RelayMetrics {
       registers: [r],
     });
     const onStatus = (e: StatusEvent) => {
-      if (!FINAL_STATUSES.has(e.status)) return;
+      // A cluster node also re-tells final statuses applied by other nodes (to wake its long polls), with
+      // no sender: those are counted by the node that applied them, so the nodes' sums add up.
+      if (!FINAL_STATUSES.has(e.status) || e.from === '') return;
       final.inc({ status: e.status });
       if (e.status !== 'handled') return;
       const t0 = publishedAt(e.id);
