@@ -100,12 +100,12 @@ else { console.log('reading order'); console.error('bad order: missing customer'
     // Presence, live: the agent is killed; the row turns red (offline) without a reload, and back.
     await page.getByRole('link', { name: 'Devices' }).click();
     await row(page, s.device).getByText('online', { exact: true }).waitFor();
-    await page.evaluate(() => ((window as unknown as { stayed: boolean }).stayed = true));
+    await page.evaluate('window.stayed = true');
     await agent.kill('SIGKILL');
     await row(page, s.device).getByText('offline', { exact: true }).waitFor({ timeout: 30_000 });
-    const color = await row(page, s.device).getByText('offline', { exact: true }).evaluate((el) => getComputedStyle(el).color);
+    const color = await row(page, s.device).getByText('offline', { exact: true }).evaluate('(el) => getComputedStyle(el).color');
     expect(color).toBe('rgb(179, 38, 30)');
-    expect(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed)).toBe(true);
+    expect(await page.evaluate('window.stayed')).toBe(true);
 
     // Cancel a queued message (the device is away, so it stays queued).
     const queued = (await s.api.send(s.device, 'later.job', 'x')).json.id as string;
@@ -143,19 +143,19 @@ else { console.log('reading order'); console.error('bad order: missing customer'
     // Back online, live: the kept message is delivered.
     await page.goto(`${base}/`);
     await row(page, s.device).getByText('offline', { exact: true }).waitFor();
-    await page.evaluate(() => ((window as unknown as { stayed: boolean }).stayed = true));
+    await page.evaluate('window.stayed = true');
     agent = spawnCli(['agent', '--home', s.home]);
     await row(page, s.device).getByText('online', { exact: true }).waitFor({ timeout: 30_000 });
-    expect(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed)).toBe(true);
+    expect(await page.evaluate('window.stayed')).toBe(true);
     await s.api.until(victim, ['handled']);
     // The rest of the row follows from the server, still without a reload: how it is connected now.
     await row(page, s.device).getByText('tcp', { exact: true }).waitFor({ timeout: 30_000 });
     await page.getByText('1 device, 1 online, 0 offline.').waitFor();
-    expect(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed)).toBe(true);
+    expect(await page.evaluate('window.stayed')).toBe(true);
     await page.screenshot({ path: path.join(SHOTS, 'devices.png'), fullPage: true });
     // Readable at 320 px: no sideways scrolling.
     await page.setViewportSize({ width: 320, height: 700 });
-    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(320);
+    expect(await page.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(320);
     await page.screenshot({ path: path.join(SHOTS, 'devices-320.png'), fullPage: true });
     await page.setViewportSize({ width: 1100, height: 760 });
     if (process.env.DROPWIRE_UPDATE_SCREENSHOTS === '1') fs.copyFileSync(path.join(SHOTS, 'devices.png'), path.join(ROOT, 'docs', 'console-devices.png'));
@@ -184,14 +184,14 @@ else { console.log('reading order'); console.error('bad order: missing customer'
     });
     await page.goto(`${base}/`);
     // Keyboard only: the token field has the focus, type, Enter; then Tab reaches the skip link first.
-    expect(await page.evaluate(() => document.activeElement?.id)).toBe('token');
+    expect(await page.evaluate('document.activeElement?.id')).toBe('token');
     await page.keyboard.type(admin);
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Devices', level: 1 }).waitFor();
     await page.keyboard.press('Tab');
-    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe('Skip to content');
+    expect(await page.evaluate('document.activeElement?.textContent')).toBe('Skip to content');
     for (let i = 0; i < 3; i++) await page.keyboard.press('Tab'); // brand, Devices, Messages
-    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe('Messages');
+    expect(await page.evaluate('document.activeElement?.textContent')).toBe('Messages');
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Messages', level: 1 }).waitFor();
     await page.getByRole('search', { name: 'Filter messages' }).getByLabel('Id or file name').waitFor();

@@ -218,20 +218,21 @@ class SqliteStoreImpl implements SqliteStore {
   listMessages(q: MessageQuery): Promise<MessagePage> {
     return this.read('listMessages', () => {
       const limit = checkMessageQuery(q);
-      // The window: the newest MESSAGE_SCAN_MAX messages below `beforeSeq` (of the device / sender, by
-      // their index); the other filters apply inside it, so no query reads more than that many rows.
-      const where = ['seq < :hi'];
-      const params: Record<string, string | number> = { hi: q.beforeSeq ?? Number.MAX_SAFE_INTEGER, scan: MESSAGE_SCAN_MAX, limit };
+      // The window: the newest MESSAGE_SCAN_MAX messages below `beforeSeq`, by the primary key; the filters
+      // apply inside it, so no call reads more than that many rows, and no index is added for it (every
+      // index costs each enqueue).
+      const window = 'SELECT seq FROM messages WHERE seq < :hi ORDER BY seq DESC LIMIT :scan';
+      const hi = q.beforeSeq ?? Number.MAX_SAFE_INTEGER;
+      const params: Record<string, string | number> = { hi, scan: MESSAGE_SCAN_MAX, limit };
+      const filters: string[] = [];
       if (q.device !== undefined) {
-        where.push('to_device = :device');
+        filters.push('to_device = :device');
         params.device = q.device;
       }
       if (q.sender !== undefined) {
-        where.push('from_sender = :sender');
+        filters.push('from_sender = :sender');
         params.sender = q.sender;
       }
-      const window = `SELECT seq FROM messages WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT :scan`;
-      const filters: string[] = [];
       if (q.statuses?.length) filters.push(`status IN (${q.statuses.map((st) => `'${st}'`).join(', ')})`);
       if (q.attention) filters.push(`(status IN ('failed', 'rejected') OR (overdue = 1 AND ${LIVE}))`);
       if (q.since !== undefined) {
@@ -251,7 +252,7 @@ class SqliteStoreImpl implements SqliteStore {
         .all(params) as unknown as MessageRow[];
       const messages = rows.map(toMessage);
       if (messages.length === limit) return { messages, next: messages[limit - 1]!.seq };
-      const { n, low } = this.db.prepare(`SELECT count(*) AS n, min(seq) AS low FROM (${window})`).get({ hi: params.hi!, scan: MESSAGE_SCAN_MAX, ...(q.device !== undefined ? { device: q.device } : {}), ...(q.sender !== undefined ? { sender: q.sender } : {}) }) as { n: number; low: number | null };
+      const { n, low } = this.db.prepare(`SELECT count(*) AS n, min(seq) AS low FROM (${window})`).get({ hi, scan: MESSAGE_SCAN_MAX }) as { n: number; low: number | null };
       return n === MESSAGE_SCAN_MAX && low !== null ? { messages, next: low } : { messages };
     });
   }

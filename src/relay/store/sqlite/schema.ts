@@ -121,9 +121,6 @@ const MIGRATIONS: readonly string[] = [
   `
   -- What a token is for: send (NULL), admin (console, metrics) or metrics only.
   ALTER TABLE tokens ADD COLUMN role TEXT CHECK (role IN ('admin', 'metrics'));
-  -- The console's message list: newest first per device and per sender, and what needs an operator.
-  CREATE INDEX messages_by_device ON messages (to_device, seq);
-  CREATE INDEX messages_by_sender ON messages (from_sender, seq);
   `,
 ];
 
