@@ -32,12 +32,14 @@ describe('console sessions', () => {
   });
 
   it('refuses requests from another site by Sec-Fetch-Site or Origin', () => {
-    expect(crossSite(req({ host: 'r:7391', origin: 'http://r:7391', 'sec-fetch-site': 'same-origin' }), false)).toBeUndefined();
-    expect(crossSite(req({ host: 'r:7391' }), false)).toBeUndefined(); // curl: neither header
-    expect(crossSite(req({ host: 'r:7391', 'sec-fetch-site': 'same-site' }), false)).toMatch(/same-site/);
-    expect(crossSite(req({ host: 'r:7391', 'sec-fetch-site': 'cross-site' }), false)).toMatch(/cross-site/);
-    expect(crossSite(req({ host: 'r:7391', origin: 'http://evil.example' }), false)).toMatch(/evil/);
-    expect(crossSite(req({ host: 'r:7391', origin: 'http://r:7391' }), true)).toMatch(/not this console/); // HTTPS relay
+    expect(crossSite(req({ host: 'r:7391', origin: 'http://r:7391', 'sec-fetch-site': 'same-origin' }))).toBeUndefined();
+    expect(crossSite(req({ host: 'r:7391' }))).toBeUndefined(); // curl: neither header
+    expect(crossSite(req({ host: 'relay.example', origin: 'https://relay.example' }))).toBeUndefined(); // behind a TLS proxy
+    expect(crossSite(req({ host: 'r:7391', 'sec-fetch-site': 'same-site' }))).toMatch(/same-site/);
+    expect(crossSite(req({ host: 'r:7391', 'sec-fetch-site': 'cross-site' }))).toMatch(/cross-site/);
+    expect(crossSite(req({ host: 'r:7391', origin: 'http://evil.example' }))).toMatch(/evil/);
+    expect(crossSite(req({ host: 'r:7391', origin: 'http://r:7391.evil.example' }))).toMatch(/not this console/);
+    expect(crossSite(req({ host: 'r:7391', origin: 'null' }))).toMatch(/not this console/);
   });
 
   it('escapes what it puts in pages', () => {

@@ -13,7 +13,7 @@ import { FINAL_STATUSES, MessageStatus, type MessageQuery, type MessageRecord, t
 import { ASSETS } from './assets.js';
 import { consoleEvents } from './live.js';
 import { deviceOrder, devicePage, devicesPage, errorPage, messagePage, messagesPage, signInPage, type DeviceView, type MessageFilters } from './pages.js';
-import { clearedCookie, crossSite, readCookie, SESSION_COOKIE, sessionCookie, SessionKeys, type Session } from './session.js';
+import { clearedCookie, crossSite, overHttps, readCookie, SESSION_COOKIE, sessionCookie, SessionKeys, type Session } from './session.js';
 
 export interface ConsoleOptions {
   store: Store;
@@ -167,7 +167,7 @@ export class Console {
       throw new ConsoleError(400, 'DW_BAD_REQUEST', 'bad percent-encoding in the request path');
     }
     if (method === 'POST') {
-      const why = crossSite(req, this.o.secure);
+      const why = crossSite(req);
       if (why) throw new ConsoleError(403, 'DW_CROSS_SITE', `refused: a cross-site request (${why})`);
     }
     const session = await this.session(req);
@@ -182,7 +182,7 @@ export class Console {
     if (method === 'POST') {
       const form = await readForm(req);
       if (!this.keys.checkCsrf(session, form.get('csrf') ?? undefined)) throw new ConsoleError(403, 'DW_BAD_CSRF', 'refused: the form is stale or not from this console; reload the page');
-      return this.action(res, parts, form, csrf);
+      return this.action(req, res, parts, form, csrf);
     }
     if (method !== 'GET' && method !== 'HEAD') throw new ConsoleError(405, 'DW_METHOD_NOT_ALLOWED', 'use GET or POST');
     const notice = NOTICES[url.searchParams.get('done') ?? ''];
@@ -195,7 +195,7 @@ export class Console {
   }
 
   private async signIn(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const why = crossSite(req, this.o.secure);
+    const why = crossSite(req);
     if (why) throw new ConsoleError(403, 'DW_CROSS_SITE', `refused: a cross-site request (${why})`);
     const form = await readForm(req);
     const secret = (form.get('token') ?? '').trim();
@@ -206,7 +206,7 @@ export class Console {
     }
     const { cookie } = this.keys.issue(token, this.now());
     this.o.log.info({ token: token.name, remote: req.socket.remoteAddress }, 'console sign-in');
-    res.writeHead(303, { location: '/', 'set-cookie': sessionCookie(cookie, this.o.secure), 'cache-control': 'no-store' }).end();
+    res.writeHead(303, { location: '/', 'set-cookie': sessionCookie(cookie, overHttps(req, this.o.secure)), 'cache-control': 'no-store' }).end();
   }
 
   private actionDeps(): MessageActionDeps {
@@ -214,10 +214,10 @@ export class Console {
     return { store, blobs, hub, feed, log, now: this.now, newId: messageId };
   }
 
-  private async action(res: http.ServerResponse, parts: string[], form: URLSearchParams, csrf: string): Promise<void> {
+  private async action(req: http.IncomingMessage, res: http.ServerResponse, parts: string[], form: URLSearchParams, csrf: string): Promise<void> {
     const [, what, name, verb] = parts;
     if (parts.length === 2 && what === 'sign-out') {
-      res.writeHead(303, { location: '/console/sign-in?out=1', 'set-cookie': clearedCookie(this.o.secure), 'cache-control': 'no-store' }).end();
+      res.writeHead(303, { location: '/console/sign-in?out=1', 'set-cookie': clearedCookie(overHttps(req, this.o.secure)), 'cache-control': 'no-store' }).end();
       return;
     }
     if (parts.length === 4 && what === 'messages' && (verb === 'cancel' || verb === 'retry')) {

@@ -93,15 +93,22 @@ export function clearedCookie(secure: boolean): string {
 
 /**
  * A state-changing request must come from the console's own pages: the browser's Sec-Fetch-Site (when
- * sent) is same-origin, and Origin (when sent) is this very origin. Returns why not, or undefined.
+ * sent) is same-origin, and Origin (when sent) names this very host. The scheme is not compared: behind a
+ * TLS reverse proxy the browser's origin is https:// while the relay hears plain HTTP. Returns why not.
  */
-export function crossSite(req: http.IncomingMessage, secure: boolean): string | undefined {
+export function crossSite(req: http.IncomingMessage): string | undefined {
   const site = req.headers['sec-fetch-site'];
   if (site !== undefined && site !== 'same-origin' && site !== 'none') return `Sec-Fetch-Site is ${String(site)}`;
   const origin = req.headers.origin;
   if (origin !== undefined) {
     const host = req.headers.host;
-    if (!host || origin !== `${secure ? 'https' : 'http'}://${host}`) return `Origin ${origin} is not this console`;
+    const m = /^https?:\/\/([^/]+)$/.exec(origin);
+    if (!host || !m || m[1]!.toLowerCase() !== host.toLowerCase()) return `Origin ${origin} is not this console`;
   }
   return undefined;
+}
+
+/** The browser reached the console over HTTPS: the relay's own TLS, or a reverse proxy that says so. */
+export function overHttps(req: http.IncomingMessage, relayTls: boolean): boolean {
+  return relayTls || req.headers['x-forwarded-proto'] === 'https';
 }
