@@ -102,9 +102,9 @@ export async function printDevices(target: AdminTarget, json: boolean): Promise<
 export async function printTokens(target: AdminTarget, json: boolean): Promise<void> {
   const tokens = await listTokens(target);
   if (json) {
-    console.log(JSON.stringify(tokens.map((t) => ({ name: t.name, to: t.to, webhook: t.webhook ?? null, createdAt: t.createdAt }))));
+    console.log(JSON.stringify(tokens.map((t) => ({ name: t.name, to: t.to, webhook: t.webhook ?? null, role: t.role ?? 'send', createdAt: t.createdAt }))));
     return;
   }
   if (tokens.length === 0) process.stderr.write(`no sender tokens in ${where(target)} yet: add one with \`dropwire relay token add NAME\`\n`);
-  for (const t of tokens) console.log(`${t.name}\tto ${t.to}${t.webhook ? `\twebhook ${t.webhook}` : ''}`);
+  for (const t of tokens) console.log(`${t.name}\tto ${t.to}${t.webhook ? `\twebhook ${t.webhook}` : ''}${t.role ? `\t${t.role}` : ''}`);
 }

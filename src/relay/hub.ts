@@ -145,6 +145,15 @@ export class Hub extends EventEmitter {
     return this.peers.get(device)?.link?.connection.isEstablished === true || this.o.cluster?.onlineElsewhere(device) === true;
   }
 
+  /**
+   * Online as the event log tells it: also while a link that just went is within the offline grace time
+   * (no `device.offline` yet, and none if it is back in time). The console shows this, so that a page
+   * drawn in between agrees with the events that follow.
+   */
+  reportedOnline(device: string): boolean {
+    return this.isOnline(device) || this.offlineTimers.has(device);
+  }
+
   /** How a device is connected to this hub right now (the console shows it); undefined when not here. */
   linkInfo(device: string): { transport: string; remote: string } | undefined {
     const link = this.peers.get(device)?.link;
@@ -181,6 +190,11 @@ export class Hub extends EventEmitter {
   /** Drops a device's session and link at once (the device was removed). */
   drop(device: string): void {
     this.retireSession(device, 'DW_DEVICE_REMOVED');
+    // Cut on purpose, not a network blip: offline at once (no grace), so that a host enrolling in its place
+    // right after is reported online again.
+    clearTimeout(this.offlineTimers.get(device));
+    this.offlineTimers.delete(device);
+    if (this.announced.get(device) === true) this.announce(device, false);
   }
 
   /** Retires a device's session here (removed, or its agent now has a session on another node). */

@@ -206,7 +206,9 @@ export class Relay<S extends Store = SqliteStore> {
     let local: ReturnType<typeof background> | undefined;
     const tlsFiles = o.tls ? new TlsFiles({ ...o.tls, log: o.log }) : undefined;
     const metrics = new RelayMetrics({ hub, store, log: o.log, ...(cluster ? { node: cluster.name } : {}) });
-    const agentAddresses = (): string[] => cluster?.config.agents ?? (o.public ?? formatHostPort(o.listen.host, o.listen.port)).split(',').map((a) => a.trim()).filter(Boolean);
+    // What enrollment tokens made by the console carry: the cluster's agent addresses, or `public` once listening.
+    let publicAddresses: string[] = [];
+    const agentAddresses = (): string[] => cluster?.config.agents ?? publicAddresses;
     const operatorConsole = new Console({
       store, hub, blobs, feed, log: o.log, metrics,
       sessionSecret: keys.privateKey,
@@ -254,6 +256,7 @@ export class Relay<S extends Store = SqliteStore> {
       ...(cluster ? { node: cluster.name } : {}),
       ...(metricsAt ? { metrics: formatHostPort(metricsAt.host, metricsAt.port) } : {}),
     };
+    publicAddresses = info.public.split(',').map((a) => a.trim()).filter(Boolean);
     if (inCluster) await inCluster.node.attach({ hub, feed, store, wakeups: inCluster.wakeups, agents: info.public, http: info.http, background });
     else local = background();
     writeFileAtomic(p.info, JSON.stringify(info, null, 2) + '\n');

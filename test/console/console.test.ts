@@ -103,7 +103,7 @@ else { console.log('reading order'); console.error('bad order: missing customer'
     await page.evaluate('window.stayed = true');
     await agent.kill('SIGKILL');
     await row(page, s.device).getByText('offline', { exact: true }).waitFor({ timeout: 30_000 });
-    const color = await row(page, s.device).getByText('offline', { exact: true }).evaluate('(el) => getComputedStyle(el).color');
+    const color = await row(page, s.device).getByText('offline', { exact: true }).evaluate((el: unknown) => (globalThis as unknown as { getComputedStyle(e: unknown): { color: string } }).getComputedStyle(el).color);
     expect(color).toBe('rgb(179, 38, 30)');
     expect(await page.evaluate('window.stayed')).toBe(true);
 
@@ -198,5 +198,42 @@ else { console.log('reading order'); console.error('bad order: missing customer'
     expect([...hosts]).toEqual([s.relay.info.http]);
     expect(bytes).toBeGreaterThan(0);
     expect(bytes).toBeLessThan(200 * 1024);
+  });
+
+  it('a device page: a new enrollment token that a new host enrolls with, and remove device', { timeout: 180_000 }, async () => {
+    const s = await setup({ rules: [] });
+    const admin = await cliOk(['relay', 'token', 'add', 'ops', '--admin', '--data', s.data]);
+    const base = `http://${s.relay.info.http}`;
+    const old = spawnCli(['agent', '--home', s.home]);
+    await onlineViaApi(s, true);
+    const browser = await launch();
+    const page = await browser.newPage();
+    await page.goto(`${base}/`);
+    await page.getByLabel('Admin token').fill(admin);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('link', { name: s.device, exact: true }).click();
+    await page.getByRole('heading', { name: `Device ${s.device}` }).waitFor();
+
+    // A new enrollment token: the page shows the init line; the old host's key stops working, a new host enrolls.
+    await page.getByRole('button', { name: 'New enrollment token' }).click();
+    const line = (await page.getByLabel('init command').textContent())!.trim();
+    expect(line).toMatch(/^dropwire init dw1\.\S+$/);
+    // The old host is dropped and its key refused from now on.
+    await old.waitLog((l) => JSON.stringify(l).includes('DW_UNKNOWN_DEVICE'), 30_000);
+    await old.kill();
+    const newHome = path.join(tempDir(), 'replacement');
+    await cliOk(['init', line.split(' ')[2]!, '--home', newHome]);
+    const replacement = spawnCli(['agent', '--home', newHome]);
+    await onlineViaApi(s, true);
+    // The page that showed the token follows the device live: online again, by the new host.
+    await page.locator('[data-device]').getByText('online', { exact: true }).waitFor({ timeout: 30_000 });
+
+    // Remove device: needs the box ticked; then it is gone from the relay.
+    await page.getByRole('checkbox', { name: /Remove shop/ }).check();
+    await page.getByRole('button', { name: 'Remove device' }).click();
+    await page.getByRole('status').filter({ hasText: 'Device removed' }).waitFor();
+    expect(await page.getByRole('link', { name: s.device, exact: true }).count()).toBe(0);
+    expect((await s.api.get(`/v1/devices/${s.device}`)).status).toBe(404);
+    await replacement.kill();
   });
 });

@@ -66,7 +66,9 @@ export const SCRIPT = `
   function say(text) { if (state) state.textContent = text; }
   function refresh() {
     timer = null;
-    fetch(location.href, { credentials: 'same-origin', headers: { accept: 'text/html' } }).then(function (r) {
+    var main = document.getElementById('main');
+    var url = (main && main.getAttribute('data-live-url')) || location.href;
+    fetch(url, { credentials: 'same-origin', headers: { accept: 'text/html' } }).then(function (r) {
       if (r.redirected || !r.ok) { if (r.status === 401 || r.redirected) location.reload(); return null; }
       return r.text();
     }).then(function (html) {
@@ -91,7 +93,9 @@ export const SCRIPT = `
       });
     });
   }
-  var es = new EventSource('/console/events');
+  var main0 = document.getElementById('main');
+  var after = main0 && main0.getAttribute('data-live-after');
+  var es = new EventSource('/console/events' + (after ? '?after=' + encodeURIComponent(after) : ''));
   es.onopen = function () { say('Live updates on'); if (pending) { pending = false; soon(); } };
   es.onerror = function () { say('Live updates paused, reconnecting…'); };
   ['device.online', 'device.offline'].forEach(function (t) {

@@ -15,8 +15,9 @@ export async function consoleEvents(
   res: http.ServerResponse,
   o: { store: Store; feed: EventFeed; stillValid: () => Promise<boolean> },
 ): Promise<void> {
+  // Last-Event-ID when the browser reconnects; else `after`, the last event the page was rendered with.
   const lastId = req.headers['last-event-id'];
-  const from = Array.isArray(lastId) ? lastId[0] : lastId;
+  const from = (Array.isArray(lastId) ? lastId[0] : lastId) ?? new URL(req.url ?? '/', 'http://relay').searchParams.get('after') ?? undefined;
   let cursor = from !== undefined && /^\d{1,15}$/.test(from) ? Number(from) : await o.store.lastEventSeq();
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
   res.write('retry: 2000\n: dropwire console events\n\n');

@@ -31,6 +31,10 @@ export interface Chrome {
   /** The session's CSRF token; absent on the sign-in page. */
   csrf?: string;
   current?: 'devices' | 'messages';
+  /** Where the live script re-reads this page (a page answered to a POST has another URL). */
+  liveUrl?: string;
+  /** The last event the page already shows: the live stream starts after it (nothing missed in between). */
+  after?: number;
 }
 
 export function layout(c: Chrome, body: string): string {
@@ -57,7 +61,7 @@ ${c.csrf ? '<script src="/console/app.js" defer></script>' : ''}
 <body>
 <a class="skip" href="#main">Skip to content</a>
 ${nav}
-<main id="main">
+<main id="main"${c.liveUrl ? ` data-live-url="${esc(c.liveUrl)}"` : ''}${c.after !== undefined ? ` data-live-after="${c.after}"` : ''}>
 ${body}
 </main>
 </body>
@@ -117,11 +121,24 @@ function deviceRow(d: DeviceView): string {
 </tr>`;
 }
 
-export function devicesPage(csrf: string, devices: DeviceView[], notice?: string): string {
+function deviceFacts(d: DeviceView): string {
+  const presence = d.enrolled ? (d.online ? 'online' : 'offline') : 'not enrolled';
+  return `<dl class="facts" data-device="${esc(d.name)}">
+  <dt>Status</dt><dd><span data-presence class="badge ${d.online ? 'online' : 'offline'}">${esc(presence)}</span></dd>
+  <dt>Last seen</dt><dd>${d.online ? 'now' : when(d.lastSeen)}</dd>
+  <dt>Queued</dt><dd>${d.queued}${d.overdue ? ` ${badge(`${d.overdue} overdue`, 'overdue')}` : ''}</dd>
+  <dt>Agent version</dt><dd>${esc(d.agentVersion ?? '—')}</dd>
+  <dt>Transport</dt><dd>${esc(d.transport ?? '—')}</dd>
+  <dt>Address</dt><dd>${esc(d.address ?? '—')}</dd>
+</dl>`;
+}
+
+export function devicesPage(csrf: string, devices: DeviceView[], after: number, notice?: string): string {
+  // Also the answer to a removal (POST): the live script re-reads / then.
   const offline = devices.filter((d) => !d.online).length;
   const rows = devices.map(deviceRow).join('\n');
   return layout(
-    { title: 'Devices', csrf, current: 'devices' },
+    { title: 'Devices', csrf, current: 'devices', liveUrl: '/', after },
     `<h1>Devices</h1>
 ${notice ? `<p class="notice" role="status">${esc(notice)}</p>` : ''}
 <div id="devices-live" data-live>
@@ -139,13 +156,13 @@ ${rows || '<tr><td colspan="7">No devices yet: add one with <code>dropwire relay
   );
 }
 
-export function devicePage(o: { csrf: string; device: DeviceView; messages: MessageRecord[]; next?: number; notice?: string; error?: string; enrollment?: { line: string; expiresAt: number } }): string {
+export function devicePage(o: { csrf: string; after: number; device: DeviceView; messages: MessageRecord[]; next?: number; notice?: string; error?: string; enrollment?: { line: string; expiresAt: number } }): string {
   const d = o.device;
   const outcomes = new Map<string, number>();
   for (const m of o.messages) outcomes.set(m.status, (outcomes.get(m.status) ?? 0) + 1);
   const summary = [...outcomes].map(([s, n]) => `${badge(s)} ${n}`).join(' ');
   return layout(
-    { title: d.name, csrf: o.csrf, current: 'devices' },
+    { title: d.name, csrf: o.csrf, current: 'devices', liveUrl: `/console/devices/${u(d.name)}`, after: o.after },
     `<h1>Device ${esc(d.name)}</h1>
 ${o.notice ? `<p class="notice" role="status">${esc(o.notice)}</p>` : ''}
 ${o.error ? `<p class="alert" role="alert">${esc(o.error)}</p>` : ''}
@@ -157,7 +174,7 @@ ${
     : ''
 }
 <div id="device-live" data-live>
-<table class="stack" aria-label="Device ${esc(d.name)}"><tbody>${deviceRow(d)}</tbody></table>
+${deviceFacts(d)}
 <h2>Outcomes of its latest messages</h2>
 <p>${summary || 'No messages yet.'}</p>
 ${messageTable('Its latest messages', o.messages)}
@@ -214,13 +231,13 @@ export interface MessageFilters {
   q: string;
 }
 
-export function messagesPage(o: { csrf: string; filters: MessageFilters; attention: MessageRecord[]; messages: MessageRecord[]; next?: number; error?: string; older: boolean }): string {
+export function messagesPage(o: { csrf: string; after?: number; filters: MessageFilters; attention: MessageRecord[]; messages: MessageRecord[]; next?: number; error?: string; older: boolean }): string {
   const f = o.filters;
   const options = ['', ...Object.values(MessageStatus)].map((s) => `<option value="${s}"${s === f.status ? ' selected' : ''}>${s || 'any'}</option>`).join('');
   const query = (extra: Record<string, string | number>) =>
     '?' + Object.entries({ ...f, ...extra }).filter(([, v]) => v !== '').map(([k, v]) => `${k}=${u(String(v))}`).join('&amp;');
   return layout(
-    { title: 'Messages', csrf: o.csrf, current: 'messages' },
+    { title: 'Messages', csrf: o.csrf, current: 'messages', ...(o.after !== undefined ? { after: o.after } : {}) },
     `<h1>Messages</h1>
 ${o.error ? `<p class="alert" role="alert">${esc(o.error)}</p>` : ''}
 <form class="filters" method="get" action="/console/messages" role="search" aria-label="Filter messages">
@@ -253,7 +270,7 @@ const RESULT_FIELDS: Array<[string, string]> = [
   ['reason', 'Reason'],
 ];
 
-export function messagePage(o: { csrf: string; message: MessageRecord; history: HistoryEntry[]; retryOf?: string; retriedAs?: string; notice?: string; error?: string; canCancel: boolean; canRetry: boolean }): string {
+export function messagePage(o: { csrf: string; after: number; message: MessageRecord; history: HistoryEntry[]; retryOf?: string; retriedAs?: string; notice?: string; error?: string; canCancel: boolean; canRetry: boolean }): string {
   const m = o.message;
   const r = m.result ?? {};
   const facts = RESULT_FIELDS.filter(([k]) => r[k] !== undefined && r[k] !== null).map(([k, label]) => `<dt>${label}</dt><dd>${esc(r[k])}</dd>`).join('');
@@ -262,7 +279,7 @@ export function messagePage(o: { csrf: string; message: MessageRecord; history: 
     .map((h) => `<li>${when(h.at, true)} ${badge(h.status)}${h.detail ? ` <span class="muted">${esc(JSON.stringify(h.detail))}</span>` : ''}</li>`)
     .join('\n');
   return layout(
-    { title: `Message ${m.filename}`, csrf: o.csrf, current: 'messages' },
+    { title: `Message ${m.filename}`, csrf: o.csrf, current: 'messages', liveUrl: `/console/messages/${u(m.id)}`, after: o.after },
     `<h1>Message ${esc(m.filename)}</h1>
 ${o.notice ? `<p class="notice" role="status">${esc(o.notice)}</p>` : ''}
 ${o.error ? `<p class="alert" role="alert">${esc(o.error)}</p>` : ''}

@@ -186,7 +186,10 @@ export class Console {
     }
     if (method !== 'GET' && method !== 'HEAD') throw new ConsoleError(405, 'DW_METHOD_NOT_ALLOWED', 'use GET or POST');
     const notice = NOTICES[url.searchParams.get('done') ?? ''];
-    if (parts.length === 0 || (parts.length === 1 && parts[0] === 'console')) return html(res, 200, devicesPage(csrf, await this.devices()));
+    if (parts.length === 0 || (parts.length === 1 && parts[0] === 'console')) {
+      const after = await this.o.store.lastEventSeq(); // read first: what happens next reaches the page live
+      return html(res, 200, devicesPage(csrf, await this.devices(), after));
+    }
     if (parts.length === 2 && parts[1] === 'events') return consoleEvents(req, res, { store: this.o.store, feed: this.o.feed, stillValid: async () => (await this.session(req)) !== undefined });
     if (parts.length === 2 && parts[1] === 'messages') return this.messagesView(res, url, csrf);
     if (parts.length === 3 && parts[1] === 'devices') return this.deviceView(res, parts[2]!, csrf, notice);
@@ -244,7 +247,8 @@ export class Console {
       this.o.dropDevice(name!);
       this.o.feed.notify();
       this.o.log.info({ device: name }, 'device removed from the console');
-      return html(res, 200, devicesPage(csrf, await this.devices(), NOTICES.removed));
+      const after = await this.o.store.lastEventSeq();
+      return html(res, 200, devicesPage(csrf, await this.devices(), after, NOTICES.removed));
     }
     if (parts.length === 4 && what === 'devices' && verb === 'enroll') {
       const secret = randomBytes(18).toString('base64url');
@@ -274,7 +278,7 @@ export class Console {
   }
 
   private view(name: string, enrolled: boolean, lastSeen: number | undefined, agentVersion: string | undefined, queued: number, overdue: number): DeviceView {
-    const online = this.o.hub.isOnline(name);
+    const online = this.o.hub.reportedOnline(name);
     const link = this.o.hub.linkInfo(name);
     return {
       name,
@@ -290,12 +294,13 @@ export class Console {
 
   private async deviceView(res: http.ServerResponse, name: string, csrf: string, notice?: string, error?: { status: number; text: string }, enrollment?: { line: string; expiresAt: number }): Promise<void> {
     const { store } = this.o;
+    const after = await store.lastEventSeq();
     const d = await store.getDevice(name);
     if (!d) throw new ConsoleError(404, 'DW_UNKNOWN_DEVICE', `no device named '${name}'`);
     const [queued, page] = await Promise.all([store.countPending(name), store.listMessages({ device: name, limit: PAGE })]);
     const overdue = page.messages.filter((m) => m.overdue && !FINAL_STATUSES.has(m.status)).length;
     const device = this.view(d.name, d.publicKey !== undefined, d.lastSeen, d.agentVersion, queued, overdue);
-    html(res, error?.status ?? 200, devicePage({ csrf, device, messages: page.messages, ...(page.next !== undefined ? { next: page.next } : {}), ...(notice ? { notice } : {}), ...(error ? { error: error.text } : {}), ...(enrollment ? { enrollment } : {}) }));
+    html(res, error?.status ?? 200, devicePage({ csrf, after, device, messages: page.messages, ...(page.next !== undefined ? { next: page.next } : {}), ...(notice ? { notice } : {}), ...(error ? { error: error.text } : {}), ...(enrollment ? { enrollment } : {}) }));
   }
 
   private async messagesView(res: http.ServerResponse, url: URL, csrf: string): Promise<void> {
@@ -322,14 +327,16 @@ export class Console {
       else problems.push('before must be a message sequence number');
     }
     if (problems.length) return html(res, 400, messagesPage({ csrf, filters, attention: [], messages: [], error: `Check the filters: ${problems.join('; ')}.`, older: false }));
+    const after = await this.o.store.lastEventSeq();
     const [attention, page] = await Promise.all([
       query.beforeSeq === undefined ? this.o.store.listMessages({ ...query, attention: true, limit: ATTENTION }) : Promise.resolve({ messages: [] as MessageRecord[] }),
       this.o.store.listMessages({ ...query, limit: PAGE }),
     ]);
-    html(res, 200, messagesPage({ csrf, filters, attention: attention.messages, messages: page.messages, ...(page.next !== undefined ? { next: page.next } : {}), older: query.beforeSeq !== undefined }));
+    html(res, 200, messagesPage({ csrf, after, filters, attention: attention.messages, messages: page.messages, ...(page.next !== undefined ? { next: page.next } : {}), older: query.beforeSeq !== undefined }));
   }
 
   private async messageView(res: http.ServerResponse, id: string, csrf: string, notice?: string, error?: { status: number; text: string }): Promise<void> {
+    const after = await this.o.store.lastEventSeq();
     const m = await this.o.store.getMessage(id);
     if (!m) throw new ConsoleError(404, 'DW_NOT_FOUND', `no message '${id}'`);
     const history = await this.o.store.getHistory(id);
@@ -339,6 +346,7 @@ export class Console {
       error?.status ?? 200,
       messagePage({
         csrf,
+        after,
         message: m,
         history,
         ...links,
