@@ -37,7 +37,8 @@ addNodeOptions(relay
   .option('--tls-cert <file>', 'serve the HTTP port (and agents\' wss://…/v1/connect) as HTTPS with this PEM certificate chain; re-read on SIGHUP and on change')
   .option('--tls-key <file>', 'the PEM private key for --tls-cert')
   .option('--downloads <dir>', 'executables and SHA256SUMS served at /download/ (default: release/ of the package)')
-  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }) => {
+  .option('--metrics <host:port>', 'also serve GET /metrics without a token on this address of its own (on the HTTP port it needs an admin or --metrics token)')
+  .action(async (o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout: number; maxUploads: number; maxUploadsPerToken: number; maxConnsPerIp: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string; metrics?: string }) => {
     const { runRelay } = await import('./relay.js');
     await runRelay(o);
   });
@@ -95,9 +96,18 @@ token
   .option('--webhook <url>', 'where status events are posted')
   .option('--receive', 'a site that receives files from devices: they may send --to NAME')
   .option('--deliver-url <url>', 'with --receive: POST each file there (signed); without it the site pulls GET /v1/inbox')
-  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string; receive?: boolean; deliverUrl?: string }) => {
+  .addOption(new Option('--admin', 'an operator token: signs in to the console at / and reads /metrics (it may also send)').conflicts('metrics'))
+  .option('--metrics', 'a token that only reads /metrics (Prometheus); it cannot send')
+  .action(async (name: string, o: { data: string; store?: string; to: string; webhook?: string; receive?: boolean; deliverUrl?: string; admin?: boolean; metrics?: boolean }) => {
     const { addToken } = await import('../relay/admin.js');
-    const t = await addToken(o, name, { to: o.to, ...(o.webhook ? { webhook: o.webhook } : {}), ...(o.receive ? { receive: true } : {}), ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}) });
+    const role = o.admin ? 'admin' : o.metrics ? 'metrics' : undefined;
+    const t = await addToken(o, name, {
+      ...(o.to !== '*' || !role ? { to: o.to } : {}),
+      ...(o.webhook ? { webhook: o.webhook } : {}),
+      ...(o.receive ? { receive: true } : {}),
+      ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}),
+      ...(role ? { role } : {}),
+    });
     console.log(t.token);
     if (t.webhookSecret) console.log(`${o.deliverUrl && !o.webhook ? 'delivery' : 'webhook'} secret: ${t.webhookSecret}`);
   });

@@ -39,6 +39,7 @@ export interface NodeCliOptions {
   tlsCert?: string;
   tlsKey?: string;
   downloads?: string;
+  metrics?: string;
 }
 
 /** `relay start --store …`: one node, until a signal. */
@@ -63,6 +64,7 @@ export async function runNode(o: NodeCliOptions): Promise<void> {
     caps: { bodyTimeoutS: o.bodyTimeout, maxUploads: o.maxUploads, maxUploadsPerToken: o.maxUploadsPerToken, maxConnsPerIp: o.maxConnsPerIp },
     ...(o.tlsCert && o.tlsKey ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey } } : {}),
     ...(o.downloads ? { downloads: o.downloads } : {}),
+    ...(o.metrics ? { metrics: parseHostPort(o.metrics, '--metrics') } : {}),
     log,
   });
   // SIGHUP re-reads the TLS certificate and key (a renewal); open connections stay up.

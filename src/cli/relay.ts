@@ -9,7 +9,7 @@ import { parseRelayList } from '../transport/address.js';
 import { createLogger } from '../shared/log.js';
 import { untilSignal } from './signals.js';
 
-export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string }): Promise<void> {
+export async function runRelay(o: { data: string; listen: string; http: string; public?: string; maxBody?: number; bodyTimeout?: number; maxUploads?: number; maxUploadsPerToken?: number; maxConnsPerIp?: number; store?: string; tlsCert?: string; tlsKey?: string; downloads?: string; metrics?: string }): Promise<void> {
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new DropwireError('DW_BAD_TLS', '--tls-cert and --tls-key go together');
   if (o.public) parseRelayList(o.public, '--public'); // a typo is refused here, not by every agent later
   if (o.store) {
@@ -27,6 +27,7 @@ export async function runRelay(o: { data: string; listen: string; http: string; 
     caps: { bodyTimeoutS: o.bodyTimeout, maxUploads: o.maxUploads, maxUploadsPerToken: o.maxUploadsPerToken, maxConnsPerIp: o.maxConnsPerIp },
     ...(o.tlsCert && o.tlsKey ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey } } : {}),
     ...(o.downloads ? { downloads: o.downloads } : {}),
+    ...(o.metrics ? { metrics: parseHostPort(o.metrics, '--metrics') } : {}),
     log,
   });
   // On a terminal, a few lines for the person who just started it (the JSON logs go on as usual).
@@ -101,9 +102,9 @@ export async function printDevices(target: AdminTarget, json: boolean): Promise<
 export async function printTokens(target: AdminTarget, json: boolean): Promise<void> {
   const tokens = await listTokens(target);
   if (json) {
-    console.log(JSON.stringify(tokens.map((t) => ({ name: t.name, to: t.to, webhook: t.webhook ?? null, createdAt: t.createdAt }))));
+    console.log(JSON.stringify(tokens.map((t) => ({ name: t.name, to: t.to, webhook: t.webhook ?? null, role: t.role ?? 'send', createdAt: t.createdAt }))));
     return;
   }
   if (tokens.length === 0) process.stderr.write(`no sender tokens in ${where(target)} yet: add one with \`dropwire relay token add NAME\`\n`);
-  for (const t of tokens) console.log(`${t.name}\tto ${t.to}${t.webhook ? `\twebhook ${t.webhook}` : ''}`);
+  for (const t of tokens) console.log(`${t.name}\tto ${t.to}${t.webhook ? `\twebhook ${t.webhook}` : ''}${t.role ? `\t${t.role}` : ''}`);
 }

@@ -8,7 +8,7 @@ import { loadOrCreateKeyPair } from '../transport/identity.js';
 import { tokenHash } from './http.js';
 import { adminToken, relayPaths, type RelayInfo } from './relay.js';
 import { openSqliteStore } from './store/sqlite.js';
-import type { DeviceRecord, Store, TokenRecord } from './store/types.js';
+import type { DeviceRecord, Store, TokenRecord, TokenRole } from './store/types.js';
 
 /**
  * Operator actions on a relay's data folder (they work whether the relay runs or not: SQLite WAL), or,
@@ -158,8 +158,11 @@ async function tellRunningRelay(dataDir: string, urlPath: string): Promise<boole
 }
 
 /** Makes a sender token; with a webhook also its signing secret. Both are shown once. */
-export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string; receive?: boolean; deliverUrl?: string } = {}): Promise<{ token: string; webhookSecret?: string }> {
+export async function addToken(target: AdminTarget, name: string, o: { to?: string; webhook?: string; receive?: boolean; deliverUrl?: string; role?: TokenRole } = {}): Promise<{ token: string; webhookSecret?: string }> {
   checkName('token', name);
+  if (o.role === 'metrics' && (o.webhook !== undefined || o.receive || (o.to !== undefined && o.to !== '*'))) {
+    throw new DropwireError('DW_BAD_ARGUMENT', 'a --metrics token only reads /metrics: it takes no --to, --webhook or --receive');
+  }
   for (const [flag, v] of [['--webhook', o.webhook], ['--deliver-url', o.deliverUrl]] as const) {
     if (v === undefined) continue;
     let u: URL;
@@ -184,6 +187,7 @@ export async function addToken(target: AdminTarget, name: string, o: { to?: stri
       ...(webhookSecret ? { webhookSecret } : {}),
       ...(o.receive ? { receive: true } : {}),
       ...(o.deliverUrl ? { deliverUrl: o.deliverUrl } : {}),
+      ...(o.role && o.role !== 'send' ? { role: o.role } : {}),
       createdAt: Date.now(),
     });
     // A new webhook starts with the events from now on, not the relay's whole history.

@@ -33,6 +33,8 @@ export interface HttpOptions {
   onUpgrade?: (req: http.IncomingMessage, socket: Socket, head: Buffer) => void;
   /** Installers and executables for hosts (downloads.ts): answers true for the requests it served. */
   downloads?: { handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean> };
+  /** The operator console and /metrics (console/routes.ts): answers true for the requests it served. */
+  pages?: { handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean> };
   now?: () => number;
   /** An upload that sends no byte for this long ends with 408 DW_TIMEOUT, nothing stored (default 30 s). */
   bodyTimeoutMs?: number;
@@ -249,6 +251,7 @@ export class HttpApi {
     }
     // Installers and executables first: their paths are plain file names, never decoded (downloads.ts).
     if (!url.pathname.startsWith('/v1/') && (await this.o.downloads?.handle(req, res, url))) return;
+    if (!url.pathname.startsWith('/v1/') && (await this.o.pages?.handle(req, res, url))) return;
     let parts: string[];
     try {
       // Decoded only here, checked before any use: a bad escape is the client's error, not ours.
@@ -325,6 +328,7 @@ export class HttpApi {
     if (!m) throw new HttpError(401, 'DW_UNAUTHORIZED', 'missing Authorization: Bearer TOKEN');
     const token = await this.tokens.get(tokenHash(m[1]!), this.now(), (hash) => this.o.store.getTokenByHash(hash));
     if (!token) throw new HttpError(401, 'DW_UNAUTHORIZED', 'unknown token');
+    if (token.role === 'metrics') throw new HttpError(403, 'DW_FORBIDDEN', `token '${token.name}' only reads /metrics`);
     return token;
   }
 

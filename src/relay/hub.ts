@@ -187,6 +187,21 @@ export class Hub extends EventEmitter {
     return this.peers.get(device)?.link?.connection.isEstablished === true || this.o.cluster?.onlineElsewhere(device) === true;
   }
 
+  /**
+   * Online as the event log tells it: also while a link that just went is within the offline grace time
+   * (no `device.offline` yet, and none if it is back in time). The console shows this, so that a page
+   * drawn in between agrees with the events that follow.
+   */
+  reportedOnline(device: string): boolean {
+    return this.isOnline(device) || this.offlineTimers.has(device);
+  }
+
+  /** How a device is connected to this hub right now (the console shows it); undefined when not here. */
+  linkInfo(device: string): { transport: string; remote: string } | undefined {
+    const link = this.peers.get(device)?.link;
+    return link?.connection.isEstablished ? { transport: link.transport, remote: link.remote } : undefined;
+  }
+
   /** This hub holds a session (live or lingering) of the device. */
   hasSession(device: string): boolean {
     return this.peers.has(device);
@@ -295,6 +310,11 @@ export class Hub extends EventEmitter {
   /** Drops a device's session and link at once (the device was removed). */
   drop(device: string): void {
     this.retireSession(device, 'DW_DEVICE_REMOVED');
+    // Cut on purpose, not a network blip: offline at once (no grace), so that a host enrolling in its place
+    // right after is reported online again.
+    clearTimeout(this.offlineTimers.get(device));
+    this.offlineTimers.delete(device);
+    if (this.announced.get(device) === true) this.announce(device, false);
   }
 
   /** Retires a device's session here (removed, or its agent now has a session on another node). */
@@ -327,6 +347,7 @@ export class Hub extends EventEmitter {
         if (!p) return;
         p.onlineSince = this.now();
         if (!out.resumed) this.newStream(p);
+        this.emit('session', { device: p.device, resumed: out.resumed });
         this.o.log.info({ device: p.device, resumed: out.resumed, session: toHex(out.sessionId).slice(0, 8), remote: link.remote, transport: link.transport }, out.resumed ? 'session resumed' : 'session started');
         this.presence(p.device, true);
         if (out.resumed) {
@@ -464,6 +485,7 @@ export class Hub extends EventEmitter {
     const key = toHex(remoteStatic);
     const refuse = (code: string, why: string) => {
       log.warn({ code, remote: link.remote, key: key.slice(0, 16) }, `handshake refused: ${why}`);
+      this.emit('refused', code);
       if (!link.connection.isClosed) {
         link.connection.refuse(code, this.now());
         link.pump();

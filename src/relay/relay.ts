@@ -5,7 +5,7 @@ import { toHex } from '../protocol/bytes.js';
 import type { CryptoBackend } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
-import { formatHostPort } from '../shared/enrollment.js';
+import { encodeEnrollmentToken, formatHostPort } from '../shared/enrollment.js';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import { writeFileAtomic } from '../shared/files.js';
@@ -19,6 +19,8 @@ import { EventFeed } from './events.js';
 import { Webhooks } from './webhooks.js';
 import { Downloads } from './downloads.js';
 import { HttpApi, messageId } from './http.js';
+import { Console } from './console/routes.js';
+import { MetricsServer, RelayMetrics } from './metrics.js';
 import { Hub } from './hub.js';
 import { Uploads } from './uploads.js';
 import { SitePush } from './receive/push.js';
@@ -50,6 +52,8 @@ export interface RelayOptions {
   tls?: { certFile: string; keyFile: string };
   /** Resource caps against stalled or flooding clients (`relay start --body-timeout …`). */
   caps?: RelayCaps;
+  /** Also serve GET /metrics without a token on this address (`relay start --metrics HOST:PORT`). */
+  metrics?: { host: string; port: number };
 }
 
 export interface RelayCaps {
@@ -83,6 +87,8 @@ export interface RelayInfo {
   pid: number;
   /** The node's name, in a cluster. */
   node?: string;
+  /** Where GET /metrics is served without a token (`--metrics`). */
+  metrics?: string;
 }
 
 export const relayPaths = (dataDir: string) => ({
@@ -209,14 +215,28 @@ export class Relay<S extends Store = SqliteStore> {
     };
     let local: ReturnType<typeof background> | undefined;
     const tlsFiles = o.tls ? new TlsFiles({ ...o.tls, log: o.log }) : undefined;
+    const metrics = new RelayMetrics({ hub, store, log: o.log, ...(cluster ? { node: cluster.name } : {}) });
+    // What enrollment tokens made by the console carry: the cluster's agent addresses, or `public` once listening.
+    let publicAddresses: string[] = [];
+    const agentAddresses = (): string[] => cluster?.config.agents ?? publicAddresses;
+    const operatorConsole = new Console({
+      store, hub, blobs, feed, log: o.log, metrics,
+      sessionSecret: keys.privateKey,
+      secure: tlsFiles !== undefined,
+      enrollmentToken: (name, secret, expiresAt) => encodeEnrollmentToken({ relays: agentAddresses(), relayKey: toHex(keys.publicKey), name, secret, expiresAt }),
+      dropDevice: (name) => (cluster ? cluster.dropEverywhere(name) : hub.drop(name)),
+    });
+    const metricsServer = o.metrics ? new MetricsServer(metrics, o.log) : undefined;
     const websockets = new WebSocketAcceptor((stream) => listener.adopt(stream, tlsFiles ? 'wss' : 'ws'));
     const http = new HttpApi({ ...(tlsFiles ? { tls: tlsFiles.read() } : {}), onUpgrade: (req, socket, head) => websockets.upgrade(req, socket, head), onTokensChanged: () => local?.refresh(), host: o.http.host, port: o.http.port, store, hub, blobs, feed, log: o.log, maxBody: o.maxBody ?? DEFAULT_MAX_BODY, adminToken: adminToken(o.dataDir),
       downloads: new Downloads(o.downloads ? { dir: o.downloads } : {}),
+      pages: operatorConsole,
       ...(o.caps?.bodyTimeoutS ? { bodyTimeoutMs: o.caps.bodyTimeoutS * 1000 } : {}),
       ...(o.caps?.maxUploads ? { maxUploads: o.caps.maxUploads } : {}),
       ...(o.caps?.maxUploadsPerToken ? { maxUploadsPerToken: o.caps.maxUploadsPerToken } : {}) });
     let agents: { host: string; port: number };
     let api: { host: string; port: number };
+    let metricsAt: { host: string; port: number } | undefined;
     try {
       agents = await listener.listen().catch((err: unknown) => {
         throw addressInUse(err, 'agents', o.listen, '--listen');
@@ -224,9 +244,15 @@ export class Relay<S extends Store = SqliteStore> {
       api = await http.listen().catch((err: unknown) => {
         throw addressInUse(err, 'HTTP API', o.http, '--http');
       });
+      if (metricsServer) {
+        metricsAt = await metricsServer.listen(o.metrics!.host, o.metrics!.port).catch((err: unknown) => {
+          throw addressInUse(err, 'metrics', o.metrics!, '--metrics');
+        });
+      }
     } catch (err) {
       hub.close();
-      await Promise.allSettled([listener.close(), http.close()]);
+      metrics.close();
+      await Promise.allSettled([listener.close(), http.close(), metricsServer?.close()]);
       if (!inCluster) await store.close(); // a node's store is closed by startNode
       throw err;
     }
@@ -238,7 +264,9 @@ export class Relay<S extends Store = SqliteStore> {
       publicKey: toHex(keys.publicKey),
       pid: process.pid,
       ...(cluster ? { node: cluster.name } : {}),
+      ...(metricsAt ? { metrics: formatHostPort(metricsAt.host, metricsAt.port) } : {}),
     };
+    publicAddresses = info.public.split(',').map((a) => a.trim()).filter(Boolean);
     if (inCluster) {
       await inCluster.node.attach({ hub, feed, store, wakeups: inCluster.wakeups, agents: info.public, http: info.http, background });
       hub.ready = true;
@@ -249,6 +277,8 @@ export class Relay<S extends Store = SqliteStore> {
     o.log.info(info, cluster ? 'relay node listening' : 'relay listening');
     const relay = new Relay<S>(o, lock, info, store, hub, listener, http, async () => {
       websockets.close();
+      metrics.close();
+      await metricsServer?.close();
       tlsFiles?.close();
       local?.close();
       await cluster?.close();

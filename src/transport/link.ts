@@ -29,6 +29,9 @@ function onLost(this: LinkedSocket, err?: Error): void {
   this[LINK]?.lost(err instanceof Error ? err : undefined);
 }
 
+/** Bytes every link of this process received and sent (relay metrics read them; two additions per write). */
+export const linkBytes = { received: 0, sent: 0 };
+
 /**
  * The only glue between a socket and the pure `Connection`: bytes in, `poll()` until idle, a wake-up at
  * the connection's next deadline. Everything about the protocol is decided in the connection.
@@ -76,6 +79,7 @@ export class Link {
   /** Bytes from the socket. */
   received(chunk: Uint8Array): void {
     transferred(chunk.length);
+    linkBytes.received += chunk.length;
     this.connection.receive(chunk, this.now());
     this.pump();
   }
@@ -93,6 +97,7 @@ export class Link {
         if (out.type === 'write') {
           socket.write(out.bytes);
           transferred(out.bytes.length);
+          linkBytes.sent += out.bytes.length;
         } else if (out.type === 'close') {
           this.finish(out.error);
           break;

@@ -11,6 +11,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import {
   canTransition,
   MessageStatus,
+  type MessageQuery,
   type MessageRecord,
   type NewMessage,
   type Store,
@@ -241,6 +242,84 @@ export function storeContract(
         expect(await store.removeToken('booking')).toBe(false);
         expect(await store.getTokenByHash('bb')).toBeUndefined();
         expect((await store.listTokens()).map((t) => t.name)).toEqual(['shopsite']);
+      });
+
+      it('keeps a token\'s role (admin, metrics; none is a sender)', async () => {
+        const { store, reopen } = await fresh();
+        await store.createToken({ name: 'ops', hash: 'a1', to: '*', role: 'admin', createdAt: 1 });
+        await store.createToken({ name: 'prom', hash: 'b1', to: '*', role: 'metrics', createdAt: 2 });
+        await store.createToken({ name: 'web', hash: 'c1', to: '*', createdAt: 3 });
+        const again = persistent ? await reopen() : store;
+        expect(await again.getTokenByHash('a1')).toMatchObject({ name: 'ops', role: 'admin' });
+        expect(await again.getTokenByHash('b1')).toMatchObject({ name: 'prom', role: 'metrics' });
+        expect((await again.getTokenByHash('c1'))?.role).toBeUndefined();
+        expect((await again.listTokens()).map((t) => [t.name, t.role ?? 'send'])).toEqual([['ops', 'admin'], ['prom', 'metrics'], ['web', 'send']]);
+      });
+    });
+
+    describe('renewEnrollment', () => {
+      it('gives an enrolled device a new secret and unbinds its key, so another host can enroll', async () => {
+        const { store } = await fresh();
+        await store.createDevice({ name: 'shop1', enrollSecretHash: 'old', enrollExpiresAt: 100, createdAt: 1 });
+        await store.enrollDevice('shop1', KEY_A, 10);
+        expect(await store.renewEnrollment('shop1', 'new', 500)).toBe(true);
+        expect(await store.renewEnrollment('nobody', 'x', 500)).toBe(false);
+        const d = await store.getDevice('shop1');
+        expect(d).toMatchObject({ name: 'shop1', enrollSecretHash: 'new', enrollExpiresAt: 500 });
+        expect(d?.publicKey).toBeUndefined();
+        expect(await store.getDeviceByKey(KEY_A)).toBeUndefined();
+        await store.enrollDevice('shop1', KEY_B, 20);
+        expect((await store.getDeviceByKey(KEY_B))?.name).toBe('shop1');
+      });
+    });
+
+    describe('listMessages', () => {
+      it('filters by device, sender, status, attention, time and search, newest first', async () => {
+        const { store } = await fresh();
+        await enqueueMany(store, [
+          newMessage({ id: 'l1', to: 'shop1', from: 'web', filename: 'Invoice-7.pdf', createdAt: 100, deadlineAt: 150 }),
+          newMessage({ id: 'l2', to: 'shop2', from: 'web', filename: 'label.zpl', createdAt: 200 }),
+          newMessage({ id: 'l3', to: 'shop1', from: 'erp', filename: 'run.sh', createdAt: 300 }),
+          newMessage({ id: 'l4', to: 'shop2', from: 'erp', filename: 'invoice-8.pdf', createdAt: 400 }),
+          newMessage({ id: 'l5', to: 'shop1', from: 'web', filename: 'done.txt', createdAt: 500 }),
+        ]);
+        await store.setStatus([
+          { id: 'l3', status: 'failed', at: 310, result: { exitCode: 2 } },
+          { id: 'l4', status: 'rejected', at: 410 },
+          { id: 'l5', status: 'handled', at: 510 },
+        ]);
+        expect(await store.markOverdue('l1', 160)).toBe(true);
+        const ids = async (q: Omit<MessageQuery, 'limit'>) => (await store.listMessages({ limit: 50, ...q })).messages.map((m) => m.id);
+        expect(await ids({})).toEqual(['l5', 'l4', 'l3', 'l2', 'l1']);
+        expect(await ids({ device: 'shop1' })).toEqual(['l5', 'l3', 'l1']);
+        expect(await ids({ sender: 'erp' })).toEqual(['l4', 'l3']);
+        expect(await ids({ device: 'shop1', sender: 'web' })).toEqual(['l5', 'l1']);
+        expect(await ids({ statuses: ['failed', 'handled'] })).toEqual(['l5', 'l3']);
+        expect(await ids({ attention: true })).toEqual(['l4', 'l3', 'l1']);
+        expect(await ids({ since: 200, until: 400 })).toEqual(['l3', 'l2']);
+        expect(await ids({ search: 'INVOICE' })).toEqual(['l4', 'l1']);
+        expect(await ids({ search: 'l2' })).toEqual(['l2']);
+        expect(await ids({ device: 'nobody' })).toEqual([]);
+        const [failed] = (await store.listMessages({ limit: 1, statuses: ['failed'] })).messages;
+        expect(failed).toMatchObject({ id: 'l3', status: 'failed', to: 'shop1', from: 'erp', filename: 'run.sh', result: { exitCode: 2 } });
+      });
+
+      it('pages through every match exactly once, and refuses a bad query', async () => {
+        const { store } = await fresh();
+        const all = await enqueueMany(store, Array.from({ length: 23 }, (_, i) => newMessage({ id: `p${i}`, createdAt: 1_000 + i })));
+        const seen: string[] = [];
+        let before: number | undefined;
+        for (let page = 0; page < 10; page++) {
+          const r = await store.listMessages({ limit: 5, ...(before !== undefined ? { beforeSeq: before } : {}) });
+          expect(r.messages.length).toBeLessThanOrEqual(5);
+          seen.push(...r.messages.map((m) => m.id));
+          if (r.next === undefined) break;
+          before = r.next;
+        }
+        expect(seen).toEqual(all.map((m) => m.id).reverse());
+        await expect(store.listMessages({ limit: 0 })).rejects.toMatchObject({ code: 'DW_STORE_INVALID' });
+        await expect(store.listMessages({ limit: 1_000 })).rejects.toMatchObject({ code: 'DW_STORE_INVALID' });
+        await expect(store.listMessages({ limit: 5, statuses: ['lost' as never] })).rejects.toMatchObject({ code: 'DW_STORE_INVALID' });
       });
     });
 

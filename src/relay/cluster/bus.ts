@@ -109,6 +109,12 @@ export class Bus {
     this.pub.publish(channels.node(node), this.envelope(m)).catch(() => {});
   }
 
+  /** Fire and forget, to every node (this one included). */
+  toAll(m: BusMessage): void {
+    if (this.closed) return;
+    this.pub.publish(channels.all, this.envelope(m)).catch(() => {});
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.sub.disconnect();

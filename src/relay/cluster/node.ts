@@ -213,6 +213,11 @@ export class ClusterNode implements HubCluster {
     return n !== undefined && n !== this.o.node;
   }
 
+  /** Tells every node (this one included) that a device was removed. */
+  dropEverywhere(device: string): void {
+    this.bus.toAll({ t: 'drop', device });
+  }
+
   // --- from other nodes ------------------------------------------------------------------------
 
   private onWakeup(w: Wakeup): void {

@@ -1,3 +1,5 @@
+import { DropwireError } from '../../shared/errors.js';
+
 /**
  * The relay's persistence contract. The relay reaches storage only through `Store`; every backend
  * (SQLite, Redis) passes the one contract suite in test/relay/store-contract.ts.
@@ -60,7 +62,58 @@ export interface TokenRecord {
   receive?: boolean;
   /** Where each file for the site is POSTed (signed); without it the site pulls them (GET /v1/inbox). */
   deliverUrl?: string;
+  /**
+   * What the token is for (absent: `send`). `admin` also signs in to the console and reads /metrics;
+   * `metrics` only reads /metrics (it cannot send).
+   */
+  role?: TokenRole;
   createdAt: number;
+}
+
+export const TokenRole = { send: 'send', admin: 'admin', metrics: 'metrics' } as const;
+export type TokenRole = (typeof TokenRole)[keyof typeof TokenRole];
+
+/** Most messages one `listMessages` call returns, and most it examines (newest first) to find them. */
+export const MESSAGE_PAGE_MAX = 200;
+export const MESSAGE_SCAN_MAX = 5_000;
+
+/** What `listMessages` looks for; every field narrows. */
+export interface MessageQuery {
+  device?: string;
+  sender?: string;
+  statuses?: readonly MessageStatus[];
+  /** Only messages that need an operator: failed, rejected, or overdue and not yet received. */
+  attention?: boolean;
+  /** createdAt >= since, createdAt < until (epoch ms). */
+  since?: number;
+  until?: number;
+  /** The message id exactly, or a part of the file name (case-insensitive). */
+  search?: string;
+  /** Only messages with a seq below this (the `next` of the previous page). */
+  beforeSeq?: number;
+  /** At most this many (1..MESSAGE_PAGE_MAX). */
+  limit: number;
+}
+
+/** Checks a query the way every backend must (DW_STORE_INVALID); returns its limit. */
+export function checkMessageQuery(q: MessageQuery): number {
+  const bad = (what: string) => new DropwireError(StoreErrorCode.INVALID, `listMessages: ${what}`);
+  if (!Number.isInteger(q.limit) || q.limit < 1 || q.limit > MESSAGE_PAGE_MAX) throw bad(`limit must be 1 to ${MESSAGE_PAGE_MAX}`);
+  for (const st of q.statuses ?? []) if (!(st in MessageStatus)) throw bad(`unknown status '${String(st)}'`);
+  for (const [k, v] of [['since', q.since], ['until', q.until], ['beforeSeq', q.beforeSeq]] as const) {
+    if (v !== undefined && !Number.isSafeInteger(v)) throw bad(`${k} must be a whole number`);
+  }
+  return q.limit;
+}
+
+export interface MessagePage {
+  /** Newest first (seq descending). */
+  messages: MessageRecord[];
+  /**
+   * Where the next page starts (`beforeSeq`), when older messages remain to be examined: a page stops at
+   * `limit` matches or after MESSAGE_SCAN_MAX messages examined, whichever comes first.
+   */
+  next?: number;
 }
 
 /** Event types (webhooks and the live event stream). */
@@ -190,6 +243,11 @@ export interface Store {
   enrollDevice(name: string, publicKeyHex: string, at: number): Promise<void>;
   /** Removes the device and its undelivered messages' queue entries (they become `cancelled`). */
   removeDevice(name: string, at: number): Promise<boolean>;
+  /**
+   * A new enrollment secret for an existing device (the console's "new enrollment token"): its public key
+   * is unbound, so the host that enrolls with the new token replaces the old one. False if no such device.
+   */
+  renewEnrollment(name: string, enrollSecretHash: string, enrollExpiresAt: number): Promise<boolean>;
   /** Records a sign of life; with `handshakeTs`, also raises the replay guard. */
   touchDevice(name: string, lastSeen: number, handshakeTs?: number): Promise<void>;
   /** Replaces the agent version the device reported (its HELLO); an unknown device is a no-op. */
@@ -211,6 +269,8 @@ export interface Store {
   enqueue(message: NewMessage): Promise<{ message: MessageRecord; created: boolean }>;
   getMessage(id: string): Promise<MessageRecord | undefined>;
   getHistory(id: string): Promise<HistoryEntry[]>;
+  /** Messages matching `query`, newest first, a bounded page at a time (the operator console). */
+  listMessages(query: MessageQuery): Promise<MessagePage>;
   readInlineBody(id: string): Promise<Uint8Array | undefined>;
   /**
    * Messages for `device` that still need delivery (`queued` or `sent`), in `seq` order, after `afterSeq`;

@@ -24,6 +24,10 @@ import {
   type StatusChange,
   type Store,
   type TokenRecord,
+  type MessagePage,
+  type MessageQuery,
+  MESSAGE_SCAN_MAX,
+  checkMessageQuery,
   type WebhookAttempt,
 } from '../types.js';
 import {
@@ -139,6 +143,7 @@ function toToken(json: string): TokenRecord {
     webhookSecret: t.webhookSecret,
     ...(t.receive ? { receive: true } : {}),
     ...(t.deliverUrl !== undefined ? { deliverUrl: t.deliverUrl } : {}),
+    ...(t.role === 'admin' || t.role === 'metrics' ? { role: t.role } : {}),
     createdAt: t.createdAt,
   };
 }
@@ -307,6 +312,10 @@ class RedisStoreImpl implements RedisStore {
     );
   }
 
+  renewEnrollment(name: string, enrollSecretHash: string, enrollExpiresAt: number): Promise<boolean> {
+    return this.write(`renewEnrollment ${name}`, scripts.renewEnrollment, [name, enrollSecretHash, int(enrollExpiresAt, 'enrollExpiresAt')], (r) => Number(r) > 0);
+  }
+
   setAgentVersion(name: string, agentVersion: string): Promise<void> {
     return this.write(`setAgentVersion ${name}`, scripts.setAgentVersion, [name, agentVersion], () => undefined);
   }
@@ -326,6 +335,7 @@ class RedisStoreImpl implements RedisStore {
       ...(token.webhookSecret !== undefined ? { webhookSecret: token.webhookSecret } : {}),
       ...(token.receive ? { receive: true } : {}),
       ...(token.deliverUrl !== undefined ? { deliverUrl: token.deliverUrl } : {}),
+      ...(token.role === 'admin' || token.role === 'metrics' ? { role: token.role } : {}),
       createdAt: token.createdAt,
     });
     return this.write(`createToken ${token.name}`, scripts.createToken, [token.name, token.hash, json], () => undefined);
@@ -404,6 +414,26 @@ class RedisStoreImpl implements RedisStore {
         return { status: e.status, at: e.at, detail: e.detail };
       }),
     );
+  }
+
+  listMessages(q: MessageQuery): Promise<MessagePage> {
+    return this.track('listMessages', async () => {
+      const limit = checkMessageQuery(q);
+      const [rows, next] = (await this.runScript(scripts.listMessages, [
+        optInt(q.beforeSeq, 'beforeSeq'),
+        String(limit),
+        String(MESSAGE_SCAN_MAX),
+        q.device ?? '',
+        q.sender ?? '',
+        (q.statuses ?? []).join(','),
+        q.attention ? '1' : '',
+        optInt(q.since, 'since'),
+        optInt(q.until, 'until'),
+        q.search ?? '',
+      ])) as [string[][], string];
+      const messages = rows.map((flat) => toMessage(hashFrom(flat)));
+      return next === '' ? { messages } : { messages, next: Number(next) };
+    });
   }
 
   readInlineBody(id: string): Promise<Uint8Array | undefined> {

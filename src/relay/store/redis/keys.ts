@@ -35,6 +35,8 @@ export function storeKeys(prefix: string) {
     expiries: `${p}due:expiry`,
     /** Counters: message seq and event seq (INCR, cluster-wide, monotonic). */
     messageSeq: `${p}seq:msg`,
+    /** Sorted set: every message id, scored by seq (the console's message list). */
+    messages: `${p}msgs`,
     eventSeq: `${p}seq:event`,
     /** Stream: the event log; entry id `SEQ-0`. */
     events: `${p}events`,

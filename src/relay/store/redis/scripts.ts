@@ -42,6 +42,7 @@ local K = {
   deadlines = P .. 'due:deadline',
   expiries = P .. 'due:expiry',
   messageSeq = P .. 'seq:msg',
+  messages = P .. 'msgs',
   eventSeq = P .. 'seq:event',
   events = P .. 'events',
   webhookCursors = P .. 'wh:cursor',
@@ -157,6 +158,21 @@ local ids = redis.call('ZRANGE', K.queue(name), 0, -1)
 for _, id in ipairs(ids) do changeStatus(id, 'cancelled', at, '{"reason":"device removed"}', '') end
 redis.call('DEL', K.queue(name))
 return existed
+`,
+  ),
+
+  /** ARGV: name, secret hash, expiresAt. Unbinds the key; 0 for an unknown device. */
+  renewEnrollment: script(
+    'renewEnrollment',
+    `
+local name = ARGV[3]
+local key = K.device(name)
+if redis.call('EXISTS', key) == 0 then return 0 end
+local pk = redis.call('HGET', key, 'publicKey')
+if pk then redis.call('HDEL', K.deviceKeys, pk) end
+redis.call('HDEL', key, 'publicKey', 'enrolledAt')
+redis.call('HSET', key, 'enrollSecretHash', ARGV[4], 'enrollExpiresAt', ARGV[5])
+return 1
 `,
   ),
 
@@ -278,6 +294,7 @@ redis.call('HSET', key, unpack(f))
 if inline == '1' then redis.call('SET', K.body(id), ARGV[17]) end
 if ifield ~= '' then redis.call('HSET', K.idempotency, ifield, id) end
 redis.call('ZADD', K.queue(to), seq, id)
+redis.call('ZADD', K.messages, seq, id)
 if deadlineAt ~= '' then redis.call('ZADD', K.deadlines, deadlineAt, member(seq, id)) end
 if expiresAt ~= '' then redis.call('ZADD', K.expiries, expiresAt, member(seq, id)) end
 local retryOf = ARGV[19]
@@ -392,6 +409,47 @@ for _, mem in ipairs(members) do
   out[#out + 1] = redis.call('HGETALL', K.message(string.sub(mem, 18)))
 end
 return out
+`,
+  ),
+
+  /**
+   * The console's message list. ARGV: beforeSeq|'', limit, scan, device|'', sender|'', statuses (comma
+   * separated)|'', attention (1)|'', since|'', until|'', search|''. Walks at most `scan` messages newest
+   * first; returns {matches (flat hashes), next seq|''}.
+   */
+  listMessages: script(
+    'listMessages',
+    `
+local hi, limit, scan = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local device, sender, statuses, attention = ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
+local since, untl, search = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
+local want = nil
+if statuses ~= '' then
+  want = {}
+  for st in string.gmatch(statuses, '[^,]+') do want[st] = true end
+end
+local needle = string.lower(search)
+local top = hi == '' and '+inf' or ('(' .. hi)
+local ids = redis.call('ZREVRANGEBYSCORE', K.messages, top, '-inf', 'WITHSCORES', 'LIMIT', 0, scan)
+local out = {}
+for i = 1, #ids, 2 do
+  local id = ids[i]
+  local m = redis.call('HMGET', K.message(id), 'to', 'from', 'status', 'overdue', 'createdAt', 'filename')
+  local ok = m[3] ~= false
+  if ok and device ~= '' and m[1] ~= device then ok = false end
+  if ok and sender ~= '' and m[2] ~= sender then ok = false end
+  if ok and want and not want[m[3]] then ok = false end
+  if ok and attention and not (m[3] == 'failed' or m[3] == 'rejected' or (m[4] == '1' and LIVE[m[3]])) then ok = false end
+  if ok and since and tonumber(m[5]) < since then ok = false end
+  if ok and untl and tonumber(m[5]) >= untl then ok = false end
+  if ok and search ~= '' and id ~= search and not string.find(string.lower(m[6]), needle, 1, true) then ok = false end
+  if ok then
+    out[#out + 1] = redis.call('HGETALL', K.message(id))
+    if #out == limit then return {out, ids[i + 1]} end
+  end
+end
+if #ids == 2 * scan then return {out, ids[#ids]} end
+return {out, ''}
 `,
   ),
 } as const;

@@ -24,10 +24,15 @@ import {
   type StatusChange,
   type Store,
   type TokenRecord,
+  type MessagePage,
+  type MessageQuery,
+  MESSAGE_SCAN_MAX,
+  checkMessageQuery,
 } from '../types.js';
-import { openDatabase } from './schema.js';
+import { LIVE, openDatabase } from './schema.js';
 import {
   eventFromRow,
+  MESSAGE_COLUMNS,
   prepareStatements,
   toDevice,
   toMessage,
@@ -210,6 +215,48 @@ class SqliteStoreImpl implements SqliteStore {
     );
   }
 
+  listMessages(q: MessageQuery): Promise<MessagePage> {
+    return this.read('listMessages', () => {
+      const limit = checkMessageQuery(q);
+      // The window: the newest MESSAGE_SCAN_MAX messages below `beforeSeq`, by the primary key; the filters
+      // apply inside it, so no call reads more than that many rows, and no index is added for it (every
+      // index costs each enqueue).
+      const window = 'SELECT seq FROM messages WHERE seq < :hi ORDER BY seq DESC LIMIT :scan';
+      const hi = q.beforeSeq ?? Number.MAX_SAFE_INTEGER;
+      const params: Record<string, string | number> = { hi, scan: MESSAGE_SCAN_MAX, limit };
+      const filters: string[] = [];
+      if (q.device !== undefined) {
+        filters.push('to_device = :device');
+        params.device = q.device;
+      }
+      if (q.sender !== undefined) {
+        filters.push('from_sender = :sender');
+        params.sender = q.sender;
+      }
+      if (q.statuses?.length) filters.push(`status IN (${q.statuses.map((st) => `'${st}'`).join(', ')})`);
+      if (q.attention) filters.push(`(status IN ('failed', 'rejected') OR (overdue = 1 AND ${LIVE}))`);
+      if (q.since !== undefined) {
+        filters.push('created_at >= :since');
+        params.since = q.since;
+      }
+      if (q.until !== undefined) {
+        filters.push('created_at < :until');
+        params.until = q.until;
+      }
+      if (q.search) {
+        filters.push('(id = :search OR instr(lower(filename), lower(:search)) > 0)');
+        params.search = q.search;
+      }
+      const rows = this.db
+        .prepare(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE seq IN (${window})${filters.map((f) => ` AND ${f}`).join('')} ORDER BY seq DESC LIMIT :limit`)
+        .all(params) as unknown as MessageRow[];
+      const messages = rows.map(toMessage);
+      if (messages.length === limit) return { messages, next: messages[limit - 1]!.seq };
+      const { n, low } = this.db.prepare(`SELECT count(*) AS n, min(seq) AS low FROM (${window})`).get({ hi, scan: MESSAGE_SCAN_MAX }) as { n: number; low: number | null };
+      return n === MESSAGE_SCAN_MAX && low !== null ? { messages, next: low } : { messages };
+    });
+  }
+
   readInlineBody(id: string): Promise<Uint8Array | undefined> {
     return this.read('readInlineBody', () => {
       const row = this.sql.body.get(id) as { body: Uint8Array | null } | undefined;
@@ -287,6 +334,10 @@ class SqliteStoreImpl implements SqliteStore {
     });
   }
 
+  renewEnrollment(name: string, enrollSecretHash: string, enrollExpiresAt: number): Promise<boolean> {
+    return this.write(`renewEnrollment ${name}`, undefined, () => Number(this.sql.renewEnrollment.run({ name, hash: enrollSecretHash, expiresAt: enrollExpiresAt }).changes) > 0);
+  }
+
   setAgentVersion(name: string, agentVersion: string): Promise<void> {
     return this.write(`setAgentVersion ${name}`, undefined, () => {
       this.sql.setAgentVersion.run({ name, agentVersion });
@@ -306,7 +357,7 @@ class SqliteStoreImpl implements SqliteStore {
 
   createToken(token: TokenRecord): Promise<void> {
     return this.write(`createToken ${token.name}`, StoreErrorCode.TOKEN_EXISTS, () => {
-      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.receive ? 1 : 0, token.deliverUrl ?? null, token.createdAt);
+      this.sql.insertToken.run(token.name, token.hash, token.to, token.webhook ?? null, token.webhookSecret ?? null, token.receive ? 1 : 0, token.deliverUrl ?? null, token.role === 'admin' || token.role === 'metrics' ? token.role : null, token.createdAt);
     });
   }
 

@@ -121,6 +121,10 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE tokens ADD COLUMN receive INTEGER NOT NULL DEFAULT 0 CHECK (receive IN (0, 1));
   ALTER TABLE tokens ADD COLUMN deliver_url TEXT;
   `,
+  `
+  -- What a token is for: send (NULL), admin (console, metrics) or metrics only.
+  ALTER TABLE tokens ADD COLUMN role TEXT CHECK (role IN ('admin', 'metrics'));
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -11,6 +11,7 @@ import {
   type NewMessage,
   type RelayEvent,
   type TokenRecord,
+  type TokenRole,
 } from '../types.js';
 import { LIVE } from './schema.js';
 
@@ -37,6 +38,7 @@ export interface TokenRow {
   webhook_secret: string | null;
   receive: number;
   deliver_url: string | null;
+  role: string | null;
   created_at: number;
 }
 
@@ -89,7 +91,7 @@ export interface HistoryRow {
   detail: string | null;
 }
 
-const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
+export const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
   body_path, status, idempotency_key, created_at, updated_at, deadline_at, expires_at, overdue, result, sealed`;
 
 function opt<T>(v: T | null): T | undefined {
@@ -112,7 +114,17 @@ export function toDevice(r: DeviceRow): DeviceRecord {
 }
 
 export function toToken(r: TokenRow): TokenRecord {
-  return { name: r.name, hash: r.hash, to: r.to_glob, webhook: opt(r.webhook), webhookSecret: opt(r.webhook_secret), ...(r.receive === 1 ? { receive: true } : {}), ...(r.deliver_url !== null ? { deliverUrl: r.deliver_url } : {}), createdAt: r.created_at };
+  return {
+    name: r.name,
+    hash: r.hash,
+    to: r.to_glob,
+    webhook: opt(r.webhook),
+    webhookSecret: opt(r.webhook_secret),
+    ...(r.receive === 1 ? { receive: true } : {}),
+    ...(r.deliver_url !== null ? { deliverUrl: r.deliver_url } : {}),
+    ...(r.role !== null ? { role: r.role as TokenRole } : {}),
+    createdAt: r.created_at,
+  };
 }
 
 export function toMessage(r: MessageRow): MessageRecord {
@@ -186,6 +198,8 @@ export function prepareStatements(db: DatabaseSync) {
     enrollDevice: p(`UPDATE devices SET public_key = :publicKey, enrolled_at = :at, enroll_secret_hash = NULL,
         enroll_expires_at = NULL WHERE name = :name`),
     deleteDevice: p('DELETE FROM devices WHERE name = ?'),
+    renewEnrollment: p(`UPDATE devices SET public_key = NULL, enrolled_at = NULL, enroll_secret_hash = :hash,
+        enroll_expires_at = :expiresAt WHERE name = :name`),
     touchDevice: p(`UPDATE devices SET last_seen = max(coalesce(last_seen, :seen), :seen),
         last_handshake_ts = CASE WHEN :ts IS NULL THEN last_handshake_ts
                                  ELSE max(coalesce(last_handshake_ts, :ts), :ts) END
@@ -194,7 +208,7 @@ export function prepareStatements(db: DatabaseSync) {
     setSendTo: p('UPDATE devices SET send_to = :sendTo WHERE name = :name'),
     cancelForDevice: p(SCAN_SQL.cancelForDevice),
 
-    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, receive, deliver_url, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
+    insertToken: p('INSERT INTO tokens (name, hash, to_glob, webhook, webhook_secret, receive, deliver_url, role, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
     insertEvent: p('INSERT INTO events (type, device, message_id, sender, at, data) VALUES (?, ?, ?, ?, ?, ?)'),
     eventsAfter: p('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?'),
     lastEvent: p('SELECT coalesce(max(seq), 0) AS seq FROM events'),
