@@ -101,9 +101,17 @@ describe.skipIf(why !== undefined)('redis-server SIGKILLed and restarted under l
     for (const d of devices) {
       const mine = acked.filter((o) => o.device === d);
       const runs = agents.get(d)!.runs();
-      expect(runs.map((r) => r.id).sort()).toEqual(mine.map((o) => o.id!).sort());
-      const sha = new Map(mine.map((o) => [o.id!, o.sha]));
-      for (const r of runs) expect(r.sha).toBe(sha.get(r.id));
+      // Each message handled once at most; every acknowledged one exactly once, with its bytes.
+      expect(new Set(runs.map((r) => r.id)).size).toBe(runs.length);
+      const ran = new Map(runs.map((r) => [r.id, r.sha]));
+      for (const o of mine) expect(ran.get(o.id!)).toBe(o.sha);
+      // A 503 says the write may not have been stored: one that Redis took just before it was killed (its
+      // answer lost with the connection) is delivered too. Anything else handled must be such a POST's body.
+      const ackedIds = new Set(mine.map((o) => o.id!));
+      const refusedShas = new Set(outcomes.filter((o) => o.device === d && o.status === 503).map((o) => o.sha));
+      const extra = runs.filter((r) => !ackedIds.has(r.id));
+      for (const r of extra) expect(refusedShas.has(r.sha)).toBe(true);
+      if (extra.length > 0) console.log(`${d}: ${extra.length} message(s) answered 503 were stored all the same and handled once`);
     }
     for (const a of agents.values()) await a.proc.kill();
   }, 600_000);

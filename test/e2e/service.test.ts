@@ -8,7 +8,12 @@ import { dryRunCommands, dryRunFiles, listTree } from '../helpers/service.js';
 /** Agents in these tests are not under systemd, whatever runs the tests: logs go to the rotated file. */
 const NOT_SYSTEMD = { INVOCATION_ID: '', JOURNAL_STREAM: '', DROPWIRE_LOG: '', DROPWIRE_LOG_FILE: '' };
 const NODE = fs.realpathSync(process.execPath);
-const CLI = path.join(ROOT, 'bin', 'dropwire.js');
+/**
+ * The units name this checkout's dropwire.js, or, when the checkout itself is under a temporary folder (where
+ * `service install` rightly refuses to point a unit: DW_TEMP_PATH), where a global install would put it.
+ */
+const CHECKOUT_IS_TEMPORARY = [os.tmpdir(), '/tmp', '/var/tmp'].some((d) => ROOT.startsWith(d + '/'));
+const CLI = CHECKOUT_IS_TEMPORARY ? '/usr/lib/node_modules/dropwire/bin/dropwire.js' : path.join(ROOT, 'bin', 'dropwire.js');
 const pin = ['--node', NODE, '--cli', CLI];
 
 describe('dropwire service install --dry-run', () => {
