@@ -990,6 +990,7 @@ async function main(): Promise<void> {
   let store: StoreBenchResult[] = [];
   let transports: TransportRow[] = [];
   let redirect: string | undefined;
+  let cluster: string | undefined;
   if (ONLY.has(7) && MICRO) {
     console.log('\n== 7. crypto backends (bench/crypto.ts)');
     crypto = await runCryptoBench({ durationMs: QUICK ? 200 : 500 });
@@ -998,6 +999,7 @@ async function main(): Promise<void> {
     console.log('== transports: TCP, ws, wss (bench/transports.ts)');
     transports = await runTransportBench(QUICK ? { mib: 8, n: 200, settleS: 2 } : {});
     redirect = runRedirectBench(workDir);
+    cluster = runClusterBench(workDir);
   }
 
   console.log(`\n== setup: ${TOTAL_DEVICES.toLocaleString('en-US')} devices with known keys in the relay's store`);
@@ -1069,7 +1071,7 @@ async function main(): Promise<void> {
   const table = formatTable();
   console.log(`\n${table}\n`);
   for (const line of targetLines()) console.log(line);
-  const md = renderMarkdown({ machine, table, crypto, store, transports, minutes, ...(redirect ? { redirect } : {}) });
+  const md = renderMarkdown({ machine, table, crypto, store, transports, minutes, ...(redirect ? { redirect } : {}), ...(cluster ? { cluster } : {}) });
   fs.writeFileSync(OUT, md);
   console.log(`\nwrote ${path.relative(process.cwd(), OUT)} (${minutes.toFixed(1)} min)`);
   if (!flag('keep')) fs.rmSync(workDir, { recursive: true, force: true });
@@ -1207,7 +1209,25 @@ function runRedirectBench(workDir: string): string | undefined {
   return fs.readFileSync(out, 'utf8').replace(/^# .*\n/, '## Drain of idle agents between relay nodes (bench/redirect.ts)\n');
 }
 
-function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; store: StoreBenchResult[]; transports?: TransportRow[]; redirect?: string; minutes: number }): string {
+/**
+ * One load through one relay on SQLite, one node on Redis and three nodes on Redis (issue 12; bench/cluster.ts,
+ * its own processes and Redis), as a markdown section; undefined when redis-server is not installed.
+ */
+function runClusterBench(workDir: string): string | undefined {
+  try {
+    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
+  } catch {
+    console.log('== cluster: skipped (no redis-server)');
+    return undefined;
+  }
+  console.log('== one relay on SQLite, one node and three nodes on Redis (bench/cluster.ts)');
+  const out = path.join(workDir, 'CLUSTER.md');
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'cluster.js');
+  execFileSync(process.execPath, [script, '--messages', QUICK ? '600' : '3000', '--out', out], { stdio: 'inherit' });
+  return fs.readFileSync(out, 'utf8').replace(/^# .*\n/, '## Several relay nodes on Redis (bench/cluster.ts)\n');
+}
+
+function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; store: StoreBenchResult[]; transports?: TransportRow[]; redirect?: string; cluster?: string; minutes: number }): string {
   const m = o.machine;
   const lines: string[] = [];
   lines.push('# dropwire benchmarks: side by side with Mosquitto and Aedes');
@@ -1310,6 +1330,10 @@ function renderMarkdown(o: { machine: Record<string, string>; table: string; cry
     lines.push('| transport | stream MB/s | CPU % of a core | idle RSS KiB/conn | heap KiB/conn | external KiB/conn |');
     lines.push('|:--|--:|--:|--:|--:|--:|');
     for (const r of o.transports) lines.push(`| ${r.transport} | ${r.mbPerSec ?? ''} | ${r.cpuPct ?? ''} | ${r.rssKiB ?? ''} | ${r.heapKiB ?? ''} | ${r.externalKiB ?? ''} |`);
+    lines.push('');
+  }
+  if (o.cluster) {
+    lines.push(o.cluster.trimEnd());
     lines.push('');
   }
   if (o.redirect) {
