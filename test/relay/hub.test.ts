@@ -27,6 +27,8 @@ class RawAgent {
   /** Bytes of each file received in CHUNKs, and the ids the relay sent CANCEL for. */
   readonly chunkBytes = new Map<string, number>();
   readonly cancels: string[] = [];
+  /** Why each connection ended (a refusal's code, PROTOCOL 3.10), oldest first. */
+  readonly closes: string[] = [];
   private readonly session = new Session();
   private readonly dialer: Dialer;
   private decoder = new MessageDecoder();
@@ -66,8 +68,9 @@ class RawAgent {
             }
           }
         },
-        onClose: () => {
+        onClose: (err) => {
           this.link = undefined;
+          this.closes.push(typeof err.cause === 'string' ? err.cause : err.code);
         },
       },
     });
@@ -280,3 +283,22 @@ async function sender2(relay: Relay): Promise<(method: string, path: string) => 
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   };
 }
+
+describe('hub: a cluster node still joining', () => {
+  it('refuses agents with DW_NODE_NOT_READY and answers /healthz 503 until it is ready; then they connect', async () => {
+    const relay = await startRelay(tempDir());
+    const keys = await enrolled(relay, 'kiosk');
+    relay.hub.ready = false; // what a node is between listening and registering in the cluster (relay.ts)
+    const health = await fetch(`http://${relay.info.http}/healthz`);
+    expect(health.status).toBe(503);
+    expect(await health.json()).toMatchObject({ ready: false, error: { code: 'DW_NODE_NOT_READY' } });
+    const agent = new RawAgent(relay, keys);
+    cleanups.push(() => agent.close());
+    await waitFor(() => (agent.closes.includes('DW_NODE_NOT_READY') ? true : undefined), 10_000, 'a refusal');
+    expect(agent.connected).toBe(false);
+    expect(relay.hub.isOnline('kiosk')).toBe(false);
+    relay.hub.ready = true;
+    await waitFor(() => (agent.connected ? true : undefined), 30_000, 'the agent connected once the node is ready');
+    expect((await fetch(`http://${relay.info.http}/healthz`)).status).toBe(200);
+  });
+});
