@@ -199,7 +199,7 @@ export class Relay<S extends Store = SqliteStore> {
     const background = (gate?: () => boolean) => {
       const webhooks = new Webhooks({ store, feed, log: o.log, ...(gate ? { gate } : {}) });
       const sweeper = new DeadlineSweeper({ store, hub, feed, log: o.log, ...(gate ? { gate } : {}) });
-      const pushes = new SitePush({ store, hub, feed, log: o.log, ...(gate ? { gate } : {}) });
+      const pushes = new SitePush({ store, hub, feed, log: o.log, bodies: blobs, ...(gate ? { gate } : {}) });
       webhooks.refresh(); // deliver what is still owed from before a restart
       return {
         refresh: () => {

@@ -1,14 +1,14 @@
 import { createHmac } from 'node:crypto';
-import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import type { Logger } from '../../shared/log.js';
 import type { EventFeed } from '../events.js';
 import type { Hub } from '../hub.js';
 import type { MessageRecord, Store, TokenRecord } from '../store/types.js';
 import { DEFAULT_HORIZON_MS } from '../webhooks.js';
+import { TokenWorkers, type TokenWorker } from '../token-workers.js';
+import type { BodyReader } from '../body-storage.js';
 import { fileHeaders, setSiteStatus } from './status.js';
 
-const TOKEN_POLL_MS = 2_000;
 
 /** `t=<ms>,v1=<hex HMAC-SHA256(secret, "<ms>.<id>.<sha256>")>`: the body is bound by its SHA-256 header. */
 export function pushSignature(secret: string, timestamp: number, id: string, sha256: string): string {
@@ -25,86 +25,43 @@ export interface PushOptions {
   maxDelayMs?: number;
   horizonMs?: number;
   timeoutMs?: number;
+  /** Where large bodies are read from: this relay's disk, or Redis on a cluster. */
+  bodies: BodyReader;
+  /** In a cluster: whether this node still holds the lease for once-per-cluster work (checked before every attempt). */
+  gate?: () => boolean;
 }
 
-interface Worker {
-  running: boolean;
-  again: boolean;
-  timer: NodeJS.Timeout | undefined;
-  failures: Map<string, { first: number; n: number }>;
-}
+/** A large body is POSTed in pieces of this size. */
+const PUSH_PIECE = 1024 * 1024;
+
+type Worker = TokenWorker<string>;
 
 /**
  * Files for sites that receive with `--deliver-url`: each is POSTed, raw and signed, in order, one at a time
  * per site; 2xx marks it handled. A failure is retried with back-off like webhooks (500 ms doubling to 10 s),
  * later files waiting behind it, until the horizon (24 h): then it is failed.
  */
-export class SitePush {
-  private readonly o: Required<Omit<PushOptions, 'now'>> & { now: () => number };
-  private readonly workers = new Map<string, Worker>();
-  private sites: TokenRecord[] = [];
-  private closed = false;
-  private readonly onAppended = () => this.kick();
-  private readonly poll: NodeJS.Timeout;
-
+export class SitePush extends TokenWorkers<string> {
+  private readonly o: Required<Omit<PushOptions, 'now' | 'gate'>> & { now: () => number; gate: () => boolean };
   constructor(o: PushOptions) {
-    this.o = { initialDelayMs: 500, maxDelayMs: 10_000, horizonMs: DEFAULT_HORIZON_MS, timeoutMs: 30_000, now: Date.now, ...o };
-    o.feed.on('appended', this.onAppended);
-    this.poll = setInterval(() => this.refresh(), TOKEN_POLL_MS);
-    this.poll.unref();
+    super({ store: o.store, feed: o.feed, log: o.log, what: 'push to a site' });
+    this.o = { initialDelayMs: 500, maxDelayMs: 10_000, horizonMs: DEFAULT_HORIZON_MS, timeoutMs: 30_000, now: Date.now, gate: () => true, ...o };
     this.refresh();
   }
 
-  refresh(): void {
-    if (this.closed) return;
-    void this.o.store.listTokens().then(
-      (tokens) => {
-        this.sites = tokens.filter((t) => t.receive && t.deliverUrl && t.webhookSecret);
-        this.kick();
-      },
-      () => {},
-    );
+  protected serves(t: TokenRecord): boolean {
+    return t.receive === true && t.deliverUrl !== undefined && t.webhookSecret !== undefined;
   }
 
-  kick(): void {
-    if (this.closed) return;
-    for (const t of this.sites) this.run(t);
-  }
-
-  close(): void {
-    this.closed = true;
-    clearInterval(this.poll);
-    this.o.feed.off('appended', this.onAppended);
-    for (const w of this.workers.values()) clearTimeout(w.timer);
-  }
-
-  private run(site: TokenRecord): void {
-    let w = this.workers.get(site.name);
-    if (!w) this.workers.set(site.name, (w = { running: false, again: false, timer: undefined, failures: new Map() }));
-    if (w.timer) return;
-    if (w.running) {
-      w.again = true;
-      return;
-    }
-    w.running = true;
-    const worker = w;
-    this.drain(site, worker)
-      .catch((err: unknown) => this.o.log.error({ err, site: site.name }, 'push to a site failed'))
-      .finally(() => {
-        worker.running = false;
-        if (worker.again && !worker.timer) {
-          worker.again = false;
-          this.run(site);
-        }
-      });
-  }
-
-  private async drain(site: TokenRecord, w: Worker): Promise<void> {
+  protected async drain(site: TokenRecord, w: Worker): Promise<void> {
     for (let rounds = 0; rounds < 1000 && !this.closed; rounds++) {
       w.again = false;
       const batch = await this.o.store.pending(site.name, 0, 16);
       if (batch.length === 0) return;
-      for (const m of batch) if (!(await this.deliver(site, w, m))) return;
+      for (const m of batch) {
+        if (this.closed || !this.o.gate()) return;
+        if (!(await this.deliver(site, w, m))) return;
+      }
     }
   }
 
@@ -120,7 +77,7 @@ export class SitePush {
       const res = await fetch(site.deliverUrl!, {
         method: 'POST',
         headers: { ...fileHeaders(m), 'content-length': String(m.size), 'dropwire-signature': pushSignature(site.webhookSecret!, at, m.id, m.sha256) },
-        body: (body ?? Readable.toWeb(fs.createReadStream(m.bodyPath!))) as unknown as RequestInit['body'],
+        body: (body ?? Readable.toWeb(Readable.from(this.o.bodies.read(m.bodyPath!, 0, m.size, PUSH_PIECE)))) as unknown as RequestInit['body'],
         ...(body ? {} : { duplex: 'half' }),
         signal: AbortSignal.timeout(this.o.timeoutMs),
       } as RequestInit);
@@ -146,11 +103,7 @@ export class SitePush {
     }
     const delay = Math.min(this.o.maxDelayMs, this.o.initialDelayMs * 2 ** (f.n - 1));
     log.warn({ id: m.id, site: site.name, status, error, attempt: f.n, retryInMs: delay }, 'push to the site failed; retrying');
-    w.timer = setTimeout(() => {
-      w.timer = undefined;
-      this.run(site);
-    }, delay);
-    w.timer.unref();
+    this.retryAfter(site, w, delay);
     return false;
   }
 }
