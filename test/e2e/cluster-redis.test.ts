@@ -1,22 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cliOk, randomData, recordingHandler, sha256, spawnCli, tempDir, waitFor, type Proc } from '../helpers/cli.js';
-import { owners, startCluster } from '../helpers/cluster.js';
+import { cliOk, recordingHandler, spawnCli, tempDir, waitFor, type Proc } from '../helpers/cli.js';
+import { owners, posters, startCluster } from '../helpers/cluster.js';
 import { redisUnavailableReason } from '../helpers/redis.js';
 
 const why = redisUnavailableReason();
 if (why) console.log(`skipping the cluster Redis restart test: ${why}`);
-
-interface Outcome {
-  status: number | 'hang' | 'error';
-  code?: string;
-  id?: string;
-  sha: string;
-  device: string;
-  sentAt: number;
-  answeredAt: number;
-}
 
 describe.skipIf(why !== undefined)('redis-server SIGKILLed and restarted under load', () => {
   it('POSTs while Redis is away get 503 DW_STORE_DOWN at once, never a hang nor a 202; 0 acknowledged messages lost; nodes reconnect by themselves', async () => {
@@ -38,33 +28,8 @@ describe.skipIf(why !== undefined)('redis-server SIGKILLed and restarted under l
     await waitFor(async () => ([...(await owners(c.client, devices)).values()].every((o) => o.node) ? true : undefined), 60_000, 'every agent to have a session');
 
     // Four posters, round-robin over the nodes, one message at a time each, until told to stop.
-    const outcomes: Outcome[] = [];
-    let stop = false;
-    let turn = 0;
-    const posters = devices.map(async (device) => {
-      for (let i = 0; !stop && i < 10_000; i++) {
-        const body = randomData(1024 + ((i * 7919) % (256 * 1024)));
-        const node = c.nodes[turn++ % 3]!;
-        const o: Outcome = { status: 'error', sha: sha256(body), device, sentAt: Date.now(), answeredAt: 0 };
-        try {
-          const res = await fetch(`http://${node.http}/v1/messages?to=${device}&filename=f${i}.bin`, {
-            method: 'POST',
-            headers: { authorization: `Bearer ${token}` },
-            body: body as unknown as RequestInit['body'],
-            signal: AbortSignal.timeout(15_000),
-          });
-          const json = (await res.json()) as { id?: string; error?: { code: string } };
-          o.status = res.status;
-          if (json.id) o.id = json.id;
-          if (json.error) o.code = json.error.code;
-        } catch (err) {
-          o.status = (err as Error).name === 'TimeoutError' ? 'hang' : 'error';
-        }
-        o.answeredAt = Date.now();
-        outcomes.push(o);
-        if (o.status !== 202) await new Promise((r) => setTimeout(r, 50));
-      }
-    });
+    const load = posters(c, token, devices);
+    const { outcomes } = load;
 
     await new Promise((r) => setTimeout(r, 3_000));
     await c.redis!.kill();
@@ -79,8 +44,7 @@ describe.skipIf(why !== undefined)('redis-server SIGKILLed and restarted under l
       return new Set(after.map((o) => o.device)).size === devices.length ? true : undefined;
     }, 60_000, '202s again after the restart');
     await new Promise((r) => setTimeout(r, 3_000));
-    stop = true;
-    await Promise.all(posters);
+    await load.stop();
 
     const during = outcomes.filter((o) => o.sentAt >= downAt && o.answeredAt <= upAt);
     const refused = during.filter((o) => o.status === 503);
