@@ -57,6 +57,9 @@ function fail(r: Reply): never {
   throw new DropwireError(e.code, e.message);
 }
 
+/** Rounds of moves `relay rebalance` makes at most before it reports what it reached. */
+const REBALANCE_ROUNDS = 3;
+
 export function registerMoveCommands(relay: Command): void {
   relay
     .command('drain')
@@ -130,23 +133,39 @@ export function registerMoveCommands(relay: Command): void {
           }
           return m;
         };
+        // The counts follow a hand-over once the old connection has closed: give them a few seconds.
+        const settled = async (): Promise<Map<string, number>> => {
+          let m = await counts();
+          for (let i = 0; i < 10 && !balanced(m); i++) {
+            await new Promise((r) => setTimeout(r, 500));
+            m = await counts();
+          }
+          return m;
+        };
         const before = await counts();
-        const plan = planRebalance(before);
         const timeoutMs = timeoutOf(o);
         const summaries: Summary[] = [];
-        // One command per source node; each moves its share to the least loaded targets it is given.
-        const bySource = new Map<string, { to: string; count: number }[]>();
-        for (const m of plan) bySource.set(m.from, [...(bySource.get(m.from) ?? []), { to: m.to, count: m.count }]);
-        await Promise.all(
-          [...bySource].map(async ([from, moves]) => {
-            for (const m of moves) {
-              const r = await sendCommand({ redis, sub, node: from, cmd: { op: 'move', to: m.to, count: m.count, rate: rateOf(o), timeoutMs }, silenceMs: timeoutMs + 15_000, onReply: (x) => x.t === 'result' && printResult(x, o.json) });
-              if (r.t !== 'done') fail(r);
-              summaries.push(r.summary);
-            }
-          }),
-        );
-        const after = await counts();
+        const plan: ReturnType<typeof planRebalance> = [];
+        let after = before;
+        // Rounds until balanced: an agent that reconnected elsewhere meanwhile is counted again next round.
+        for (let round = 0; round < REBALANCE_ROUNDS && !balanced(after); round++) {
+          const moves = planRebalance(after);
+          if (moves.length === 0) break;
+          plan.push(...moves);
+          // One command per source node; each moves its share to the least loaded targets it is given.
+          const bySource = new Map<string, { to: string; count: number }[]>();
+          for (const m of moves) bySource.set(m.from, [...(bySource.get(m.from) ?? []), { to: m.to, count: m.count }]);
+          await Promise.all(
+            [...bySource].map(async ([from, list]) => {
+              for (const m of list) {
+                const r = await sendCommand({ redis, sub, node: from, cmd: { op: 'move', to: m.to, count: m.count, rate: rateOf(o), timeoutMs }, silenceMs: timeoutMs + 15_000, onReply: (x) => x.t === 'result' && printResult(x, o.json) });
+                if (r.t !== 'done') fail(r);
+                summaries.push(r.summary);
+              }
+            }),
+          );
+          after = await settled();
+        }
         const ok = balanced(after);
         if (o.json) {
           console.log(JSON.stringify({ before: Object.fromEntries(before), plan, after: Object.fromEntries(after), balanced: ok, summaries }));
