@@ -136,22 +136,25 @@ export class Agent {
       },
     });
     this.status = { connected: false, relay: this.reach.plan[0]!.text, relays: this.reach.list.map((a) => a.text), sessions: 0, resumes: 0, reconnects: 0 };
+    // Every connection of this device, a first one, a resumed one or a hand-over (PROTOCOL 3): a fresh IK handshake.
+    const initiator = (handover?: Uint8Array): Connection =>
+      Connection.initiator({
+        crypto: o.crypto ?? nodeCrypto,
+        random,
+        staticKey: this.keys,
+        remoteStatic: fromHex(this.config.relayKey),
+        session: this.session,
+        timestamp: this.journal.nextTimestamp(Date.now()),
+        now: Date.now(),
+        timers: o.timers ?? {},
+        ...(handover !== undefined ? { handover } : {}),
+      });
     this.dialer = new Dialer({
       host: '',
       port: 0,
       connect: (signal) => this.reach.open(signal),
       backoff: o.backoff ?? {},
-      connection: () =>
-        Connection.initiator({
-          crypto: o.crypto ?? nodeCrypto,
-          random,
-          staticKey: this.keys,
-          remoteStatic: fromHex(this.config.relayKey),
-          session: this.session,
-          timestamp: this.journal.nextTimestamp(Date.now()),
-          now: Date.now(),
-          timers: o.timers ?? {},
-        }),
+      connection: () => initiator(),
       events: {
         onOpen: (opened, link) => {
           this.routes.set(link, opened);
@@ -197,18 +200,7 @@ export class Agent {
       busy: () => this.sender.busy, // the node keeps uploads and watches per session: they stay where they are
       open: (address, signal) =>
         new RelayReach({ relays: [address], mode: this.reach.mode, proxy: o.proxy ?? this.config.proxy, caFile: o.ca ?? this.config.ca }).open(signal),
-      connection: (requestId) =>
-        Connection.initiator({
-          crypto: o.crypto ?? nodeCrypto,
-          random,
-          staticKey: this.keys,
-          remoteStatic: fromHex(this.config.relayKey),
-          session: this.session,
-          timestamp: this.journal.nextTimestamp(Date.now()),
-          now: Date.now(),
-          timers: o.timers ?? {},
-          handover: requestId,
-        }),
+      connection: (requestId) => initiator(requestId),
       refuse: (rid, code) => this.send(MessageType.REDIRECT_REFUSED, { rid, code }),
       current: () => this.status.relay,
     });
