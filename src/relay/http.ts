@@ -90,6 +90,7 @@ function endpoint(parts: string[]): { name: string; methods: string[] } | undefi
   const [, what, arg, sub] = parts;
   const n = parts.length;
   if (what === 'messages' && n === 2) return { name: 'messages', methods: ['POST'] };
+  if (what === 'messages' && n === 3 && arg === 'batch') return { name: 'batch', methods: ['POST'] };
   if (what === 'messages' && n === 3) return { name: 'message', methods: ['GET', 'DELETE'] };
   if (what === 'messages' && n === 4 && sub === 'retry' && arg) return { name: 'retry', methods: ['POST'] };
   if (what === 'events' && n === 2) return { name: 'events', methods: ['GET'] };
@@ -285,6 +286,8 @@ export class HttpApi {
     switch (`${method} ${e.name}`) {
       case 'POST messages':
         return this.postMessage(req, res, url, token);
+      case 'POST batch':
+        return this.postBatch(req, res, url, token);
       case 'GET message':
         return this.getMessage(res, url, token, parts[2]!);
       case 'DELETE message':
@@ -465,6 +468,22 @@ export class HttpApi {
       this.o.feed.notify();
     }
     send(res, created ? 202 : 200, { ...this.summary(message), online: hub.isOnline(to) });
+  }
+
+  /** POST /v1/messages/batch: several files in one multipart POST (batch.ts). */
+  private async postBatch(req: http.IncomingMessage, res: http.ServerResponse, url: URL, token: TokenRecord): Promise<void> {
+    const { postBatch, BatchError } = await import('./batch.js');
+    const { store, hub, blobs, feed, log, maxBody } = this.o;
+    const deps = {
+      store, hub, blobs, feed, log, maxBody, bodyTimeoutMs: this.bodyTimeoutMs, now: this.now, newId: messageId,
+      deviceExists: (name: string) => this.deviceExists(name),
+      startUpload: (t: TokenRecord) => this.startUpload(t),
+      maxUploads: this.o.maxUploads ?? DEFAULT_MAX_UPLOADS,
+      maxUploadsPerToken: this.o.maxUploadsPerToken ?? DEFAULT_MAX_UPLOADS_PER_TOKEN,
+    };
+    return postBatch(deps, req, res, url, token).catch((err: unknown) => {
+      throw err instanceof BatchError ? new HttpError(err.status, err.code, err.message, err.headers) : err;
+    });
   }
 
   private summary(m: MessageRecord): Record<string, unknown> {
