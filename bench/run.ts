@@ -59,6 +59,8 @@ const PAYLOAD = 1024;
 const QUIET_PCT = 20;
 const S1 = { messages: QUICK ? 2_000 : 20_000, devices: 100, inFlight: Number(option('inflight') ?? 128) };
 const WARMUP = QUICK ? 500 : 2_000;
+/** Not in the issue: scenario 1's messages sent in batches (POST /v1/messages/batch), dropwire only. */
+const S1B = { batch: 100, inFlight: Number(option('batch-inflight') ?? 2) };
 const S2 = { rate: 2_000, seconds: QUICK ? 3 : 10 };
 /** Not in the issue: the same at a rate every system sustains, to show latency without a backlog. */
 const S2B = { rate: 200, seconds: QUICK ? 3 : 5 };
@@ -353,6 +355,15 @@ class DropwireSystem implements System {
     return this.relay ? this.relay.call<Record<string, unknown>>('stats') : Promise.resolve(undefined);
   }
 
+  /** The HTTP API's port and a sender token (scenario 1b posts batches itself). */
+  get httpPort(): number {
+    return this.ports.http;
+  }
+
+  get token(): string {
+    return this.s.token;
+  }
+
   relayCall<T>(cmd: string): Promise<T> {
     return this.relay!.call<T>(cmd);
   }
@@ -483,6 +494,8 @@ function round(v: number, digits = 3): string {
 
 function defineMetrics(): void {
   metric('s1', `1. ${S1.messages.toLocaleString('en-US')} msgs round-robin to ${S1.devices} devices, all received`, 'throughput', 'msg/s', 'higher');
+  metric('s1b', `1b. (extra) ${S1.messages.toLocaleString('en-US')} msgs in batches of ${S1B.batch} (one POST each)`, 'throughput', 'msg/s', 'higher');
+  metric('s1bcpu', `1b. (extra) ${S1.messages.toLocaleString('en-US')} msgs in batches of ${S1B.batch} (one POST each)`, 'relay CPU per message', 'µs', 'lower');
   metric('s2p50', `2. latency at ${S2.rate.toLocaleString('en-US')} msg/s for ${S2.seconds} s`, 'p50 publish→receipt', 'ms', 'lower');
   metric('s2p99', `2. latency at ${S2.rate.toLocaleString('en-US')} msg/s for ${S2.seconds} s`, 'p99 publish→receipt', 'ms', 'lower');
   metric('s2bp50', `2b. (extra) latency at ${S2B.rate} msg/s for ${S2B.seconds} s`, 'p50 publish→receipt', 'ms', 'lower');
@@ -559,6 +572,95 @@ async function scenario1(sys: System, dev: Devices, pub: Publisher): Promise<voi
     facts['store calls per message (event-loop µs per message)'] = storeCallsPerMessage(st, r.count);
   }
   detail('1 throughput', sys.name, facts);
+}
+
+/**
+ * 1b: scenario 1's messages (same count, size and devices, round-robin), S1B.batch to a POST of
+ * /v1/messages/batch, each file with its own `to`; closed loop with S1B.inFlight batches on the wire.
+ * dropwire only (the peers have no batch publish); scenario 1 is run and reported unchanged beside it.
+ */
+async function scenario1b(sys: DropwireSystem, dev: Devices): Promise<void> {
+  const n = S1.messages;
+  const r = expectReceipts(11, n);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: S1B.inFlight });
+  const boundary = 'dropwire-bench-batch';
+  const multipart = (first: number, count: number): Buffer => {
+    const parts: Buffer[] = [];
+    for (let i = first; i < first + count; i++) {
+      const tag = 11 * TAG + i;
+      parts.push(
+        Buffer.from(
+          `--${boundary}\r\ncontent-disposition: form-data; name="to.${i}"\r\n\r\n${deviceName(D.s1 + (i % S1.devices))}\r\n` +
+            `--${boundary}\r\ncontent-disposition: form-data; name="file.${i}"; filename="m${tag}.bin"\r\ncontent-type: application/octet-stream\r\n\r\n`,
+        ),
+        BODY,
+        Buffer.from('\r\n'),
+      );
+    }
+    parts.push(Buffer.from(`--${boundary}--\r\n`));
+    return Buffer.concat(parts);
+  };
+  const post = (body: Buffer, count: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const req = http.request(
+        {
+          agent,
+          host: '127.0.0.1',
+          port: sys.httpPort,
+          method: 'POST',
+          path: '/v1/messages/batch',
+          headers: { authorization: `Bearer ${sys.token}`, 'content-type': `multipart/form-data; boundary=${boundary}`, 'content-length': body.length },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.once('end', () => {
+            const ok = res.statusCode === 202 && (JSON.parse(Buffer.concat(chunks).toString()) as { messages?: unknown[] }).messages?.length === count;
+            if (!ok) publishFailure(`HTTP ${res.statusCode}`);
+            resolve(ok);
+          });
+          res.once('error', (err) => {
+            publishFailure(err.message);
+            resolve(false);
+          });
+        },
+      );
+      req.once('error', (err) => {
+        publishFailure((err as NodeJS.ErrnoException).code ?? err.message);
+        resolve(false);
+      });
+      req.end(body);
+    });
+  const batches = Math.ceil(n / S1B.batch);
+  const bodies = Array.from({ length: batches }, (_, b) => multipart(b * S1B.batch, Math.min(S1B.batch, n - b * S1B.batch)));
+  await sys.relayCall('resetCounts');
+  const cpu0 = sampleProc(sys.serverPid);
+  const meter = new CpuMeter([sys.serverPid, dev.pid]);
+  const t0 = hrNow();
+  const sent = await closedLoop(batches, S1B.inFlight, 180_000, (b) => post(bodies[b]!, Math.min(S1B.batch, n - b * S1B.batch)));
+  const acked = hrNow();
+  await waitFor(() => r.count >= Math.min(n, sent.ok * S1B.batch), 120_000);
+  const cpu = meter.stop();
+  const cpu1 = sampleProc(sys.serverPid);
+  agent.destroy();
+  const seconds = (r.lastAt - t0) / 1000;
+  const cpuPerMessage = cpu0 && cpu1 ? ((cpu1.cpuS - cpu0.cpuS) * 1e6) / r.count : Number.NaN;
+  record('s1b', sys.name, r.count / seconds, r.count < n ? `${r.count}/${n} received` : undefined);
+  record('s1bcpu', sys.name, cpuPerMessage);
+  detail('1b throughput in batches', sys.name, {
+    received: r.count,
+    batches,
+    'batches in flight': S1B.inFlight,
+    failedBatches: sent.failed,
+    ...takePublishFailures(),
+    seconds,
+    'acked msg/s': Math.min(n, sent.ok * S1B.batch) / ((acked - t0) / 1000),
+    'relay CPU µs per message': cpuPerMessage,
+    'server CPU%': cpu[String(sys.serverPid)]!,
+    'devices CPU%': cpu[String(dev.pid)]!,
+    'publisher CPU%': cpu.self!,
+    'other processes CPU%': cpu.others!,
+  });
 }
 
 /** Store calls per message and the event-loop milliseconds they held, from the relay child's tracing. */
@@ -1023,6 +1125,7 @@ async function main(): Promise<void> {
           if (res.established < S1.devices) throw new Error(`only ${res.established}/${S1.devices} devices connected`);
           await warmUp(pub);
           if (ONLY.has(1)) await quiet().then(() => scenario1(sys, dev, pub));
+          if (ONLY.has(1) && sys instanceof DropwireSystem) await quiet().then(() => scenario1b(sys, dev));
           if (ONLY.has(2)) {
             await quiet().then(() => scenario2(sys, dev, pub, { ...S2, tag: 2, id: 's2' }));
             await quiet().then(() => scenario2(sys, dev, pub, { ...S2B, tag: 22, id: 's2b' }));
