@@ -186,15 +186,20 @@ export async function postBatch(d: BatchDeps, req: http.IncomingMessage, res: ht
       bb.removeAllListeners('file');
       bb.on('error', () => {});
     }
-    await Promise.all(files.map((f) => (f.received.bodyPath ? d.blobs.remove(f.received.bodyPath).catch(() => {}) : undefined)));
+    await dropBodies(d, files);
+    for (const end of ends) end();
     if ((err as DropwireError).code === 'DW_TOO_LARGE' && !(err instanceof BatchError)) throw new BatchError(413, 'DW_TOO_LARGE', (err as Error).message);
     throw err;
   } finally {
-    for (const end of ends) end();
     req.setTimeout(0);
     req.off('close', onClose);
   }
-  await store(d, res, token, files);
+  try {
+    await store(d, res, token, files);
+  } finally {
+    // The files' places among the uploads are held until the answer (small bodies stay in memory until then).
+    for (const end of ends) end();
+  }
 }
 
 /** Reads every part: fields first, then each file checked and received into the body storage. */
