@@ -172,7 +172,11 @@ export async function postBatch(d: BatchDeps, req: http.IncomingMessage, res: ht
       throw bad(`bad multipart body: ${(err as Error).message}`);
     }
     bb.on('field', (name, value, info) => queue.push({ kind: 'field', name, value, truncated: info.valueTruncated }));
-    bb.on('file', (name, stream, info) => queue.push({ kind: 'file', name, filename: info.filename ?? '', stream }));
+    bb.on('file', (name, stream, info) => {
+      // A body cut short errors the part's stream, maybe before it is read: seen by its reader, never unhandled.
+      stream.on('error', () => {});
+      queue.push({ kind: 'file', name, filename: info.filename ?? '', stream });
+    });
     bb.on('fieldsLimit', () => queue.end(bad(`more than ${MAX_BATCH_FILES * FILE_FIELDS.length} fields`)));
     bb.on('close', () => queue.end());
     bb.on('error', (err) => queue.end(bad(`bad multipart body: ${(err as Error).message}`)));
@@ -292,6 +296,7 @@ async function receiveFile(
   let received: ReceivedBody;
   try {
     if (signal.aborted) throw signal.reason;
+    if (e.stream.errored) throw e.stream.errored;
     received = await d.blobs.receive(e.stream, id, d.maxBody);
   } catch (err) {
     if (err instanceof DropwireError) {

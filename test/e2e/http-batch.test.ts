@@ -152,6 +152,11 @@ describe('POST /v1/messages/batch: refusals store nothing', () => {
     expect([notMultipart.status, notMultipart.json.error?.code]).toEqual([400, 'DW_BAD_REQUEST']);
     const withFilename = await postBatch(s.api.base, s.token, form(good), { query: '?filename=x.bin' });
     expect([withFilename.status, withFilename.json.error?.code]).toEqual([400, 'DW_BAD_REQUEST']);
+    // A body that ends inside its second file (no closing boundary): the first file is not stored either.
+    const cut = `--dwb\r\ncontent-disposition: form-data; name="file.1"; filename="1.bin"\r\n\r\n${'x'.repeat(100 * KiB)}\r\n--dwb\r\ncontent-disposition: form-data; name="file.2"; filename="2.bin"\r\n\r\nxyz`;
+    const truncated = await postBatch(s.api.base, s.token, cut, { query: `?to=${s.device}`, headers: { 'content-type': 'multipart/form-data; boundary=dwb' } });
+    expect([truncated.status, truncated.json.error?.code]).toEqual([400, 'DW_BAD_REQUEST']);
+    expect(truncated.json.error!.message).toContain('file.2');
     const none = await postBatch(s.api.base, s.token, new FormData(), { query: `?to=${s.device}` });
     expect([none.status, none.json.error?.code]).toEqual([400, 'DW_BAD_REQUEST']);
     const get = await fetch(`${s.api.base}/v1/messages/batch`, { headers: { authorization: `Bearer ${s.token}` } });
@@ -159,6 +164,8 @@ describe('POST /v1/messages/batch: refusals store nothing', () => {
     expect((await s.api.get(`/v1/devices/${s.device}`)).json.queued).toBe(0);
     expect((await s.api.get('/v1/devices/kiosk')).json.queued).toBe(0);
     expect(bodiesOnDisk(s.data)).toEqual({ bodies: [], tmp: [] });
+    expect(s.relay.proc.child.exitCode).toBe(null);
+    expect(s.relay.proc.logs.filter((l) => (l.level as number) >= 50)).toEqual([]);
     // The same files, corrected, go through.
     const ok = await postBatch(s.api.base, s.token, form(good));
     expect(ok.status).toBe(202);
