@@ -275,6 +275,25 @@ describe('POST /v1/messages/batch: limits', () => {
     expect(bodiesOnDisk(s.data)).toEqual({ bodies: [], tmp: [] });
   });
 
+  it('a client that goes away mid-batch: nothing stored, no body left behind, the relay goes on', async () => {
+    const s = await setup();
+    const b = 'dwbatch';
+    const part = (label: string, bytes: number) => `--${b}\r\ncontent-disposition: form-data; name="file.${label}"; filename="${label}.bin"\r\n\r\n${'x'.repeat(bytes)}\r\n`;
+    const head = `POST /v1/messages/batch?to=${s.device} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.token}\r\ncontent-type: multipart/form-data; boundary=${b}\r\ncontent-length: 10000000\r\n\r\n`;
+    for (const first of [part('1', 200 * KiB), part('1', 200 * KiB) + part('2', 300 * KiB).slice(0, 100 * KiB), part('1', 10)]) {
+      const up = await stalled(s.relay.info.http, head, first);
+      await new Promise((r) => setTimeout(r, 300));
+      up.socket.destroy();
+      await up.closed;
+    }
+    await waitFor(() => (s.relay.proc.logs.filter((l) => l.msg === 'request aborted by the client').length >= 3 ? true : undefined), 10_000, 'three aborts logged');
+    expect((await s.api.get(`/v1/devices/${s.device}`)).json.queued).toBe(0);
+    expect(bodiesOnDisk(s.data)).toEqual({ bodies: [], tmp: [] });
+    expect(s.relay.proc.logs.filter((l) => (l.level as number) >= 50)).toEqual([]);
+    const ok = await postBatch(s.api.base, s.token, form([{ label: '1', body: 'x' }]), { query: `?to=${s.device}` });
+    expect(ok.status).toBe(202);
+  });
+
   it('each file counts against --max-uploads-per-token: a batch larger than the cap is 413, one that finds it full is 429 DW_BUSY', async () => {
     const s = await setup({ relayArgs: ['--max-uploads-per-token', '3'] });
     const files = (n: number) => Array.from({ length: n }, (_, i): BatchFile => ({ label: String(i), body: 'x' }));
