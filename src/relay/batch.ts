@@ -369,8 +369,18 @@ async function store(d: BatchDeps, res: http.ServerResponse, token: TokenRecord,
   const mismatched: string[] = [];
   for (const group of [keyed, plain]) {
     if (group.length === 0 || mismatched.length > 0) continue;
-    // All in the same turn: they share the store's group commit.
-    const results = await Promise.allSettled(group.map((f) => d.store.enqueue(f.message)));
+    // All in the same turn: they share the store's group commit. Each new message goes to the hub in the
+    // very reaction to its own write, as a single POST's does right after its await: the hub hands messages
+    // over in the order of their seq, and a write of another request committed with these must not overtake.
+    const results = await Promise.allSettled(
+      group.map((f) =>
+        d.store.enqueue(f.message).then((r) => {
+          if (r.created) announce(d, token, f, r.message);
+          return r;
+        }),
+      ),
+    );
+    if (group.some((f, i) => results[i]!.status === 'fulfilled' && (results[i] as PromiseFulfilledResult<{ created: boolean }>).value.created)) d.feed.notify();
     let failure: unknown;
     group.forEach((f, i) => {
       const r = results[i]!;
@@ -385,7 +395,6 @@ async function store(d: BatchDeps, res: http.ServerResponse, token: TokenRecord,
         if (what.length > 0) mismatched.push(`${f.part}: Idempotency-Key '${f.message.idempotencyKey}' was used for message ${message.id} with another ${what.join(', ')}`);
       }
     });
-    announce(d, token, group.flatMap((f) => (stored.get(f)?.created ? [{ f, message: stored.get(f)!.message }] : [])));
     if (failure !== undefined) {
       await dropBodies(d, files.filter((f) => !stored.get(f)?.created));
       throw failure;
@@ -411,14 +420,10 @@ async function store(d: BatchDeps, res: http.ServerResponse, token: TokenRecord,
   res.end(text);
 }
 
-/** Hands the new messages to the hub at once (in seq order, before any other await), as a single POST does. */
-function announce(d: BatchDeps, token: TokenRecord, created: Array<{ f: FilePart; message: MessageRecord }>): void {
-  if (created.length === 0) return;
-  for (const { f, message } of created) {
-    d.log.info({ id: message.id, to: message.to, from: token.name, filename: message.filename, size: message.size, part: f.part }, 'message queued');
-    d.hub.notify(message.to, message, f.received.body);
-  }
-  d.feed.notify();
+/** A new message of the batch: logged and handed to the hub (with its inline body), like a single POST's. */
+function announce(d: BatchDeps, token: TokenRecord, f: FilePart, message: MessageRecord): void {
+  d.log.info({ id: message.id, to: message.to, from: token.name, filename: message.filename, size: message.size, part: f.part }, 'message queued');
+  d.hub.notify(message.to, message, f.received.body);
 }
 
 async function dropBodies(d: BatchDeps, files: FilePart[]): Promise<void> {

@@ -96,6 +96,35 @@ describe('POST /v1/messages/batch: delivery', () => {
     await Promise.all(agents.map((a) => a.kill()));
   }, 120_000);
 
+  it('batches and single POSTs to the same live device at once: every message delivered in one session, none passed over', async () => {
+    const dir = tempDir();
+    const rec = recordingHandler(dir);
+    const s = await setup({ rules: [rec.rule] });
+    const agent = spawnCli(['agent', '--home', s.home]);
+    await agent.waitLog((l) => l.msg === 'session started');
+    const ids: string[] = [];
+    let stop = false;
+    // Single POSTs all along, so that their writes share commits with the batches'.
+    const singles = Array.from({ length: 6 }, async (_, w) => {
+      for (let i = 0; !stop && i < 500; i++) {
+        const r = await s.api.send(s.device, `s-${w}-${i}.xml`, `<s w="${w}" i="${i}"/>`);
+        expect(r.status).toBe(202);
+        ids.push(r.json.id as string);
+      }
+    });
+    for (let b = 0; b < 10; b++) {
+      const r = await postBatch(s.api.base, s.token, form(Array.from({ length: 30 }, (_, i): BatchFile => ({ label: String(i), body: `<b n="${b}" i="${i}"/>` }))), { query: `?to=${s.device}` });
+      expect(r.status).toBe(202);
+      ids.push(...r.json.messages!.map((m) => m.id));
+    }
+    stop = true;
+    await Promise.all(singles);
+    await waitFor(() => (rec.runs().length >= ids.length ? true : undefined), 60_000, `all ${ids.length} handled`);
+    expect(rec.runs().map((x) => x.id).sort()).toEqual([...ids].sort());
+    expect(agent.logs.filter((l) => l.msg === 'session started').length).toBe(1);
+    await agent.kill();
+  }, 120_000);
+
   it('plain `file` parts and query defaults: ?to= for every file, the part\'s file name, ttl/deadline/allowEmpty per file', async () => {
     const s = await setup();
     await cliOk(['relay', 'device', 'add', 'kiosk', '--data', s.data]);
