@@ -423,7 +423,12 @@ async function store(d: BatchDeps, res: http.ServerResponse, token: TokenRecord,
 /** A new message of the batch: logged and handed to the hub (with its inline body), like a single POST's. */
 function announce(d: BatchDeps, token: TokenRecord, f: FilePart, message: MessageRecord): void {
   d.log.info({ id: message.id, to: message.to, from: token.name, filename: message.filename, size: message.size, part: f.part }, 'message queued');
-  d.hub.notify(message.to, message, f.received.body);
+  try {
+    d.hub.notify(message.to, message, f.received.body);
+  } catch (err) {
+    // Stored all the same (the delivery loop finds it in the store): never taken for a failed write.
+    d.log.error({ err, id: message.id }, 'hub notify failed');
+  }
 }
 
 async function dropBodies(d: BatchDeps, files: FilePart[]): Promise<void> {
