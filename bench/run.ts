@@ -634,6 +634,8 @@ async function scenario1b(sys: DropwireSystem, dev: Devices): Promise<void> {
   const batches = Math.ceil(n / S1B.batch);
   const bodies = Array.from({ length: batches }, (_, b) => multipart(b * S1B.batch, Math.min(S1B.batch, n - b * S1B.batch)));
   await sys.relayCall('resetCounts');
+  type StoreCounts = { store: { commits: number; writes: number }; eventLoopUtilization?: number };
+  const store0 = ((await sys.serverStats()) as StoreCounts).store;
   const cpu0 = sampleProc(sys.serverPid);
   const meter = new CpuMeter([sys.serverPid, dev.pid]);
   const t0 = hrNow();
@@ -642,6 +644,7 @@ async function scenario1b(sys: DropwireSystem, dev: Devices): Promise<void> {
   await waitFor(() => r.count >= Math.min(n, sent.ok * S1B.batch), 120_000);
   const cpu = meter.stop();
   const cpu1 = sampleProc(sys.serverPid);
+  const st = (await sys.serverStats()) as StoreCounts;
   agent.destroy();
   const seconds = (r.lastAt - t0) / 1000;
   const cpuPerMessage = cpu0 && cpu1 ? ((cpu1.cpuS - cpu0.cpuS) * 1e6) / r.count : Number.NaN;
@@ -656,6 +659,8 @@ async function scenario1b(sys: DropwireSystem, dev: Devices): Promise<void> {
     seconds,
     'acked msg/s': Math.min(n, sent.ok * S1B.batch) / ((acked - t0) / 1000),
     'relay CPU µs per message': cpuPerMessage,
+    'store writes/commit': (st.store.writes - store0.writes) / Math.max(1, st.store.commits - store0.commits),
+    'relay event loop utilization %': 100 * (st.eventLoopUtilization ?? Number.NaN),
     'server CPU%': cpu[String(sys.serverPid)]!,
     'devices CPU%': cpu[String(dev.pid)]!,
     'publisher CPU%': cpu.self!,
