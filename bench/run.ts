@@ -9,7 +9,7 @@
  * bench/RESULTS.md.
  *
  *   node dist/bench/run.js [--quick] [--only=1,2,...] [--systems=dropwire,mosquitto,aedes] [--no-profile]
- *                          [--no-micro] [--inflight=N] [--dir=DIR] [--out=FILE] [--keep]
+ *                          [--no-micro] [--inflight=N] [--batch-inflight=N] [--dir=DIR] [--out=FILE] [--keep]
  *
  * --quick runs small sizes (a smoke test of the runner); --keep leaves the work dir (logs, profiles).
  */
