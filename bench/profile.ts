@@ -77,7 +77,7 @@ export interface ProfileSummary {
 const STAGES: readonly { name: string; match: RegExp }[] = [
   { name: 'store: group commit (SQL statements, COMMIT with fsync)', match: /^flushBatch .*store\/sqlite\/writer/ },
   { name: 'store: other calls (reads, queueing a write)', match: / src\/relay\/store\// },
-  { name: 'records in: open, decode, hub handles RECEIVED / RESULT', match: /^(onRecord src\/protocol\/connection|onOutput src\/relay\/hub|received src\/transport\/link)/ },
+  { name: 'records in: open, decode, hub handles RECEIVED / RESULT', match: /^(onRecord src\/protocol\/connection|onOutput src\/relay\/hub)/ },
   { name: 'records out: seal, frame, socket write (link pump)', match: /^pump src\/transport\/link/ },
   { name: 'HTTP: parse, route, body, 202 (node:http and the API)', match: /^(parserOn\w+ node:_http|route src\/relay\/http|postMessage src\/relay\/http|\w+ node:_http_)/ },
   { name: 'delivery: hub (picks the next message, writes FILE into the session)', match: / src\/relay\/hub/ },
