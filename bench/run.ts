@@ -559,6 +559,8 @@ async function scenario1(sys: System, dev: Devices, pub: Publisher): Promise<voi
     facts['store writes/commit'] = st.store.writes / Math.max(1, st.store.commits);
     facts['relay event loop utilization %'] = 100 * ((st as { eventLoopUtilization?: number }).eventLoopUtilization ?? Number.NaN);
     facts['store calls per message (event-loop µs per message)'] = storeCallsPerMessage(st, r.count);
+    const io = (st as { io?: { reads: number; writes: number; records: { sealed: number; opened: number } } }).io;
+    if (io) facts['relay per message: records sealed / opened, socket writes / reads (agents)'] = [io.records.sealed, io.records.opened, io.writes, io.reads].map((x) => round(x / r.count)).join(' / ');
   }
   // The server's CPU time for the whole run (for dropwire: until every final outcome is stored), per message.
   const server1 = sampleProc(sys.serverPid);
