@@ -65,7 +65,23 @@ export interface ProfileSummary {
   self: FunctionTime[];
   inclusive: FunctionTime[];
   categories: FunctionTime[];
+  /** By stage of a message's path (STAGES): every busy sample in exactly one. */
+  stages: FunctionTime[];
 }
+
+/**
+ * The stages of a message's way through the relay, each recognised by a function on the sample's stack;
+ * the first that matches, in this order, takes the sample (socket writes happen inside a record read, for
+ * example, and count as writes).
+ */
+const STAGES: readonly { name: string; match: RegExp }[] = [
+  { name: 'store: group commit (SQL statements, COMMIT with fsync)', match: /^flushBatch .*store\/sqlite\/writer/ },
+  { name: 'store: other calls (reads, queueing a write)', match: / src\/relay\/store\// },
+  { name: 'records in: open, decode, hub handles RECEIVED / RESULT', match: /^(onRecord src\/protocol\/connection|onOutput src\/relay\/hub)/ },
+  { name: 'records out: seal, frame, socket write (link pump)', match: /^pump src\/transport\/link/ },
+  { name: 'HTTP: parse, route, body, 202 (node:http and the API)', match: /^(parserOn\w+ node:_http|route src\/relay\/http|postMessage src\/relay\/http|\w+ node:_http_)/ },
+  { name: 'delivery: hub (picks the next message, writes FILE into the session)', match: / src\/relay\/hub/ },
+];
 
 function shortUrl(url: string): string {
   if (!url) return '';
@@ -131,6 +147,7 @@ export function summarizeProfile(file: string, window?: { from: number; to: numb
   const self = new Map<string, number>();
   const incl = new Map<string, number>();
   const cats = new Map<string, number>();
+  const stages = new Map<string, number>();
   let busy = 0;
   for (let i = 0; i < p.samples.length; i++) {
     const at = times[i]!;
@@ -152,6 +169,12 @@ export function summarizeProfile(file: string, window?: { from: number; to: numb
       seen.add(k);
       incl.set(k, (incl.get(k) ?? 0) + dt);
     }
+    const frames = [...seen];
+    const stage =
+      node.callFrame.functionName === '(garbage collector)'
+        ? 'garbage collector'
+        : (STAGES.find((st) => frames.some((f) => st.match.test(f)))?.name ?? 'other (timers, microtasks, metrics, logging)');
+    stages.set(stage, (stages.get(stage) ?? 0) + dt);
   }
   const rank = (m: Map<string, number>, filter: (k: string) => boolean = () => true): FunctionTime[] =>
     [...m.entries()]
@@ -168,5 +191,6 @@ export function summarizeProfile(file: string, window?: { from: number; to: numb
     // Inclusive time is telling for the project's own functions (what each path costs, callees included).
     inclusive: rank(incl, (k) => / src\//.test(k)),
     categories: rank(cats, () => true),
+    stages: rank(stages, () => true),
   };
 }

@@ -7,6 +7,8 @@
 import { Relay } from '../src/relay/relay.js';
 import type { StatusEvent } from '../src/relay/hub.js';
 import { createLogger } from '../src/shared/log.js';
+import { recordCounts } from '../src/protocol/connection.js';
+import { linkIo } from '../src/transport/link.js';
 import { hrNow, serveParent } from './common.js';
 
 export interface RelayChildOptions {
@@ -44,6 +46,7 @@ async function main(): Promise<void> {
       memory: process.memoryUsage(),
       store: relay.store.stats(),
       storeCalls,
+      io: { ...linkIo, records: { ...recordCounts } },
       /** Share of the time since `resetCounts` the event loop was not waiting for I/O (blocking calls count as busy). */
       eventLoopUtilization: performance.eventLoopUtilization(elu).utilization,
     }),
@@ -51,6 +54,10 @@ async function main(): Promise<void> {
       for (const k of Object.keys(counts)) delete counts[k];
       for (const k of Object.keys(lastAt)) delete lastAt[k];
       for (const k of Object.keys(storeCalls)) delete storeCalls[k];
+      linkIo.reads = 0;
+      linkIo.writes = 0;
+      recordCounts.sealed = 0;
+      recordCounts.opened = 0;
       elu = performance.eventLoopUtilization();
       return true;
     },

@@ -494,6 +494,7 @@ function round(v: number, digits = 3): string {
 
 function defineMetrics(): void {
   metric('s1', `1. ${S1.messages.toLocaleString('en-US')} msgs round-robin to ${S1.devices} devices, all received`, 'throughput', 'msg/s', 'higher');
+  metric('s1cpu', `1. ${S1.messages.toLocaleString('en-US')} msgs round-robin to ${S1.devices} devices, all received`, 'server CPU per message', 'µs', 'lower');
   metric('s1b', `1b. (extra) ${S1.messages.toLocaleString('en-US')} msgs in batches of ${S1B.batch} (one POST each)`, 'throughput', 'msg/s', 'higher');
   metric('s1bcpu', `1b. (extra) ${S1.messages.toLocaleString('en-US')} msgs in batches of ${S1B.batch} (one POST each)`, 'relay CPU per message', 'µs', 'lower');
   metric('s2p50', `2. latency at ${S2.rate.toLocaleString('en-US')} msg/s for ${S2.seconds} s`, 'p50 publish→receipt', 'ms', 'lower');
@@ -543,6 +544,7 @@ async function scenario1(sys: System, dev: Devices, pub: Publisher): Promise<voi
   const dw = sys instanceof DropwireSystem ? sys : undefined;
   if (dw) await dw.relayCall('resetCounts');
   const meter = new CpuMeter([sys.serverPid, dev.pid]);
+  const server0 = sampleProc(sys.serverPid);
   const t0 = hrNow();
   const sent = await closedLoop(n, S1.inFlight, 180_000, (i) => pub.send(D.s1 + (i % S1.devices), 1 * TAG + i, BODY));
   const acked = hrNow();
@@ -570,7 +572,12 @@ async function scenario1(sys: System, dev: Devices, pub: Publisher): Promise<voi
     facts['store writes/commit'] = st.store.writes / Math.max(1, st.store.commits);
     facts['relay event loop utilization %'] = 100 * ((st as { eventLoopUtilization?: number }).eventLoopUtilization ?? Number.NaN);
     facts['store calls per message (event-loop µs per message)'] = storeCallsPerMessage(st, r.count);
+    const io = (st as { io?: { reads: number; writes: number; records: { sealed: number; opened: number } } }).io;
+    if (io) facts['relay per message: records sealed / opened, socket writes / reads (agents)'] = [io.records.sealed, io.records.opened, io.writes, io.reads].map((x) => round(x / r.count)).join(' / ');
   }
+  // The server's CPU time for the whole run (for dropwire: until every final outcome is stored), per message.
+  const server1 = sampleProc(sys.serverPid);
+  if (server0 && server1 && r.count > 0) record('s1cpu', sys.name, ((server1.cpuS - server0.cpuS) * 1e6) / r.count);
   detail('1 throughput', sys.name, facts);
 }
 
@@ -948,13 +955,13 @@ async function scenario6(sys: System): Promise<void> {
 
 // --- profiles of dropwire's relay ------------------------------------------------------------------
 
-const profiles: { scenario: string; summary: ProfileSummary }[] = [];
+const profiles: { scenario: string; summary: ProfileSummary; messages?: number }[] = [];
 
 async function profilePass(dw: DropwireSystem, workDir: string): Promise<void> {
   const dir = path.join(workDir, 'profiles');
   fs.mkdirSync(dir, { recursive: true });
   /** A relay started with --cpu-prof, 100 devices and a publisher; `load` returns its window's ends. */
-  const withPublisher = async (name: string, scenario: string, load: (pub: Publisher) => Promise<{ from: number; to: number }>): Promise<void> => {
+  const withPublisher = async (name: string, scenario: string, load: (pub: Publisher) => Promise<{ from: number; to: number; messages: number }>): Promise<void> => {
     dw.resetPorts();
     const file = path.join(dir, `relay-${name}.cpuprofile`);
     await dw.start({ profile: file });
@@ -962,11 +969,11 @@ async function profilePass(dw: DropwireSystem, workDir: string): Promise<void> {
     await dev.start(D.s1, S1.devices);
     const pub = await dw.publisher(S1.inFlight);
     await warmUp(pub);
-    const { from, to } = await load(pub);
+    const { from, to, messages } = await load(pub);
     await pub.close();
     await dev.stop();
     await dw.stop();
-    if (fs.existsSync(file)) profiles.push({ scenario, summary: summarizeProfile(file, { from, to }) });
+    if (fs.existsSync(file)) profiles.push({ scenario, summary: summarizeProfile(file, { from, to }), messages });
   };
   // 1: throughput.
   if (ONLY.has(1)) {
@@ -975,7 +982,9 @@ async function profilePass(dw: DropwireSystem, workDir: string): Promise<void> {
       const from = hrNow();
       await closedLoop(S1.messages, S1.inFlight, 180_000, (i) => pub.send(D.s1 + (i % S1.devices), 91 * TAG + i, BODY));
       await waitFor(() => r.count >= S1.messages, 120_000);
-      return { from, to: hrNow() };
+      // Until every final outcome is stored: lazy status writes belong to the messages' cost.
+      await waitFor(async () => ((await dw.serverStats()) as { counts: Record<string, number> }).counts.handled! >= WARMUP + S1.messages, 30_000, 50);
+      return { from, to: hrNow(), messages: S1.messages };
     });
   }
   // 2: the paced load (2,000 msg/s), where per-message costs are higher than at saturation.
@@ -996,7 +1005,7 @@ async function profilePass(dw: DropwireSystem, workDir: string): Promise<void> {
       }
       await Promise.all(sends);
       await waitFor(() => r.count >= total, 60_000);
-      return { from, to: hrNow() };
+      return { from, to: hrNow(), messages: total };
     });
   }
   // 4: the large file.
@@ -1265,16 +1274,18 @@ function targets(): TargetCheck[] {
     const b = v(id, peer);
     return a === undefined || b === undefined ? undefined : a / b;
   };
-  check('(1) ≥ 1.0× Mosquitto msg/s, fsync-durable', r('s1', 'mosquitto'), (x) => x >= 1, (x) => `${round(x)}× (${round(v('s1', 'dropwire')!)} vs ${round(v('s1', 'mosquitto')!)} msg/s)`);
-  check('(1) ≥ 2× Aedes msg/s', r('s1', 'aedes'), (x) => x >= 2, (x) => `${round(x)}× (${round(v('s1', 'dropwire')!)} vs ${round(v('s1', 'aedes')!)} msg/s)`);
-  check('(2) p99 ≤ 2× Mosquitto p99', r('s2p99', 'mosquitto'), (x) => x <= 2, (x) => `${round(x)}× (${round(v('s2p99', 'dropwire')!)} vs ${round(v('s2p99', 'mosquitto')!)} ms)`);
-  check('(3) ≤ Mosquitto time', r('s3', 'mosquitto'), (x) => x <= 1, (x) => `${round(x)}× (${round(v('s3', 'dropwire')!)} vs ${round(v('s3', 'mosquitto')!)} s)`);
+  check('relay CPU per message at saturation, scenario 1: ≤ 60 µs', v('s1cpu', 'dropwire'), (x) => x <= 60, (x) => `${round(x)} µs`);
+  check('(1) ≥ 0.5× Mosquitto msg/s, fsync-durable', r('s1', 'mosquitto'), (x) => x >= 0.5, (x) => `${round(x)}× (${round(v('s1', 'dropwire')!)} vs ${round(v('s1', 'mosquitto')!)} msg/s)`);
+  check('(1) ≥ 1× Aedes msg/s', r('s1', 'aedes'), (x) => x >= 1, (x) => `${round(x)}× (${round(v('s1', 'dropwire')!)} vs ${round(v('s1', 'aedes')!)} msg/s)`);
+  check('(2) p99 ≤ 3× Mosquitto p99', r('s2p99', 'mosquitto'), (x) => x <= 3, (x) => `${round(x)}× (${round(v('s2p99', 'dropwire')!)} vs ${round(v('s2p99', 'mosquitto')!)} ms)`);
+  check('(3) ≤ 1.5× Mosquitto time', r('s3', 'mosquitto'), (x) => x <= 1.5, (x) => `${round(x)}× (${round(v('s3', 'dropwire')!)} vs ${round(v('s3', 'mosquitto')!)} s)`);
+  check('(4) ≥ 1.0× Mosquitto MB/s', r('s4', 'mosquitto'), (x) => x >= 1, (x) => `${round(x)}× (${round(v('s4', 'dropwire')!)} vs ${round(v('s4', 'mosquitto')!)} MB/s)`);
   check('(4) ≥ 400 MB/s end to end', v('s4', 'dropwire'), (x) => x >= 400, (x) => `${round(x)} MB/s`);
   for (const n of S5.steps) {
-    check(`(5) ≤ 8 KiB per idle connection at ${n.toLocaleString('en-US')}`, v(`s5rss${n}`, 'dropwire'), (x) => x <= 8, (x) => `${round(x)} KiB`);
+    check(`(5) ≤ 6 KiB per idle connection at ${n.toLocaleString('en-US')}`, v(`s5rss${n}`, 'dropwire'), (x) => x <= 6, (x) => `${round(x)} KiB`);
   }
   const big = S5.steps[S5.steps.length - 1]!;
-  check(`(5) heartbeat CPU < 5% of a core at ${big.toLocaleString('en-US')}`, v(`s5cpu${big}`, 'dropwire'), (x) => x < 5, (x) => `${round(x)}%`);
+  check(`(5) heartbeat CPU ≤ 6% of a core at ${big.toLocaleString('en-US')}`, v(`s5cpu${big}`, 'dropwire'), (x) => x <= 6, (x) => `${round(x)}%`);
   check(`(6) ${S6.devices.toLocaleString('en-US')} sessions back within 5 s (from the relay accepting again)`, v('s6ready', 'dropwire'), (x) => x <= 5, (x) => `${round(x)} s (${round(v('s6stop', 'dropwire') ?? Number.NaN)} s from the stop)`);
   return out;
 }
@@ -1361,7 +1372,7 @@ function renderMarkdown(o: { machine: Record<string, string>; table: string; cry
   lines.push('');
   lines.push(o.table);
   lines.push('');
-  lines.push('## Against the targets of issue 7');
+  lines.push('## Against the targets of issue 18 (and (6) of issue 7)');
   lines.push('');
   lines.push('| target | dropwire | met |');
   lines.push('|:--|:--|:--:|');
@@ -1404,6 +1415,14 @@ function renderMarkdown(o: { machine: Record<string, string>; table: string; cry
       lines.push('');
       lines.push(`${round(s.busyMs)} ms busy in a ${round(s.windowMs)} ms window${s.windowed ? '' : ' (whole profile: the window did not line up)'}.`);
       lines.push('');
+      if (s.stages.length > 0) {
+        const per = p.messages ? p.messages / 1000 : undefined;
+        lines.push(per ? `| by stage of a message's path | ms | % | µs per message (${p.messages!.toLocaleString('en-US')} messages) |` : '| by stage | ms | % |');
+        lines.push(per ? '|:--|--:|--:|--:|' : '|:--|--:|--:|');
+        for (const c of s.stages) lines.push(`| ${c.fn} | ${c.ms} | ${c.pct.toFixed(1)} |${per ? ` ${round(c.ms / per)} |` : ''}`);
+        if (per) lines.push(`| **all** | ${s.busyMs} | 100 | **${round(s.busyMs / per)}** |`);
+        lines.push('');
+      }
       lines.push('| by kind of code | ms | % |');
       lines.push('|:--|--:|--:|');
       for (const c of s.categories) lines.push(`| ${c.fn} | ${c.ms} | ${c.pct.toFixed(1)} |`);

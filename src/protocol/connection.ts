@@ -444,6 +444,7 @@ export class Connection {
   }
 
   private onRecord(frame: Uint8Array[], now: number): void {
+    recordCounts.opened++;
     let plain: Uint8Array[];
     try {
       plain = this.recv!.decryptParts(EMPTY, frame);
@@ -503,6 +504,7 @@ export class Connection {
 
   /** Seals one record and queues its frame as one write (small records) or a few (PROTOCOL 2.1, 4.1). */
   private sendRecord(plain: readonly Uint8Array[], now: number): void {
+    recordCounts.sealed++;
     for (const bytes of encodeFrameParts(this.send!.encryptParts(EMPTY, plain))) this.emitWrite(bytes, now);
   }
 
@@ -530,6 +532,9 @@ export class Connection {
     return this.closeAfterWrite;
   }
 }
+
+/** Transport records sealed and opened by every connection of this process (for benchmarks). */
+export const recordCounts = { sealed: 0, opened: 0 };
 
 const EMPTY = new Uint8Array(0);
 const DATA_TYPE = Uint8Array.of(RecordType.DATA);

@@ -6,11 +6,12 @@ import { Readable } from 'node:stream';
 import busboy from 'busboy';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import type { BodyStorage } from './body-storage.js';
+import { INLINE_MAX, type BodyStorage } from './body-storage.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { cancelMessage, RESERVED_KEY_PREFIX, retryLinks, retryMessage, type MessageActionDeps } from './message-actions.js';
 import { plainSize } from '../protocol/seal.js';
+import { receiveSmallBody } from './small-body.js';
 import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
 
 export interface HttpOptions {
@@ -115,6 +116,18 @@ export function messageId(now: number): string {
 
 export function tokenHash(secret: string): string {
   return createHash('sha256').update(secret).digest('hex');
+}
+
+/** Hashes of the bearer secrets seen lately: a sender sends the same one with every request. */
+const recentHashes = new Map<string, string>();
+function cachedTokenHash(secret: string): string {
+  let h = recentHashes.get(secret);
+  if (h === undefined) {
+    if (recentHashes.size >= 1_000) recentHashes.clear();
+    h = tokenHash(secret);
+    recentHashes.set(secret, h);
+  }
+  return h;
 }
 
 
@@ -329,7 +342,7 @@ export class HttpApi {
   private async authenticate(req: http.IncomingMessage): Promise<TokenRecord> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     if (!m) throw new HttpError(401, 'DW_UNAUTHORIZED', 'missing Authorization: Bearer TOKEN');
-    const token = await this.tokens.get(tokenHash(m[1]!), this.now(), (hash) => this.o.store.getTokenByHash(hash));
+    const token = await this.tokens.get(cachedTokenHash(m[1]!), this.now(), (hash) => this.o.store.getTokenByHash(hash));
     if (!token) throw new HttpError(401, 'DW_UNAUTHORIZED', 'unknown token');
     if (token.role === 'metrics') throw new HttpError(403, 'DW_FORBIDDEN', `token '${token.name}' only reads /metrics`);
     return token;
@@ -413,6 +426,8 @@ export class HttpApi {
           if (received?.bodyPath) await blobs.remove(received.bodyPath);
           throw new HttpError(400, 'DW_BAD_REQUEST', `bad multipart body: ${(err as Error).message}`);
         }
+      } else if (Number.isFinite(declared) && declared <= Math.min(INLINE_MAX, maxBody)) {
+        received = await receiveSmallBody(req, stop.signal);
       } else {
         received = await blobs.receive(untilAborted(req, stop.signal), id, maxBody);
       }

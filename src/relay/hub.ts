@@ -21,6 +21,9 @@ export const CHUNK_SIZE = 256 * 1024;
 /** How long a disconnected session is kept for a resume. */
 export const SESSION_LINGER_MS = 5 * 60_000;
 const PAGE = 64;
+/** How long a CONFIRM may wait for other records to go out with, and how many ids one carries at most. */
+const CONFIRM_DELAY_MS = 20;
+const CONFIRM_MAX_IDS = 256;
 
 export interface StatusEvent {
   id: string;
@@ -123,6 +126,8 @@ interface Peer {
   caughtUp: boolean;
   handoff: Handoff[];
   pumpScheduled: boolean;
+  /** Ids whose RESULT is stored, for the next CONFIRM (sent with other records, or after CONFIRM_DELAY_MS). */
+  confirms?: string[];
   /**
    * Messages streamed to this device and not yet final, with their sender: what the agent reports about
    * them is checked and applied without reading the message back from the store.
@@ -286,6 +291,7 @@ export class Hub extends EventEmitter {
     for (let i = 0; i < 400 && p.delivering; i++) await new Promise((r) => setTimeout(r, 5));
     await (this.pendingWrites.get(p) ?? Promise.resolve()).catch(() => {});
     await new Promise((r) => setImmediate(r)); // CONFIRMs of the writes just settled go into the stream
+    this.flushConfirms(p);
     if (this.peers.get(device) !== p || p.session.closed) return undefined;
     const partial: Record<string, number> = Object.fromEntries(p.partial ?? []);
     // The file in flight continues from what was written of it (PROTOCOL 7.16: no byte sent twice).
@@ -325,6 +331,13 @@ export class Hub extends EventEmitter {
 
   close(): void {
     this.closed = true;
+    clearTimeout(this.confirmTimer);
+    // The stored outcomes' CONFIRMs go out before the CLOSE (else the agents would report them again).
+    for (const p of this.confirmWaiting) {
+      this.flushConfirms(p);
+      p.link?.pump();
+    }
+    this.confirmWaiting.clear();
     for (const t of this.offlineTimers.values()) clearTimeout(t);
     for (const p of [...this.peers.values()]) this.retire(p, ProtocolCode.CLOSED);
   }
@@ -663,7 +676,7 @@ export class Hub extends EventEmitter {
       case MessageType.RESULT: {
         const { id, status, code, detail } = m.header;
         const result = { ...(detail ?? {}), ...(code ? { code } : {}) };
-        this.report(p, id, status, result, () => this.send(p, MessageType.CONFIRM, { ids: [id] }));
+        this.report(p, id, status, result, () => this.confirm(p, id));
         return;
       }
       case MessageType.PRESENCE_QUERY: {
@@ -776,8 +789,46 @@ export class Hub extends EventEmitter {
     p.pumpScheduled = true;
     setImmediate(() => {
       p.pumpScheduled = false;
+      this.flushConfirms(p);
       p.link?.pump();
     });
+  }
+
+  private readonly confirmWaiting = new Set<Peer>();
+  private confirmTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * A stored RESULT's CONFIRM (PROTOCOL 7.8). Nothing waits on it but the agent's journal, so it goes out
+   * with the next records written to the peer (a FILE, an ACK) or after CONFIRM_DELAY_MS, many ids in one:
+   * at a steady flow of messages that saves a record, a socket write and a message per message.
+   */
+  private confirm(p: Peer, id: string): void {
+    if (p.session.closed) return;
+    (p.confirms ??= []).push(id);
+    if (p.confirms.length >= CONFIRM_MAX_IDS) {
+      this.schedulePump(p);
+      return;
+    }
+    this.confirmWaiting.add(p);
+    this.confirmTimer ??= setTimeout(() => {
+      this.confirmTimer = undefined;
+      const due = [...this.confirmWaiting];
+      this.confirmWaiting.clear();
+      for (const q of due) {
+        if (!q.confirms) continue;
+        this.flushConfirms(q);
+        if (!q.pumpScheduled) q.link?.pump();
+      }
+    }, CONFIRM_DELAY_MS);
+  }
+
+  /** Writes the waiting CONFIRM into the session (its pump is the caller's). */
+  private flushConfirms(p: Peer): void {
+    const ids = p.confirms;
+    if (!ids) return;
+    p.confirms = undefined;
+    if (p.session.closed) return;
+    for (const part of encodeMessage(MessageType.CONFIRM, { ids })) p.session.write(part);
   }
 
   /** Delivery runs only while the device has an established connection (`sent` = written to a live one). */

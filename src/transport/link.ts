@@ -31,6 +31,8 @@ function onLost(this: LinkedSocket, err?: Error): void {
 
 /** Bytes every link of this process received and sent (relay metrics read them; two additions per write). */
 export const linkBytes = { received: 0, sent: 0 };
+/** Socket reads, and pumps that wrote (one socket write each, the writes corked), of every link (for the bench). */
+export const linkIo = { reads: 0, writes: 0 };
 
 /**
  * The only glue between a socket and the pure `Connection`: bytes in, `poll()` until idle, a wake-up at
@@ -80,6 +82,7 @@ export class Link {
   received(chunk: Uint8Array): void {
     transferred(chunk.length);
     linkBytes.received += chunk.length;
+    linkIo.reads++;
     this.connection.receive(chunk, this.now());
     this.pump();
   }
@@ -89,6 +92,7 @@ export class Link {
     if (this.pumping || this.closed) return;
     this.pumping = true;
     const socket = this.socket;
+    const sentBefore = linkBytes.sent;
     socket.cork();
     try {
       for (;;) {
@@ -106,6 +110,7 @@ export class Link {
     } finally {
       socket.uncork();
       this.pumping = false;
+      if (linkBytes.sent !== sentBefore) linkIo.writes++;
     }
     if (!this.closed) this.deadlines.schedule(this, this.connection.nextDeadline());
   }
