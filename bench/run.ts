@@ -30,6 +30,7 @@ import { openSqliteStore } from '../src/relay/store/sqlite.js';
 import { loadOrCreateKeyPair } from '../src/transport/identity.js';
 import { Child, CpuMeter, deviceKeys, deviceName, hrNow, percentile, sampleProc, sleep, waitFor, waitForQuiet, type ChildEvent } from './common.js';
 import { runCryptoBench, type Row as CryptoRow } from './crypto.js';
+import { runFloors, type FloorRow } from './floors.js';
 import { topicOf } from './load-mqtt.js';
 import { freePort, Mosquitto, mosquittoVersion } from './mosquitto.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
@@ -1103,6 +1104,7 @@ async function main(): Promise<void> {
   machine.othersAtStart = `${othersAtStart.toFixed(0)}% of a core`;
 
   let crypto: CryptoRow[] = [];
+  let floors: FloorRow[] = [];
   let store: StoreBenchResult[] = [];
   let transports: TransportRow[] = [];
   let redirect: string | undefined;
@@ -1110,6 +1112,9 @@ async function main(): Promise<void> {
   if (ONLY.has(7) && MICRO) {
     console.log('\n== 7. crypto backends (bench/crypto.ts)');
     crypto = await runCryptoBench({ durationMs: QUICK ? 200 : 500 });
+    console.log('== floors (bench/floors.ts)');
+    floors = await runFloors({ quick: QUICK });
+    for (const f of floors) console.log(`  ${round(f.us)} µs  ${f.what}`);
     console.log('== store (bench/store.ts)');
     store = await runStoreBench({ dir: workDir });
     console.log('== transports: TCP, ws, wss (bench/transports.ts)');
@@ -1188,7 +1193,7 @@ async function main(): Promise<void> {
   const table = formatTable();
   console.log(`\n${table}\n`);
   for (const line of targetLines()) console.log(line);
-  const md = renderMarkdown({ machine, table, crypto, store, transports, minutes, ...(redirect ? { redirect } : {}), ...(cluster ? { cluster } : {}) });
+  const md = renderMarkdown({ machine, table, crypto, floors, store, transports, minutes, ...(redirect ? { redirect } : {}), ...(cluster ? { cluster } : {}) });
   fs.writeFileSync(OUT, md);
   console.log(`\nwrote ${path.relative(process.cwd(), OUT)} (${minutes.toFixed(1)} min)`);
   if (!flag('keep')) fs.rmSync(workDir, { recursive: true, force: true });
@@ -1346,7 +1351,7 @@ function runClusterBench(workDir: string): string | undefined {
   return fs.readFileSync(out, 'utf8').replace(/^# .*\n/, '## Several relay nodes on Redis (bench/cluster.ts)\n');
 }
 
-function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; store: StoreBenchResult[]; transports?: TransportRow[]; redirect?: string; cluster?: string; minutes: number }): string {
+function renderMarkdown(o: { machine: Record<string, string>; table: string; crypto: CryptoRow[]; floors: FloorRow[]; store: StoreBenchResult[]; transports?: TransportRow[]; redirect?: string; cluster?: string; minutes: number }): string {
   const m = o.machine;
   const lines: string[] = [];
   lines.push('# dropwire benchmarks: side by side with Mosquitto and Aedes');
@@ -1436,6 +1441,18 @@ function renderMarkdown(o: { machine: Record<string, string>; table: string; cry
       for (const f of s.inclusive) lines.push(`| \`${f.fn}\` | ${f.ms} | ${f.pct.toFixed(1)} |`);
       lines.push('');
     }
+  }
+  if (o.floors.length > 0) {
+    lines.push('## Floors: the unavoidable pieces, each measured alone (bench/floors.ts)');
+    lines.push('');
+    lines.push('CPU per operation on this machine, in this run. A message of scenario 1 needs at least one of the first, a');
+    lines.push('share of the second, one 1.1 KiB record each way and a share of small ones (ACK), plus its two durable');
+    lines.push('store writes (the store bench below: CPU per row at 256 in flight).');
+    lines.push('');
+    lines.push('| what | µs CPU | how |');
+    lines.push('|:--|--:|:--|');
+    for (const f of o.floors) lines.push(`| ${f.what} | ${round(f.us)} | ${f.detail} |`);
+    lines.push('');
   }
   if (o.crypto.length > 0) {
     lines.push('## 7. Crypto backends (bench/crypto.ts, `runCryptoBench()`)');
