@@ -67,6 +67,17 @@ export const DEFAULT_BUSY_TIMEOUT_MS = 5_000;
  * to share its write, before it is written with the next commit.
  */
 export const DEFAULT_LAZY_WINDOW_MS = 50;
+/** The environment variable that sets the lazy window of a relay's store (ms, 0 to 60,000). */
+export const LAZY_WINDOW_ENV = 'DROPWIRE_LAZY_WINDOW_MS';
+
+function lazyWindowFromEnv(): number {
+  const raw = process.env[LAZY_WINDOW_ENV];
+  if (raw === undefined || raw === '') return DEFAULT_LAZY_WINDOW_MS;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < 0 || v > 60_000) throw invalid(`${LAZY_WINDOW_ENV} must be a whole number of ms from 0 to 60000`);
+  return v;
+}
+
 /** Most lazy changes held at once: past it, every one held is written at once. */
 export const LAZY_MAX = 2_000;
 
@@ -78,7 +89,10 @@ export interface SqliteStoreOptions {
   /** Group commit cap; 1 commits every write on its own (a baseline for benchmarks). */
   maxBatch?: number;
   busyTimeoutMs?: number;
-  /** How long a lazy status change may be held (default DEFAULT_LAZY_WINDOW_MS; 0: written with the next commit). */
+  /**
+   * How long a lazy status change may be held (default: DROPWIRE_LAZY_WINDOW_MS, else DEFAULT_LAZY_WINDOW_MS;
+   * 0: written with the next commit).
+   */
   lazyWindowMs?: number;
 }
 
@@ -175,7 +189,7 @@ class SqliteStoreImpl implements SqliteStore {
       if (err instanceof DropwireError) throw err;
       throw failed(`open ${options.path}`, err);
     }
-    const lazyWindowMs = options.lazyWindowMs ?? DEFAULT_LAZY_WINDOW_MS;
+    const lazyWindowMs = options.lazyWindowMs ?? lazyWindowFromEnv();
     if (!Number.isFinite(lazyWindowMs) || lazyWindowMs < 0) throw invalid(`lazyWindowMs must be 0 or more`);
     return new SqliteStoreImpl(options.path, db, options.now ?? Date.now, maxBatch, lazyWindowMs);
   }
