@@ -446,21 +446,21 @@ class SqliteStoreImpl implements SqliteStore {
           | undefined;
         if (row) return { message: toMessage(row), created: false };
       }
-      const { seq } = this.sql.insertMessage.get({
-        id: message.id,
-        to: message.to,
-        from: message.from,
-        filename: message.filename,
-        size: message.size,
-        sha256: message.sha256,
-        body: message.body ?? null,
-        bodyPath: message.bodyPath ?? null,
-        idempotencyKey: message.idempotencyKey ?? null,
-        createdAt: message.createdAt,
-        deadlineAt: message.deadlineAt ?? null,
-        expiresAt: message.expiresAt ?? null,
-        sealed: message.sealed ? 1 : 0,
-      }) as { seq: number };
+      const { seq } = this.sql.insertMessage.get(
+        message.id,
+        message.to,
+        message.from,
+        message.filename,
+        message.size,
+        message.sha256,
+        message.body ?? null,
+        message.bodyPath ?? null,
+        message.idempotencyKey ?? null,
+        message.createdAt,
+        message.deadlineAt ?? null,
+        message.expiresAt ?? null,
+        message.sealed ? 1 : 0,
+      ) as { seq: number };
       // The queued entry of the history is the queued event (its detail names the retried message); the
       // retried message's retriedAs entry is no event: a history row.
       if (message.retryOf !== undefined) {
@@ -493,7 +493,7 @@ class SqliteStoreImpl implements SqliteStore {
     }
     if (steps.length === 0) return Promise.resolve([]);
     if (options?.lazy === true) return this.hold(steps);
-    const label = `setStatus ${steps.map((p) => p.id).join(',').slice(0, 80)}`;
+    const label = `setStatus ${steps[0]!.id}${steps.length > 1 ? ` and ${steps.length - 1} more` : ''}`;
     // The lazy changes of these messages called before this one go first, in this write.
     const taken: LazyStep[][] = [];
     for (const step of steps) {
@@ -641,7 +641,7 @@ class SqliteStoreImpl implements SqliteStore {
       if (step.result !== null) result = step.result;
     }
     const update = this.sql.setStatus.get(first.status);
-    if (!update || Number(update.run({ id, status: last.status, at: last.at, result }).changes) === 0) {
+    if (!update || Number(update.run(last.status, last.at, result, id).changes) === 0) {
       // The stored status refused the first change: the others one by one.
       applied[0] = false;
       if (steps.length > 1) for (let i = 1; i < steps.length; i++) applied[i] = this.applySteps([steps[i]!])[0]!;

