@@ -109,6 +109,10 @@ export interface SqliteStoreStats {
   queued: number;
   /** `now()` at the last commit, if any. */
   lastCommitAt?: number;
+  /** Lazy status changes written in the write of a later change of the same message (joined to it). */
+  lazyJoined: number;
+  /** Lazy status changes written on their own, once their window had passed (or the LAZY_MAX bound). */
+  lazyAlone: number;
 }
 
 /** The connection settings in force, for diagnostics (and the tests that pin them). */
@@ -178,6 +182,8 @@ class SqliteStoreImpl implements SqliteStore {
   private lazyCount = 0;
   private lazyTimer: NodeJS.Timeout | undefined;
   private readonly lazyWindowMs: number;
+  private lazyJoined = 0;
+  private lazyAlone = 0;
 
   static open(options: SqliteStoreOptions): SqliteStoreImpl {
     const maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
@@ -205,7 +211,7 @@ class SqliteStoreImpl implements SqliteStore {
   }
 
   stats(): SqliteStoreStats {
-    return { ...this.writer.counters, queued: this.writer.queued, lastCommitAt: this.writer.lastCommitAt };
+    return { ...this.writer.counters, queued: this.writer.queued, lastCommitAt: this.writer.lastCommitAt, lazyJoined: this.lazyJoined, lazyAlone: this.lazyAlone };
   }
 
   settings(): SqliteSettings {
@@ -498,7 +504,10 @@ class SqliteStoreImpl implements SqliteStore {
     const taken: LazyStep[][] = [];
     for (const step of steps) {
       const held = this.takeLazyOf(step.id);
-      if (held) taken.push(held);
+      if (held) {
+        taken.push(held);
+        this.lazyJoined += held.length;
+      }
     }
     return this.writeWith(
       label,
@@ -578,6 +587,7 @@ class SqliteStoreImpl implements SqliteStore {
   private queueLazy(cutoff: number): void {
     const taken = this.takeLazy(cutoff);
     if (taken.length === 0) return;
+    for (const list of taken) this.lazyAlone += list.length;
     this.writeWith('lazy status changes', undefined, taken, (taken) => this.applyLazy(taken), true).catch(() => {
       // each change's own caller is told
     });
@@ -653,15 +663,22 @@ class SqliteStoreImpl implements SqliteStore {
     return applied;
   }
 
-  /** Inside a write: the event for a message's status change (or overdue flag), in the same transaction. */
-  private messageEvent(id: string, what: MessageStatus | 'overdue', at: number, detail: string | null): void {
+  /** The facts of a message events tell (remembered while it moves), or undefined if there is no such message. */
+  private metaOf(id: string, what: MessageStatus | 'overdue'): EventMeta | undefined {
     let m = this.eventMeta.get(id);
     if (!m) {
       const row = this.sql.messageForEvent.get(id) as { to_device: string; from_sender: string; filename: string; size: number } | undefined;
-      if (!row) return;
+      if (!row) return undefined;
       m = { to: row.to_device, from: row.from_sender, filename: row.filename, size: row.size };
       if (what !== 'overdue' && !FINAL_STATUSES.has(what)) this.rememberMeta(id, m);
     }
+    return m;
+  }
+
+  /** Inside a write: the event for a message's status change (or overdue flag), in the same transaction. */
+  private messageEvent(id: string, what: MessageStatus | 'overdue', at: number, detail: string | null): void {
+    const m = this.metaOf(id, what);
+    if (!m) return;
     if (what !== 'overdue' && FINAL_STATUSES.has(what)) this.eventMeta.delete(id);
     // { message: { id, to, from, filename, size, status, detail? } }, the detail's JSON already made.
     const head = JSON.stringify({ id, to: m.to, from: m.from, filename: m.filename, size: m.size, status: what });
