@@ -571,6 +571,11 @@ async function scenario1(sys: System, dev: Devices, pub: Publisher): Promise<voi
     facts['relay stored received, msg/s'] = (st.counts.received ?? 0) / (((st.lastAt.received ?? t0) - t0) / 1000);
     facts['relay stored handled, msg/s'] = (st.counts.handled ?? 0) / (((st.lastAt.handled ?? t0) - t0) / 1000);
     facts['store writes/commit'] = st.store.writes / Math.max(1, st.store.commits);
+    const lazy = st.store as { lazyJoined?: number; lazyAlone?: number };
+    if (lazy.lazyJoined !== undefined && lazy.lazyAlone !== undefined) {
+      // sent/received held by the store and written with the message's outcome (one UPDATE), not on their own.
+      facts['lazy statuses written with the outcome %'] = (100 * lazy.lazyJoined) / Math.max(1, lazy.lazyJoined + lazy.lazyAlone);
+    }
     facts['relay event loop utilization %'] = 100 * ((st as { eventLoopUtilization?: number }).eventLoopUtilization ?? Number.NaN);
     facts['store calls per message (event-loop µs per message)'] = storeCallsPerMessage(st, r.count);
     const io = (st as { io?: { reads: number; writes: number; records: { sealed: number; opened: number } } }).io;

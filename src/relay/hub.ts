@@ -716,7 +716,10 @@ export class Hub extends EventEmitter {
     };
   }
 
+  /** Per peer: every status write issued for it has settled (durable or refused) once this settles. */
   private pendingWrites = new Map<Peer, Promise<unknown>>();
+  /** Per peer: the status writes issued so far have been handed to the store (in the order they came). */
+  private issuedWrites = new Map<Peer, Promise<unknown>>();
 
   /** Runs `fn` after the status writes already issued for this peer have settled. */
   private afterWrites(p: Peer, fn: () => void): void {
@@ -724,39 +727,68 @@ export class Hub extends EventEmitter {
     last.then(fn, fn);
   }
 
+  /**
+   * Stores what the agent reported, in the order it came. `received` is a lazy write (the store holds it
+   * briefly and writes it with the message's outcome when the handler is quick): the reports after it are
+   * handed to the store at once, not after it is durable. `then` (a CONFIRM) runs once the change is durable.
+   */
   private report(p: Peer, id: string, status: MessageStatus, result: Record<string, unknown> | undefined, then?: () => void): void {
     const { store, log } = this.o;
     const at = this.now();
-    const prev = this.pendingWrites.get(p) ?? Promise.resolve();
-    const work = prev.then(async () => {
-      let from = p.sentTo?.get(id);
-      if (from === undefined) {
-        // Streamed by an earlier relay process or session: ask the store whose it is.
-        const msg = await store.getMessage(id);
-        if (!msg || msg.to !== p.device) {
-          log.warn({ device: p.device, id }, 'agent reported a message that is not its own');
-          return;
+    const lazy = status === 'received';
+    const from = p.sentTo?.get(id);
+    const prevIssued = this.issuedWrites.get(p);
+    const detail = result ? pickDetail(result) : undefined;
+    const write = (sender: string): Promise<void> =>
+      store.setStatus([{ id, status, at, ...(detail ? { detail } : {}), ...(result ? { result } : {}) }], lazy ? { lazy } : undefined).then(([applied]) => {
+        if (status !== 'sent') this.progress.delete(id);
+        if (FINAL_STATUSES.has(status)) p.sentTo?.delete(id);
+        if (applied) {
+          this.o.feed?.notify();
+          log.info({ id, device: p.device, status, ...(result?.code ? { code: result.code } : {}) }, `message ${status}`);
+          this.emit('status', { id, to: p.device, from: sender, status, at, ...(detail ? { detail } : {}) } satisfies StatusEvent);
         }
-        from = msg.from;
-      }
-      const detail = result ? pickDetail(result) : undefined;
-      const [applied] = await store.setStatus([{ id, status, at, ...(detail ? { detail } : {}), ...(result ? { result } : {}) }]);
-      if (status !== 'sent') this.progress.delete(id);
-      if (FINAL_STATUSES.has(status)) p.sentTo?.delete(id);
-      if (applied) {
-        this.o.feed?.notify();
-        log.info({ id, device: p.device, status, ...(result?.code ? { code: result.code } : {}) }, `message ${status}`);
-        this.emit('status', { id, to: p.device, from, status, at, ...(detail ? { detail } : {}) } satisfies StatusEvent);
-      }
-      then?.();
-    });
+        then?.();
+      });
+    let work: Promise<void>;
+    let issued: Promise<unknown> | undefined;
+    if (from !== undefined && prevIssued === undefined) {
+      // The common case: nothing ahead of it to wait for; handed to the store now.
+      work = write(from);
+    } else {
+      let handed!: () => void;
+      issued = new Promise<void>((resolve) => (handed = resolve));
+      work = (prevIssued ?? Promise.resolve())
+        .then(async () => {
+          let sender = from ?? p.sentTo?.get(id);
+          if (sender === undefined) {
+            // Streamed by an earlier relay process or session: ask the store whose it is.
+            const msg = await store.getMessage(id);
+            if (!msg || msg.to !== p.device) {
+              log.warn({ device: p.device, id }, 'agent reported a message that is not its own');
+              return;
+            }
+            sender = msg.from;
+          }
+          const done = write(sender);
+          handed();
+          await done;
+        })
+        .finally(() => handed());
+      this.issuedWrites.set(p, issued);
+      void issued.then(() => {
+        if (this.issuedWrites.get(p) === issued) this.issuedWrites.delete(p);
+      });
+    }
     const settled = work.catch((err: unknown) => {
       log.error({ err, id }, 'could not store a status');
       this.storeFailed(p, err);
     });
-    this.pendingWrites.set(p, settled);
-    settled.then(() => {
-      if (this.pendingWrites.get(p) === settled) this.pendingWrites.delete(p);
+    const prevSettled = this.pendingWrites.get(p);
+    const all = prevSettled ? Promise.all([prevSettled, settled]) : settled;
+    this.pendingWrites.set(p, all);
+    void all.then(() => {
+      if (this.pendingWrites.get(p) === all) this.pendingWrites.delete(p);
     });
   }
 
@@ -907,12 +939,12 @@ export class Hub extends EventEmitter {
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
     p.sentTo.set(m.id, m.from);
-    // The status write is issued before the FILE is: its group commit is scheduled ahead of the pump that
-    // puts the bytes on the socket, so `sent` is usually on disk before the host can have the file.
+    // `sent` is a lazy write: the store holds it and writes it with the message's outcome (or with a later
+    // commit), before the host's `received`; it is told (the 'status' event) once it is durable.
     if (m.status === 'queued' || from > 0) {
       const at = this.now();
       store
-        .setStatus([{ id: m.id, status: 'sent', at, ...(from > 0 ? { detail: { offset: from } } : {}) }])
+        .setStatus([{ id: m.id, status: 'sent', at, ...(from > 0 ? { detail: { offset: from } } : {}) }], { lazy: true })
         .then(([applied]) => {
           if (!applied) return;
           this.o.feed?.notify();

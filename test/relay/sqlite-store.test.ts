@@ -42,6 +42,74 @@ describe('SQLite store', () => {
     expect(statSync(join(dir, 'nested', 'relay.db')).mode & 0o777).toBe(0o600);
   });
 
+  it('a lazy change is seen by no read until a commit has written it; then it is, and its event', async () => {
+    const dir = tempDir();
+    const store = await openSqliteStore({ path: join(dir, 'relay.db'), lazyWindowMs: 200 });
+    onTestFinished(() => store.close());
+    await store.enqueue(newMessage({ id: 'lz-seen', to: 'shop' }));
+    const since = await store.lastEventSeq();
+    let settled = false;
+    const held = store.setStatus([{ id: 'lz-seen', status: 'received', at: 1_500 }], { lazy: true }).then((r) => {
+      settled = true;
+      return r;
+    });
+    // Other writes commit meanwhile (before its window ends): the lazy change is not among them.
+    await store.enqueue(newMessage({ id: 'lz-other', to: 'shop' }));
+    expect(settled).toBe(false);
+    expect((await store.getMessage('lz-seen'))?.status).toBe('queued');
+    expect((await store.getHistory('lz-seen')).map((h) => h.status)).toEqual(['queued']);
+    expect((await store.eventsAfter(since, 10)).map((e) => e.messageId)).toEqual(['lz-other']);
+    expect(await held).toEqual([true]);
+    expect((await store.getMessage('lz-seen'))?.status).toBe('received');
+    expect((await store.eventsAfter(since, 10)).map((e) => [e.messageId, e.type])).toEqual([['lz-other', 'message.queued'], ['lz-seen', 'message.received']]);
+  });
+
+  it('a sent, received and handled message costs one UPDATE and an event row per step (no history rows)', async () => {
+    const dir = tempDir();
+    const store = await open(dir);
+    await store.enqueue(newMessage({ id: 'fold-1' }));
+    const before = store.stats().writes;
+    await Promise.all([
+      store.setStatus([{ id: 'fold-1', status: 'sent', at: 1_100 }], { lazy: true }),
+      store.setStatus([{ id: 'fold-1', status: 'received', at: 1_200 }], { lazy: true }),
+      store.setStatus([{ id: 'fold-1', status: 'handled', at: 1_300 }]),
+    ]);
+    expect(store.stats().writes - before).toBe(1); // the three in one write
+    const raw = new DatabaseSync(join(dir, 'relay.db'), { readOnly: true });
+    onTestFinished(() => raw.close());
+    expect(raw.prepare("SELECT count(*) AS n FROM history WHERE message_id = 'fold-1'").get()).toEqual({ n: 0 });
+    expect(raw.prepare("SELECT count(*) AS n FROM events WHERE message_id = 'fold-1'").get()).toEqual({ n: 4 });
+    expect((await store.getHistory('fold-1')).map((h) => [h.status, h.at])).toEqual([['queued', 1_000], ['sent', 1_100], ['received', 1_200], ['handled', 1_300]]);
+  });
+
+  it('keeps the history of a database from before the fold: old rows, then the changes made since, once each', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'relay.db');
+    (await openSqliteStore({ path })).close();
+    // Back to schema version 5, with a message as version 5 wrote it: history rows beside its events.
+    const raw = new DatabaseSync(path);
+    raw.exec(`DROP INDEX events_message; DROP TABLE history_fold; PRAGMA user_version = 5;
+      INSERT INTO messages (id, to_device, from_sender, filename, size, sha256, body, status, created_at, updated_at)
+        VALUES ('old-1', 'shop1', 'web', 'a.xml', 1, 'x', x'41', 'sent', 1000, 1100);
+      INSERT INTO history (message_id, status, at, detail) VALUES ('old-1', 'queued', 1000, NULL), ('old-1', 'sent', 1100, '{"offset":0}');
+      INSERT INTO events (type, device, message_id, sender, at, data) VALUES
+        ('message.queued', 'shop1', 'old-1', 'web', 1000, '{"message":{"id":"old-1","status":"queued"}}'),
+        ('message.sent', 'shop1', 'old-1', 'web', 1100, '{"message":{"id":"old-1","status":"sent","detail":{"offset":0}}}')`);
+    raw.close();
+    const store = await openSqliteStore({ path });
+    onTestFinished(() => store.close());
+    expect(store.settings().schemaVersion).toBe(SCHEMA_VERSION);
+    expect(await store.setStatus([{ id: 'old-1', status: 'failed', at: 1_300, detail: { code: 'DW_EXEC_FAILED' } }])).toEqual([true]);
+    await store.enqueue(newMessage({ id: 'old-1-retry', retryOf: 'old-1', createdAt: 1_400 }));
+    expect(await store.getHistory('old-1')).toEqual([
+      { status: 'queued', at: 1_000 },
+      { status: 'sent', at: 1_100, detail: { offset: 0 } },
+      { status: 'failed', at: 1_300, detail: { code: 'DW_EXEC_FAILED' } },
+      { status: 'failed', at: 1_400, detail: { retriedAs: 'old-1-retry' } },
+    ]);
+    expect(await store.getHistory('old-1-retry')).toEqual([{ status: 'queued', at: 1_400, detail: { retryOf: 'old-1' } }]);
+  });
+
   it('refuses a database from a newer schema', async () => {
     const dir = tempDir();
     const raw = new DatabaseSync(join(dir, 'relay.db'));

@@ -619,6 +619,88 @@ export function storeContract(
       });
     });
 
+    describe('lazy status changes', () => {
+      it('any mix of lazy and durable changes, issued together, ends as one call per change would', async () => {
+        const { store } = await fresh();
+        const statuses = Object.values(MessageStatus);
+        await fc.assert(
+          fc.asyncProperty(
+            fc.array(fc.record({ status: fc.constantFrom(...statuses), lazy: fc.boolean() }), { minLength: 1, maxLength: 6 }),
+            async (calls) => {
+              const { message } = await store.enqueue(newMessage());
+              let current: MessageStatus = 'queued';
+              const expectedHistory: Array<{ status: MessageStatus; at: number }> = [{ status: 'queued', at: 1_000 }];
+              let at = 1_000;
+              const expected = calls.map(({ status }) => {
+                at++;
+                const ok = canTransition(current, status);
+                if (ok) {
+                  current = status;
+                  expectedHistory.push({ status, at });
+                }
+                return ok;
+              });
+              at = 1_000;
+              // Not awaited one by one: the lazy ones are held while the durable ones are issued.
+              const outcomes = await Promise.all(calls.map(({ status, lazy }) => store.setStatus([{ id: message.id, status, at: ++at }], lazy ? { lazy } : undefined)));
+              expect(outcomes.map(([applied]) => applied)).toEqual(expected);
+              expect((await store.getMessage(message.id))?.status).toBe(current);
+              expect((await store.getHistory(message.id)).map(({ status, at }) => ({ status, at }))).toEqual(expectedHistory);
+            },
+          ),
+          { numRuns: 40 },
+        );
+      });
+
+      it('a lazy sent and received go with the outcome: every step an event, in order, with its own time', async () => {
+        const { store } = await fresh();
+        const { message } = await store.enqueue(newMessage({ id: 'lz1' }));
+        const since = await store.lastEventSeq();
+        const sent = store.setStatus([{ id: 'lz1', status: 'sent', at: 1_100, detail: { offset: 5 } }], { lazy: true });
+        const received = store.setStatus([{ id: 'lz1', status: 'received', at: 1_200 }], { lazy: true });
+        const handled = store.setStatus([{ id: 'lz1', status: 'handled', at: 1_300, detail: { exitCode: 0 }, result: { exitCode: 0, tail: 'ok' } }]);
+        expect(await Promise.all([sent, received, handled])).toEqual([[true], [true], [true]]);
+        expect(await store.getMessage(message.id)).toMatchObject({ status: 'handled', updatedAt: 1_300, result: { exitCode: 0, tail: 'ok' } });
+        expect(await store.getHistory('lz1')).toEqual([
+          { status: 'queued', at: 1_000 },
+          { status: 'sent', at: 1_100, detail: { offset: 5 } },
+          { status: 'received', at: 1_200 },
+          { status: 'handled', at: 1_300, detail: { exitCode: 0 } },
+        ]);
+        const events = await store.eventsAfter(since, 10);
+        expect(events.map((e) => [e.type, e.at])).toEqual([['message.sent', 1_100], ['message.received', 1_200], ['message.handled', 1_300]]);
+        expect(events[0]).toMatchObject({ messageId: 'lz1', data: { message: { id: 'lz1', status: 'sent', detail: { offset: 5 } } } });
+      });
+
+      it('a lazy received counts before a durable change: no expiry, no cancel, not overdue', async () => {
+        const { store } = await fresh();
+        const [a, b, c] = await enqueueMany(store, [newMessage(), newMessage({ deadlineAt: 1_500 }), newMessage()]);
+        const heldA = store.setStatus([{ id: a!.id, status: 'received', at: 1_100 }], { lazy: true });
+        const heldB = store.setStatus([{ id: b!.id, status: 'received', at: 1_100 }], { lazy: true });
+        const heldC = store.setStatus([{ id: c!.id, status: 'received', at: 1_100 }], { lazy: true });
+        expect(await store.setStatus([{ id: a!.id, status: 'expired', at: 1_200 }])).toEqual([false]);
+        expect(await store.markOverdue(b!.id, 1_600)).toBe(false);
+        expect(await store.removeDevice('shop1', 1_700)).toBe(false);
+        expect(await Promise.all([heldA, heldB, heldC])).toEqual([[true], [true], [true]]);
+        for (const m of [a, b, c]) expect(await store.getMessage(m!.id)).toMatchObject({ status: 'received', overdue: false });
+      });
+
+      it('a lazy change alone is written by itself, and by close()', async () => {
+        const { store, reopen } = await fresh();
+        const [a, b] = await enqueueMany(store, [newMessage(), newMessage()]);
+        expect(await store.setStatus([{ id: a!.id, status: 'received', at: 1_100 }], { lazy: true })).toEqual([true]);
+        expect((await store.getMessage(a!.id))?.status).toBe('received');
+        const held = store.setStatus([{ id: b!.id, status: 'sent', at: 1_100 }], { lazy: true });
+        if (!persistent) {
+          expect(await held).toEqual([true]);
+          return;
+        }
+        const again = await reopen();
+        expect(await held).toEqual([true]);
+        expect((await again.getMessage(b!.id))?.status).toBe('sent');
+      });
+    });
+
     describe('deadlines and expiry', () => {
       it('finds messages past their deadline and flags each overdue once', async () => {
         const { store } = await fresh();

@@ -233,6 +233,17 @@ export interface StatusChange {
   result?: Record<string, unknown>;
 }
 
+export interface SetStatusOptions {
+  /**
+   * The changes need not be durable before the call returns to its caller's work (`sent`, `received`): the
+   * store may hold them briefly, in memory, and write them with the same message's next durable change (in
+   * order, one event each) or with a later commit. Until written they are seen by no read (no status moves
+   * back after a crash: what was never seen is what a crash loses). The promise still settles only once they
+   * are written (or refused); a backend may write them at once.
+   */
+  lazy?: boolean;
+}
+
 export interface Store {
   /** Devices. `createDevice` fails with DW_DEVICE_EXISTS when the name is taken. */
   createDevice(device: DeviceRecord): Promise<void>;
@@ -282,9 +293,9 @@ export interface Store {
   /**
    * Applies status changes durably (group commit) and appends them to each message's history. A change
    * that would move a message backwards (e.g. `received` after `handled`) or out of a final status is
-   * ignored and reported in the returned list as not applied.
+   * ignored and reported in the returned list as not applied. With `lazy`, see SetStatusOptions.
    */
-  setStatus(changes: StatusChange[]): Promise<boolean[]>;
+  setStatus(changes: StatusChange[], options?: SetStatusOptions): Promise<boolean[]>;
   /** Flags a message overdue (once). Resolves false if it already was, or is past `received`. */
   markOverdue(id: string, at: number): Promise<boolean>;
   /** Appends events that do not come with a status change (presence). */

@@ -21,6 +21,7 @@ import {
   type NewMessage,
   type PendingMessage,
   type RelayEvent,
+  type SetStatusOptions,
   type StatusChange,
   type Store,
   type TokenRecord,
@@ -460,7 +461,8 @@ class RedisStoreImpl implements RedisStore {
     return this.track('countPending', () => this.redis.zcard(this.keys.queue(device)));
   }
 
-  setStatus(changes: StatusChange[]): Promise<boolean[]> {
+  /** Lazy changes (options.lazy) are written at once: one script per call, nothing to gain by holding them. */
+  setStatus(changes: StatusChange[], _options?: SetStatusOptions): Promise<boolean[]> {
     let args: string[];
     try {
       args = [String(changes.length)];

@@ -4,6 +4,11 @@
  * Reads run at once (the driver is synchronous). Every write goes through the group-commit writer
  * (writer.ts): settled only after the transaction holding it was committed and fsync'd. The schema and
  * its migrations are in schema.ts, every SQL text in statements.ts.
+ *
+ * Lazy status changes (`setStatus(…, { lazy: true })`: `sent`, `received`) are held in memory, unseen by
+ * any read, for at most `lazyWindowMs`: the message's next durable change takes them into its own write
+ * (one UPDATE to the last status, an event row for every step, in order); those still held when their
+ * window ends go with the next commit. A crash loses only changes nobody has seen.
  */
 import type { DatabaseSync } from 'node:sqlite';
 import { DropwireError } from '../../../shared/errors.js';
@@ -11,6 +16,7 @@ import { closedError, failed, invalid, jsonOrNull } from '../errors.js';
 import {
   EventType,
   FINAL_STATUSES,
+  canTransition,
   insertedMessage,
   MessageStatus,
   StoreErrorCode,
@@ -22,6 +28,7 @@ import {
   type NewMessage,
   type PendingMessage,
   type StatusChange,
+  type SetStatusOptions,
   type Store,
   type TokenRecord,
   type MessagePage,
@@ -32,6 +39,7 @@ import {
 import { LIVE, openDatabase } from './schema.js';
 import {
   eventFromRow,
+  historyFromRow,
   MESSAGE_COLUMNS,
   prepareStatements,
   toDevice,
@@ -45,6 +53,7 @@ import {
   type TokenRow,
 } from './statements.js';
 import { GroupCommitWriter } from './writer.js';
+import { performance } from 'node:perf_hooks';
 
 export { SCHEMA_VERSION } from './schema.js';
 export { SCAN_SQL } from './statements.js';
@@ -53,6 +62,24 @@ export { SCAN_SQL } from './statements.js';
 export const DEFAULT_MAX_BATCH = 500;
 /** How long a write waits for another connection's lock (e.g. a CLI reading the file) before failing. */
 export const DEFAULT_BUSY_TIMEOUT_MS = 5_000;
+/**
+ * How long a lazy status change waits for its message's next durable change (a quick handler's RESULT)
+ * to share its write, before it is written with the next commit.
+ */
+export const DEFAULT_LAZY_WINDOW_MS = 50;
+/** The environment variable that sets the lazy window of a relay's store (ms, 0 to 60,000). */
+export const LAZY_WINDOW_ENV = 'DROPWIRE_LAZY_WINDOW_MS';
+
+function lazyWindowFromEnv(): number {
+  const raw = process.env[LAZY_WINDOW_ENV];
+  if (raw === undefined || raw === '') return DEFAULT_LAZY_WINDOW_MS;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < 0 || v > 60_000) throw invalid(`${LAZY_WINDOW_ENV} must be a whole number of ms from 0 to 60000`);
+  return v;
+}
+
+/** Most lazy changes held at once: past it, every one held is written at once. */
+export const LAZY_MAX = 2_000;
 
 export interface SqliteStoreOptions {
   /** Database file; its folder is created if missing. `:memory:` works for throwaway stores. */
@@ -62,6 +89,11 @@ export interface SqliteStoreOptions {
   /** Group commit cap; 1 commits every write on its own (a baseline for benchmarks). */
   maxBatch?: number;
   busyTimeoutMs?: number;
+  /**
+   * How long a lazy status change may be held (default: DROPWIRE_LAZY_WINDOW_MS, else DEFAULT_LAZY_WINDOW_MS;
+   * 0: written with the next commit).
+   */
+  lazyWindowMs?: number;
 }
 
 export interface SqliteStoreStats {
@@ -77,6 +109,10 @@ export interface SqliteStoreStats {
   queued: number;
   /** `now()` at the last commit, if any. */
   lastCommitAt?: number;
+  /** Lazy status changes written in the write of a later change of the same message (joined to it). */
+  lazyJoined: number;
+  /** Lazy status changes written on their own, once their window had passed (or the LAZY_MAX bound). */
+  lazyAlone: number;
 }
 
 /** The connection settings in force, for diagnostics (and the tests that pin them). */
@@ -109,6 +145,24 @@ interface EventMeta {
 /** Messages whose event facts are kept in memory (see `eventMeta`); ~100 bytes each. */
 const EVENT_META_MAX = 50_000;
 
+/** One status change to apply, its detail and result already JSON. */
+interface Step {
+  id: string;
+  status: MessageStatus;
+  at: number;
+  detail: string | null;
+  result: string | null;
+}
+
+/** A lazy change held in memory, and its caller's promise (settled when a commit has written it). */
+interface LazyStep extends Step {
+  /** performance.now() after which it is written with the next commit. */
+  due: number;
+  applied: boolean;
+  resolve(applied: boolean): void;
+  reject(err: DropwireError): void;
+}
+
 class SqliteStoreImpl implements SqliteStore {
   readonly path: string;
   private readonly db: DatabaseSync;
@@ -121,6 +175,15 @@ class SqliteStoreImpl implements SqliteStore {
    * when a message reaches a final status; bounded, oldest first out.
    */
   private readonly eventMeta = new Map<string, EventMeta>();
+  /** Where history rows end and history-bearing event rows begin (schema.ts, history_fold). */
+  private readonly fold: { historyTo: number; eventsFrom: number };
+  /** Lazy changes held, by message, each list in call order; the map in the order of each list's first. */
+  private readonly lazy = new Map<string, LazyStep[]>();
+  private lazyCount = 0;
+  private lazyTimer: NodeJS.Timeout | undefined;
+  private readonly lazyWindowMs: number;
+  private lazyJoined = 0;
+  private lazyAlone = 0;
 
   static open(options: SqliteStoreOptions): SqliteStoreImpl {
     const maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
@@ -132,18 +195,23 @@ class SqliteStoreImpl implements SqliteStore {
       if (err instanceof DropwireError) throw err;
       throw failed(`open ${options.path}`, err);
     }
-    return new SqliteStoreImpl(options.path, db, options.now ?? Date.now, maxBatch);
+    const lazyWindowMs = options.lazyWindowMs ?? lazyWindowFromEnv();
+    if (!Number.isFinite(lazyWindowMs) || lazyWindowMs < 0) throw invalid(`lazyWindowMs must be 0 or more`);
+    return new SqliteStoreImpl(options.path, db, options.now ?? Date.now, maxBatch, lazyWindowMs);
   }
 
-  private constructor(path: string, db: DatabaseSync, now: () => number, maxBatch: number) {
+  private constructor(path: string, db: DatabaseSync, now: () => number, maxBatch: number, lazyWindowMs: number) {
     this.path = path;
     this.db = db;
     this.sql = prepareStatements(db);
     this.writer = new GroupCommitWriter(db, this.sql, now, maxBatch);
+    this.lazyWindowMs = lazyWindowMs;
+    const fold = this.sql.historyFold.get() as { events_from: number; history_to: number };
+    this.fold = { historyTo: fold.history_to, eventsFrom: fold.events_from };
   }
 
   stats(): SqliteStoreStats {
-    return { ...this.writer.counters, queued: this.writer.queued, lastCommitAt: this.writer.lastCommitAt };
+    return { ...this.writer.counters, queued: this.writer.queued, lastCommitAt: this.writer.lastCommitAt, lazyJoined: this.lazyJoined, lazyAlone: this.lazyAlone };
   }
 
   settings(): SqliteSettings {
@@ -207,11 +275,7 @@ class SqliteStoreImpl implements SqliteStore {
 
   getHistory(id: string): Promise<HistoryEntry[]> {
     return this.read('getHistory', () =>
-      (this.sql.history.all(id) as unknown as HistoryRow[]).map((r) => ({
-        status: r.status,
-        at: r.at,
-        detail: r.detail === null ? undefined : (JSON.parse(r.detail) as Record<string, unknown>),
-      })),
+      (this.sql.history.all({ id, ...this.fold }) as unknown as HistoryRow[]).map(historyFromRow),
     );
   }
 
@@ -323,12 +387,13 @@ class SqliteStoreImpl implements SqliteStore {
   }
 
   removeDevice(name: string, at: number): Promise<boolean> {
-    return this.write(`removeDevice ${name}`, undefined, () => {
+    // Lazy changes first (a message `received` is not cancelled): every one held, in this write.
+    return this.writeWith(`removeDevice ${name}`, undefined, this.takeLazy(Infinity), (taken) => {
+      this.applyLazy(taken);
       const existed = Number(this.sql.deleteDevice.run(name).changes) > 0;
       const detail = JSON.stringify({ reason: 'device removed' });
       for (const row of this.sql.cancelForDevice.all({ name, at }) as unknown as Array<{ id: string }>) {
-        this.sql.insertHistory.run(row.id, 'cancelled', at, detail);
-        this.messageEvent(row.id, 'cancelled', at, { reason: 'device removed' });
+        this.messageEvent(row.id, 'cancelled', at, detail);
       }
       return existed;
     });
@@ -387,41 +452,44 @@ class SqliteStoreImpl implements SqliteStore {
           | undefined;
         if (row) return { message: toMessage(row), created: false };
       }
-      const { seq } = this.sql.insertMessage.get({
-        id: message.id,
-        to: message.to,
-        from: message.from,
-        filename: message.filename,
-        size: message.size,
-        sha256: message.sha256,
-        body: message.body ?? null,
-        bodyPath: message.bodyPath ?? null,
-        idempotencyKey: message.idempotencyKey ?? null,
-        createdAt: message.createdAt,
-        deadlineAt: message.deadlineAt ?? null,
-        expiresAt: message.expiresAt ?? null,
-        sealed: message.sealed ? 1 : 0,
-      }) as { seq: number };
-      this.sql.insertHistory.run(message.id, 'queued', message.createdAt, message.retryOf !== undefined ? JSON.stringify({ retryOf: message.retryOf }) : null);
+      const { seq } = this.sql.insertMessage.get(
+        message.id,
+        message.to,
+        message.from,
+        message.filename,
+        message.size,
+        message.sha256,
+        message.body ?? null,
+        message.bodyPath ?? null,
+        message.idempotencyKey ?? null,
+        message.createdAt,
+        message.deadlineAt ?? null,
+        message.expiresAt ?? null,
+        message.sealed ? 1 : 0,
+      ) as { seq: number };
+      // The queued entry of the history is the queued event (its detail names the retried message); the
+      // retried message's retriedAs entry is no event: a history row.
       if (message.retryOf !== undefined) {
         const old = this.sql.messageById.get(message.retryOf) as MessageRow | undefined;
         if (old) this.sql.insertHistory.run(old.id, old.status, message.createdAt, JSON.stringify({ retriedAs: message.id }));
       }
       this.rememberMeta(message.id, { to: message.to, from: message.from, filename: message.filename, size: message.size });
-      this.messageEvent(message.id, 'queued', message.createdAt, undefined);
+      this.messageEvent(message.id, 'queued', message.createdAt, message.retryOf !== undefined ? JSON.stringify({ retryOf: message.retryOf }) : null);
       return { message: insertedMessage(message, seq), created: true };
     });
   }
 
-  setStatus(changes: StatusChange[]): Promise<boolean[]> {
-    let prepared: Array<{ change: StatusChange; detail: string | null; result: string | null }>;
+  setStatus(changes: StatusChange[], options?: SetStatusOptions): Promise<boolean[]> {
+    let steps: Step[];
     try {
-      prepared = changes.map((change) => {
+      steps = changes.map((change) => {
         if (!Object.hasOwn(MessageStatus, change.status)) {
           throw invalid(`setStatus ${change.id}: unknown status ${String(change.status)}`);
         }
         return {
-          change,
+          id: change.id,
+          status: change.status,
+          at: change.at,
           detail: jsonOrNull(change.detail, 'detail'),
           result: jsonOrNull(change.result, 'result'),
         };
@@ -429,41 +497,193 @@ class SqliteStoreImpl implements SqliteStore {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (prepared.length === 0) return Promise.resolve([]);
-    const label = `setStatus ${prepared.map((p) => p.change.id).join(',').slice(0, 80)}`;
-    return this.write(label, undefined, () =>
-      prepared.map(({ change, detail, result }) => {
-        const update = this.sql.setStatus.get(change.status);
-        if (!update) return false;
-        const applied = update.run({ id: change.id, status: change.status, at: change.at, result }).changes;
-        if (Number(applied) === 0) return false;
-        this.sql.insertHistory.run(change.id, change.status, change.at, detail);
-        this.messageEvent(change.id, change.status, change.at, change.detail);
-        return true;
-      }),
+    if (steps.length === 0) return Promise.resolve([]);
+    if (options?.lazy === true) return this.hold(steps);
+    const label = `setStatus ${steps[0]!.id}${steps.length > 1 ? ` and ${steps.length - 1} more` : ''}`;
+    // The lazy changes of these messages called before this one go first, in this write.
+    const taken: LazyStep[][] = [];
+    for (const step of steps) {
+      const held = this.takeLazyOf(step.id);
+      if (held) {
+        taken.push(held);
+        this.lazyJoined += held.length;
+      }
+    }
+    return this.writeWith(
+      label,
+      undefined,
+      taken,
+      (taken) => {
+        const held = new Map(taken.map((list) => [list[0]!.id, list]));
+        return steps.map((step) => {
+          const lazies = held.get(step.id);
+          if (!lazies) return this.applySteps([step])[0]!;
+          held.delete(step.id);
+          const applied = this.applySteps([...lazies, step]);
+          for (let i = 0; i < lazies.length; i++) lazies[i]!.applied = applied[i]!;
+          return applied[lazies.length]!;
+        });
+      },
     );
   }
 
   markOverdue(id: string, at: number): Promise<boolean> {
-    return this.write(`markOverdue ${id}`, undefined, () => {
+    // A `received` held lazily counts: the message is not overdue.
+        const held = this.takeLazyOf(id);
+    return this.writeWith(`markOverdue ${id}`, undefined, held ? [held] : [], (taken) => {
+      this.applyLazy(taken);
       const done = Number(this.sql.markOverdue.run(at, id).changes) > 0;
-      if (done) this.messageEvent(id, 'overdue', at, undefined);
+      if (done) this.messageEvent(id, 'overdue', at, null);
       return done;
     });
   }
 
-  /** Inside a write: the event for a message's status change (or overdue flag), in the same transaction. */
-  private messageEvent(id: string, what: MessageStatus | 'overdue', at: number, detail: Record<string, unknown> | undefined): void {
+  // --- lazy status changes ---
+
+  /** Holds lazy changes; each settles when the commit that wrote it (or refused it) is done. */
+  private hold(steps: Step[]): Promise<boolean[]> {
+    if (this.closing) return Promise.reject(closedError());
+    const due = performance.now() + this.lazyWindowMs;
+    // One promise for the call, settled by the last of its changes (no extra turn after the commit: a
+    // caller's reaction to a lazy change runs before its reaction to a later change of the same commit).
+    const outcome = new Promise<boolean[]>((resolve, reject) => {
+      const applied = new Array<boolean>(steps.length).fill(false);
+      let left = steps.length;
+      steps.forEach((step, i) => {
+        const lazy: LazyStep = {
+          ...step,
+          due,
+          applied: false,
+          resolve: (ok) => {
+            applied[i] = ok;
+            if (--left === 0) resolve(applied);
+          },
+          reject,
+        };
+        const list = this.lazy.get(step.id);
+        if (list) list.push(lazy);
+        else this.lazy.set(step.id, [lazy]);
+        this.lazyCount++;
+      });
+    });
+    if (this.lazyCount >= LAZY_MAX) this.queueLazy(Infinity);
+    else this.armLazyTimer();
+    return outcome;
+  }
+
+  private armLazyTimer(): void {
+    if (this.lazyTimer !== undefined || this.lazy.size === 0) return;
+    const first = this.lazy.values().next().value![0]!;
+    const delay = Math.max(0, first.due - performance.now());
+    this.lazyTimer = setTimeout(() => {
+      this.lazyTimer = undefined;
+      if (this.closing) return;
+      // What is due within half a window more goes too: fewer commits of lazy changes alone.
+      this.queueLazy(performance.now() + this.lazyWindowMs / 2);
+    }, delay);
+  }
+
+  /** Queues a write of the lazy changes due by `cutoff`. */
+  private queueLazy(cutoff: number): void {
+    const taken = this.takeLazy(cutoff);
+    if (taken.length === 0) return;
+    for (const list of taken) this.lazyAlone += list.length;
+    this.writeWith('lazy status changes', undefined, taken, (taken) => this.applyLazy(taken), true).catch(() => {
+      // each change's own caller is told
+    });
+  }
+
+  /** Takes, oldest first, the held lists whose first change is due by `cutoff`; re-arms the timer for the rest. */
+  private takeLazy(cutoff: number): LazyStep[][] {
+    const taken: LazyStep[][] = [];
+    for (const [id, list] of this.lazy) {
+      if (list[0]!.due > cutoff) break;
+      this.lazy.delete(id);
+      this.lazyCount -= list.length;
+      taken.push(list);
+    }
+    if (this.lazy.size === 0) {
+      clearTimeout(this.lazyTimer);
+      this.lazyTimer = undefined;
+    } else {
+      this.armLazyTimer();
+    }
+    return taken;
+  }
+
+  private takeLazyOf(id: string): LazyStep[] | undefined {
+    const list = this.lazy.get(id);
+    if (!list) return undefined;
+    this.lazy.delete(id);
+    this.lazyCount -= list.length;
+    if (this.lazy.size === 0) {
+      clearTimeout(this.lazyTimer);
+      this.lazyTimer = undefined;
+    }
+    return list;
+  }
+
+  /** Inside a write: applies taken lazy changes, each message's in one go. */
+  private applyLazy(taken: LazyStep[][]): void {
+    for (const list of taken) {
+      const applied = this.applySteps(list);
+      for (let i = 0; i < list.length; i++) list[i]!.applied = applied[i]!;
+    }
+  }
+
+  /**
+   * Inside a write: one message's changes, in order, with the outcome one UPDATE per change would have
+   * (each applies only if allowed from the status before it), in one UPDATE, and an event per applied change.
+   */
+  private applySteps(steps: readonly Step[]): boolean[] {
+    const first = steps[0]!;
+    const id = first.id;
+    const applied = new Array<boolean>(steps.length).fill(false);
+    // If the stored status allows the first change, which of the others follow is known without reading.
+    let last = first;
+    let result = first.result;
+    applied[0] = true;
+    for (let i = 1; i < steps.length; i++) {
+      const step = steps[i]!;
+      if (!canTransition(last.status, step.status)) continue;
+      applied[i] = true;
+      last = step;
+      if (step.result !== null) result = step.result;
+    }
+    const update = this.sql.setStatus.get(first.status);
+    if (!update || Number(update.run(last.status, last.at, result, id).changes) === 0) {
+      // The stored status refused the first change: the others one by one.
+      applied[0] = false;
+      if (steps.length > 1) for (let i = 1; i < steps.length; i++) applied[i] = this.applySteps([steps[i]!])[0]!;
+      return applied;
+    }
+    for (let i = 0; i < steps.length; i++) {
+      if (applied[i]) this.messageEvent(id, steps[i]!.status, steps[i]!.at, steps[i]!.detail);
+    }
+    return applied;
+  }
+
+  /** The facts of a message events tell (remembered while it moves), or undefined if there is no such message. */
+  private metaOf(id: string, what: MessageStatus | 'overdue'): EventMeta | undefined {
     let m = this.eventMeta.get(id);
     if (!m) {
       const row = this.sql.messageForEvent.get(id) as { to_device: string; from_sender: string; filename: string; size: number } | undefined;
-      if (!row) return;
+      if (!row) return undefined;
       m = { to: row.to_device, from: row.from_sender, filename: row.filename, size: row.size };
       if (what !== 'overdue' && !FINAL_STATUSES.has(what)) this.rememberMeta(id, m);
     }
+    return m;
+  }
+
+  /** Inside a write: the event for a message's status change (or overdue flag), in the same transaction. */
+  private messageEvent(id: string, what: MessageStatus | 'overdue', at: number, detail: string | null): void {
+    const m = this.metaOf(id, what);
+    if (!m) return;
     if (what !== 'overdue' && FINAL_STATUSES.has(what)) this.eventMeta.delete(id);
-    const data = { message: { id, to: m.to, from: m.from, filename: m.filename, size: m.size, status: what, ...(detail ? { detail } : {}) } };
-    this.sql.insertEvent.run(EventType[what], m.to, id, m.from, at, JSON.stringify(data));
+    // { message: { id, to, from, filename, size, status, detail? } }, the detail's JSON already made.
+    const head = JSON.stringify({ id, to: m.to, from: m.from, filename: m.filename, size: m.size, status: what });
+    const data = detail === null ? `{"message":${head}}` : `{"message":${head.slice(0, -1)},"detail":${detail}}}`;
+    this.sql.insertEvent.run(EventType[what], m.to, id, m.from, at, data);
   }
 
   /**
@@ -530,10 +750,39 @@ class SqliteStoreImpl implements SqliteStore {
     return this.writer.write(label, onDuplicate, fn);
   }
 
+  /**
+   * A write that also writes lazy changes taken from the held ones when it was called (so it applies them
+   * in call order): `fn` writes them in its transaction; they settle with it, before its own caller.
+   */
+  private writeWith<T>(label: string, onDuplicate: string | undefined, taken: LazyStep[][], fn: (taken: LazyStep[][]) => T, evenIfClosing = false): Promise<T> {
+    if (this.closing && !evenIfClosing) {
+      const err = closedError();
+      for (const list of taken) for (const l of list) l.reject(err);
+      return Promise.reject(err);
+    }
+    return new Promise<T>((resolve, reject) => {
+      this.writer.push({
+        label,
+        onDuplicate,
+        run: () => fn(taken),
+        resolve: (value) => {
+          for (const list of taken) for (const l of list) l.resolve(l.applied);
+          resolve(value as T);
+        },
+        reject: (err) => {
+          for (const list of taken) for (const l of list) l.reject(err);
+          reject(err);
+        },
+      });
+    });
+  }
+
   /** Stops taking work, commits every write already queued, then closes the file. Idempotent. */
   close(): Promise<void> {
     this.closing ??= new Promise<void>((resolve, reject) => {
       try {
+        if (this.lazy.size > 0) this.queueLazy(Infinity);
+        clearTimeout(this.lazyTimer);
         this.writer.drain();
         this.db.close();
         resolve();

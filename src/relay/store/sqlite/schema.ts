@@ -125,6 +125,19 @@ const MIGRATIONS: readonly string[] = [
   -- What a token is for: send (NULL), admin (console, metrics) or metrics only.
   ALTER TABLE tokens ADD COLUMN role TEXT CHECK (role IN ('admin', 'metrics'));
   `,
+  `
+  -- A message's history is read from its event rows from here on: a status change writes one row (its
+  -- event), not a history row beside it. The history table keeps the rows written before this version, and
+  -- the entries that are no event (the retriedAs entry of a retried message). history_fold says where the
+  -- switch happened: history rows up to history_to and event rows after events_from make up the history.
+  CREATE TABLE history_fold (
+    events_from INTEGER NOT NULL,
+    history_to  INTEGER NOT NULL
+  ) STRICT;
+  INSERT INTO history_fold (events_from, history_to)
+    VALUES ((SELECT coalesce(max(seq), 0) FROM events), (SELECT coalesce(max(n), 0) FROM history));
+  CREATE INDEX events_message ON events (message_id) WHERE message_id IS NOT NULL;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

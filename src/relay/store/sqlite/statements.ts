@@ -7,6 +7,7 @@ import {
   MessageStatus,
   type DeviceRecord,
   type EventType,
+  type HistoryEntry,
   type MessageRecord,
   type NewMessage,
   type RelayEvent,
@@ -85,10 +86,23 @@ export interface MessageRow {
   sealed: number;
 }
 
+/** A history entry as the history query returns it: a history row (status, detail) or an event row (type, data). */
 export interface HistoryRow {
-  status: MessageStatus;
+  status: MessageStatus | null;
   at: number;
   detail: string | null;
+  type: string | null;
+  data: string | null;
+}
+
+const EVENT_PREFIX = 'message.';
+
+export function historyFromRow(r: HistoryRow): HistoryEntry {
+  if (r.status !== null) {
+    return { status: r.status, at: r.at, detail: r.detail === null ? undefined : (JSON.parse(r.detail) as Record<string, unknown>) };
+  }
+  const detail = (JSON.parse(r.data!) as { message?: { detail?: Record<string, unknown> } }).message?.detail;
+  return { status: r.type!.slice(EVENT_PREFIX.length) as MessageStatus, at: r.at, detail };
 }
 
 export const MESSAGE_COLUMNS = `seq, id, to_device, from_sender, filename, size, sha256, body IS NOT NULL AS inline,
@@ -176,8 +190,9 @@ export function prepareStatements(db: DatabaseSync) {
     if (from.length === 0) continue;
     setStatus.set(
       to,
-      p(`UPDATE messages SET status = :status, updated_at = :at, result = coalesce(:result, result)
-         WHERE id = :id AND status IN (${from.map((s) => `'${s}'`).join(', ')})`),
+      // Parameters by position (status, at, result, id): binding by name costs about 1 µs more a statement.
+      p(`UPDATE messages SET status = ?1, updated_at = ?2, result = coalesce(?3, result)
+         WHERE id = ?4 AND status IN (${from.map((s) => `'${s}'`).join(', ')})`),
     );
   }
   return {
@@ -222,10 +237,11 @@ export function prepareStatements(db: DatabaseSync) {
     listTokens: p('SELECT * FROM tokens ORDER BY name'),
     deleteToken: p('DELETE FROM tokens WHERE name = ?'),
 
+    // By position: id, to, from, filename, size, sha256, body, bodyPath, idempotencyKey, createdAt, deadlineAt,
+    // expiresAt, sealed.
     insertMessage: p(`INSERT INTO messages (id, to_device, from_sender, filename, size, sha256, body, body_path,
         status, idempotency_key, created_at, updated_at, deadline_at, expires_at, sealed)
-      VALUES (:id, :to, :from, :filename, :size, :sha256, :body, :bodyPath, 'queued', :idempotencyKey,
-        :createdAt, :createdAt, :deadlineAt, :expiresAt, :sealed)
+      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?10, ?11, ?12, ?13)
       RETURNING seq`),
     messageById: p(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
     messageByIdempotency: p(SCAN_SQL.messageByIdempotency),
@@ -238,6 +254,17 @@ export function prepareStatements(db: DatabaseSync) {
     dueForExpiry: p(SCAN_SQL.dueForExpiry),
 
     insertHistory: p('INSERT INTO history (message_id, status, at, detail) VALUES (?, ?, ?, ?)'),
-    history: p('SELECT status, at, detail FROM history WHERE message_id = ? ORDER BY n'),
+    historyFold: p('SELECT events_from, history_to FROM history_fold'),
+    // A message's history: the history rows written before the fold (schema.ts), then its status events,
+    // then the history rows written since (a retry's retriedAs entry, which follows the final status).
+    history: p(`SELECT 0 AS src, n AS k, status, at, detail, NULL AS type, NULL AS data FROM history
+        WHERE message_id = :id AND n <= :historyTo
+      UNION ALL
+      SELECT 1, seq, NULL, at, NULL, type, data FROM events
+        WHERE message_id = :id AND seq > :eventsFrom AND type <> 'message.overdue'
+      UNION ALL
+      SELECT 2, n, status, at, detail, NULL, NULL FROM history
+        WHERE message_id = :id AND n > :historyTo
+      ORDER BY src, k`),
   };
 }

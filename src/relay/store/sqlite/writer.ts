@@ -21,13 +21,18 @@ function sqliteCode(err: unknown): number | undefined {
   return typeof code === 'number' ? code : undefined;
 }
 
-interface Write {
+/** One queued write. The store may build its own (to settle more than one caller on the same commit). */
+export interface Write {
   /** What the write is, for error messages: `enqueue m-123`. */
   label: string;
   /** The code a unique-constraint violation means for this write (e.g. DW_DEVICE_EXISTS). */
-  onDuplicate?: string;
-  /** Runs inside the open transaction; returns how to resolve once the transaction has committed. */
-  apply(): () => void;
+  onDuplicate?: string | undefined;
+  /**
+   * Runs inside the open transaction; its value goes to `resolve` once the transaction has committed. It
+   * may run again (its first run rolled back with a batch that is redone write by write).
+   */
+  run(): unknown;
+  resolve(value: unknown): void;
   reject(err: DropwireError): void;
 }
 
@@ -100,17 +105,14 @@ export class GroupCommitWriter {
   /** Queues a write; `fn` runs inside the transaction, the promise settles after COMMIT. */
   write<T>(label: string, onDuplicate: string | undefined, fn: () => T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({
-        label,
-        onDuplicate,
-        apply: () => {
-          const value = fn();
-          return () => resolve(value);
-        },
-        reject,
-      });
-      this.scheduleFlush();
+      this.push({ label, onDuplicate, run: fn, resolve: resolve as (value: unknown) => void, reject });
     });
+  }
+
+  /** Queues a write built by the caller. */
+  push(w: Write): void {
+    this.queue.push(w);
+    this.scheduleFlush();
   }
 
   private scheduleFlush(): void {
@@ -131,7 +133,8 @@ export class GroupCommitWriter {
       for (const w of batch) w.reject(closedError());
       return;
     }
-    const committed: Array<() => void> = [];
+    /** What each write's run returned, by its place in `batch`. */
+    const values: unknown[] = new Array(batch.length);
     /** Writes that were applied but lost with an aborted transaction: they go back to the queue. */
     let retry: Write[] = [];
     const fail = (w: Write, err: DropwireError): void => {
@@ -148,11 +151,10 @@ export class GroupCommitWriter {
     // Fast path: the whole batch without savepoints (two statements fewer per write). If any write fails,
     // it is all rolled back and done again below, each write in its own savepoint.
     if (batch.length > 1) {
-      const settles: Array<() => void> = [];
       let whole = true;
-      for (const w of batch) {
+      for (let i = 0; i < batch.length; i++) {
         try {
-          settles.push(w.apply());
+          values[i] = batch[i]!.run();
         } catch {
           whole = false;
           break;
@@ -170,7 +172,7 @@ export class GroupCommitWriter {
         this.counters.writes += batch.length;
         this.counters.largestBatch = Math.max(this.counters.largestBatch, batch.length);
         this.lastCommitAt = this.now();
-        for (const settle of settles) settle();
+        for (let i = 0; i < batch.length; i++) batch[i]!.resolve(values[i]);
         return;
       }
       this.rollbackQuietly();
@@ -184,13 +186,15 @@ export class GroupCommitWriter {
     // A lone write needs no savepoint: if it fails, the whole (one-write) transaction is rolled back.
     const isolate = batch.length > 1;
     const applied: Write[] = [];
+    const appliedValues: unknown[] = [];
     for (let i = 0; i < batch.length; i++) {
       const w = batch[i]!;
       try {
         if (isolate) this.tx.savepoint.run();
-        committed.push(w.apply());
+        const value = w.run();
         if (isolate) this.tx.release.run();
         applied.push(w);
+        appliedValues.push(value);
       } catch (err) {
         fail(w, writeError(w, err));
         if (isolate && this.db.isTransaction) {
@@ -206,8 +210,8 @@ export class GroupCommitWriter {
         // The writes applied before this one did nothing wrong: queue them again, ahead of the rest.
         if (this.db.isTransaction) this.rollbackQuietly();
         retry = [...applied, ...batch.slice(i + 1)];
-        committed.length = 0;
         applied.length = 0;
+        appliedValues.length = 0;
         break;
       }
     }
@@ -230,7 +234,7 @@ export class GroupCommitWriter {
       this.rollbackQuietly();
     }
     this.queue.unshift(...retry);
-    for (const settle of committed) settle();
+    for (let i = 0; i < applied.length; i++) applied[i]!.resolve(appliedValues[i]);
   }
 
   private rollbackQuietly(): void {
