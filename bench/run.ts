@@ -1014,6 +1014,25 @@ async function profilePass(dw: DropwireSystem, workDir: string): Promise<void> {
       return { from, to: hrNow(), messages: total };
     });
   }
+  // 3: the offline queue drained (the window: from the devices' start to the last receipt).
+  if (ONLY.has(3)) {
+    dw.resetPorts();
+    const file = path.join(dir, 'relay-s3.cpuprofile');
+    await dw.start({ profile: file });
+    const pub = await dw.publisher(S1.inFlight);
+    const dev = dw.devices();
+    const r = expectReceipts(93, S3.messages);
+    await closedLoop(S3.messages, S1.inFlight, 120_000, (i) => pub.send(D.s3 + (i % S3.devices), 93 * TAG + i, BODY));
+    await sleep(500);
+    const from = hrNow();
+    await dev.start(D.s3, S3.devices);
+    await waitFor(() => r.count >= S3.messages, 120_000);
+    const to = hrNow();
+    await pub.close();
+    await dev.stop();
+    await dw.stop();
+    if (fs.existsSync(file)) profiles.push({ scenario: `3 offline queue (${S3.messages.toLocaleString('en-US')} messages to ${S3.devices} devices)`, summary: summarizeProfile(file, { from, to }), messages: S3.messages });
+  }
   // 4: the large file.
   if (ONLY.has(4)) {
     dw.resetPorts();
