@@ -433,7 +433,9 @@ export class Connection {
       return true;
     }
     if (this.role === 'initiator' && now >= this.lastSent + this.timers.pingInterval) {
-      this.sendCounter(RecordType.PING, now);
+      // PROTOCOL 4.5: a PING only when an answer is needed before the idle deadline; else an ACK, unanswered.
+      const t = this.timers;
+      this.sendCounter(now - this.lastReceived >= t.idleTimeout - 2 * t.pingInterval ? RecordType.PING : RecordType.ACK, now);
       return true;
     }
     if (s.takeDrain()) {
