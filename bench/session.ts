@@ -35,7 +35,6 @@ import { generateKeyPair, type CryptoBackend, type KeyPair } from '../src/protoc
 import { nobleCrypto } from '../src/protocol/crypto-noble.js';
 import { nodeCrypto } from '../src/protocol/crypto-node.js';
 import { fromHex, toHex } from '../src/protocol/bytes.js';
-import { selfCheck } from '../src/protocol/selfcheck.js';
 import { Session } from '../src/protocol/session.js';
 import { Dialer } from '../src/transport/dialer.js';
 import { random } from '../src/transport/identity.js';
@@ -454,7 +453,6 @@ async function idle(): Promise<void> {
   const windowS = num('window', 10);
   const relay = generateKeyPair(crypto, random);
   const r = await startResponder(relay);
-  if (args.get('selfcheck') === '1') selfCheck(crypto, relay, random); // as the relay does at start
   const snapshot = args.get('snapshot');
   if (snapshot) v8.writeHeapSnapshot(`${snapshot}-0`);
   gc();

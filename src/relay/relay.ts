@@ -4,14 +4,13 @@ import path from 'node:path';
 import { toHex } from '../protocol/bytes.js';
 import type { CryptoBackend } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
-import { selfCheck } from '../protocol/selfcheck.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { encodeEnrollmentToken, formatHostPort } from '../shared/enrollment.js';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import { writeFileAtomic } from '../shared/files.js';
 import { FolderLock } from '../shared/lock.js';
-import { loadOrCreateKeyPair, random } from '../transport/identity.js';
+import { loadOrCreateKeyPair } from '../transport/identity.js';
 import { Listener } from '../transport/listener.js';
 import { CONNECT_PATH, WebSocketAcceptor } from '../transport/websocket.js';
 import { Blobs } from './blobs.js';
@@ -144,7 +143,6 @@ export class Relay<S extends Store = SqliteStore> {
     fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
     return Relay.locked(o.dataDir, async (lock) => {
       const keys = loadOrCreateKeyPair(p.key, o.crypto ?? nodeCrypto);
-      selfCheck(o.crypto ?? nodeCrypto, keys, random); // before anything is opened: nothing to undo
       const store = await openSqliteStore({ path: p.db });
       return Relay.compose(o, lock, store, keys);
     });
@@ -170,7 +168,6 @@ export class Relay<S extends Store = SqliteStore> {
       const { startClusterNode } = await import('./cluster/start.js');
       const { cluster, store, keys, bodies } = await startClusterNode(o);
       try {
-        selfCheck(o.crypto ?? nodeCrypto, keys, random);
         return await Relay.compose(o, lock, store, keys, { node: cluster, wakeups: store.wakeups, bodies });
       } catch (err) {
         await cluster.close();
