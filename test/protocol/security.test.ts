@@ -271,6 +271,42 @@ describe('deadlines (PROTOCOL 3.6, 4.5)', () => {
     expect(q.s!.closeError?.code).toBe(ProtocolCode.IDLE_TIMEOUT);
   });
 
+  it('while DATA it sent is unacknowledged, an agent with the long TCP idle timeout closes 25 s after sending it (ackTimeout, 4.5)', () => {
+    const p = new Pair({ clientTimers: TCP_INITIATOR_TIMERS });
+    p.connect();
+    p.settle();
+    p.advance(10_000);
+    p.client.session.write(Uint8Array.of(1, 2, 3));
+    p.drainOutputs();
+    expect(p.c2s.length).toBe(1); // the DATA record
+    // The relay hangs (or its host is gone while data is in flight: Linux sends no keep-alive probe then).
+    for (let s = 1; s < 25; s++) {
+      p.advance(1_000);
+      p.drainOutputs();
+      p.c2s = [];
+    }
+    expect(p.c!.isClosed).toBe(false);
+    p.advance(1_000);
+    p.drainOutputs();
+    expect(p.c!.closeError?.code).toBe(ProtocolCode.IDLE_TIMEOUT);
+
+    // Acknowledged in time: the long idle timeout applies again.
+    const q = new Pair({ clientTimers: TCP_INITIATOR_TIMERS });
+    q.connect();
+    q.settle();
+    q.advance(10_000);
+    q.client.session.write(Uint8Array.of(1, 2, 3));
+    q.settle();
+    q.advance(50); // the relay's ACK is due after ackDelay
+    q.settle();
+    expect(q.client.session.buffered).toBe(0);
+    for (let s = 1; s <= 90; s++) {
+      q.advance(1_000);
+      q.settle();
+    }
+    expect(q.c!.isClosed || q.s!.isClosed).toBe(false);
+  });
+
   it('with the default timers (WebSocket, 4.5) every idle heartbeat is a PING and is answered', () => {
     const p = new Pair();
     p.connect();
