@@ -16,7 +16,7 @@ import { Dialer } from '../../src/transport/dialer.js';
 import { random } from '../../src/transport/identity.js';
 import type { Link } from '../../src/transport/link.js';
 import { Listener } from '../../src/transport/listener.js';
-import { BURST_CONNECTIONS, BURST_QUIET_CONNECTIONS, BURST_WINDOW_MS, BurstCompactor } from '../../src/transport/memory.js';
+import { BURST_CONNECTIONS, BURST_QUIET_CONNECTIONS, BURST_WINDOW_MS, BurstCompactor, MINOR_EVERY_CONNECTIONS } from '../../src/transport/memory.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -158,6 +158,18 @@ describe.skipIf(!SS)('TCP keep-alive (PROTOCOL 4.5)', () => {
 });
 
 describe('BurstCompactor', () => {
+  it('collects the young generation after every MINOR_EVERY_CONNECTIONS new connections', () => {
+    let minors = 0;
+    const b = new BurstCompactor(() => {}, () => minors++);
+    for (let i = 0; i < MINOR_EVERY_CONNECTIONS - 1; i++) b.connected();
+    expect(minors).toBe(0);
+    b.connected();
+    expect(minors).toBe(1);
+    for (let i = 0; i < MINOR_EVERY_CONNECTIONS * 3; i++) b.connected();
+    expect(minors).toBe(4);
+    b.close();
+  });
+
   it('compacts once after a burst has settled, not during it nor for small numbers', () => {
     vi.useFakeTimers();
     onTestFinished(() => void vi.useRealTimers());
