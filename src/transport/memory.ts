@@ -60,7 +60,7 @@ export const BURST_QUIET_CONNECTIONS = 10;
  * KiB per connection). A young-generation collection after every MINOR_EVERY_CONNECTIONS new connections
  * frees it while it is still small: at 5,000 connections, 9.1-9.3 KiB of RSS per connection instead of
  * 11.8-12.9, the main heap's share 2.5-2.9 KiB instead of 5.0-5.5 (bench/session.ts idle --smaps=1, runs
- * alternated; every 16 or 32 connections saved less). About 0.1-0.5 ms per collection.
+ * alternated; every 4, 16 or 32 connections saved less). About 0.1-0.5 ms per collection.
  */
 export const MINOR_EVERY_CONNECTIONS = 8;
 
