@@ -24,6 +24,7 @@ import { Session } from '../src/protocol/session.js';
 import { Dialer, type Backoff } from '../src/transport/dialer.js';
 import { random } from '../src/transport/identity.js';
 import type { Link } from '../src/transport/link.js';
+import { initiatorTimers } from '../src/transport/stream.js';
 import { deviceKeys, deviceName, hrNow, LOCAL_ADDRESSES, serveParent, sleep } from './common.js';
 
 export interface LightAgentOptions {
@@ -88,7 +89,7 @@ export class LightAgent {
       port: o.relay.port,
       backoff: o.backoff ?? {},
       open: (host, port) => net.connect({ host, port, ...(o.localAddress ? { localAddress: o.localAddress } : {}) }),
-      connection: () =>
+      connection: (transport) =>
         Connection.initiator({
           crypto: o.crypto,
           random,
@@ -97,7 +98,7 @@ export class LightAgent {
           session: this.session,
           timestamp: this.nextTimestamp(),
           now: Date.now(),
-          timers: o.timers ?? {},
+          timers: initiatorTimers(transport, o.timers),
         }),
       events: {
         onOutput: (out, link) => this.onOutput(out, link),
@@ -126,8 +127,8 @@ export class LightAgent {
               resolve({ stream: sock, transport: 'tcp', address });
             });
           }),
-        connection: (requestId) =>
-          Connection.initiator({ crypto: o.crypto, random, staticKey: o.keys, remoteStatic: o.relayKey, session: this.session, timestamp: this.nextTimestamp(), now: Date.now(), timers: o.timers ?? {}, handover: requestId }),
+        connection: (requestId, transport) =>
+          Connection.initiator({ crypto: o.crypto, random, staticKey: o.keys, remoteStatic: o.relayKey, session: this.session, timestamp: this.nextTimestamp(), now: Date.now(), timers: initiatorTimers(transport, o.timers), handover: requestId }),
         refuse: (rid, code) => this.send(MessageType.REDIRECT_REFUSED, { rid, code }),
         current: () => `${o.relay.host}:${o.relay.port}`,
       });

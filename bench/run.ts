@@ -71,7 +71,9 @@ const S4 = { bytes: 50 * 1024 * 1024, repeats: QUICK ? 1 : 3 };
  * The container's hard RLIMIT_NOFILE is 20,000 and it cannot be raised here (no CAP_SYS_RESOURCE), so a
  * server process can hold a little under 20,000 sockets: the "20,000" step runs with 19,900.
  */
-const S5 = { steps: QUICK ? [500, 2_000] : [5_000, 19_900], idleS: QUICK ? 5 : 20 };
+/** The idle window is one whole cycle of dropwire's idle heartbeats on TCP (ACK at 20 and 40 s, PING at 60 s:
+ * PROTOCOL 4.5), so that every connection's PING falls in it once, whenever it connected; 6 of MQTT's 10 s. */
+const S5 = { steps: QUICK ? [500, 2_000] : [5_000, 19_900], idleS: QUICK ? 5 : 60 };
 const S6 = { devices: QUICK ? 200 : 2_000 };
 
 /** Device index ranges (names dev-N; keys derived from N). */
@@ -1550,8 +1552,8 @@ const HOW = [
   `- (4) ${S4.repeats} runs of 50 MiB; from the start of the publish to the device holding every byte (dropwire: the`,
   `  light agent also checks the SHA-256); the median is shown.`,
   `- (5) RSS per connection = (server RSS after the idle window − RSS before any connection) / connections. Heartbeat`,
-  `  CPU = server CPU time over a ${S5.idleS} s idle window (dropwire agents ping every 10 s when idle, MQTT clients send`,
-  `  PINGREQ every 10 s). The "20,000" step is ${S5.steps[S5.steps.length - 1]!.toLocaleString('en-US')}: this container's hard RLIMIT_NOFILE is 20,000 and cannot be`,
+  `  CPU = server CPU time over a ${S5.idleS} s idle window (dropwire agents on TCP send a heartbeat every 20 s when idle,`,
+  `  each third one a PING that the relay answers, PROTOCOL 4.5; MQTT clients send PINGREQ every 10 s). The "20,000" step is ${S5.steps[S5.steps.length - 1]!.toLocaleString('en-US')}: this container's hard RLIMIT_NOFILE is 20,000 and cannot be`,
   `  raised (no CAP_SYS_RESOURCE), so no server process can hold 20,000 sockets plus its own files.`,
   `- (6) Graceful stop (SIGTERM) and a new server process on the same port. Devices reconnect by themselves: dropwire`,
   `  agents with their backoff (200 ms doubling, 50% jitter), MQTT.js every 1 s. "server up" is when the new process`,

@@ -12,7 +12,7 @@ import { Dialer, type Backoff } from '../transport/dialer.js';
 import { loadOrCreateKeyPair, random } from '../transport/identity.js';
 import type { Link } from '../transport/link.js';
 import { describeRoute, RelayReach } from '../transport/reach.js';
-import type { OpenedStream } from '../transport/stream.js';
+import { initiatorTimers, type OpenedStream, type TransportName } from '../transport/stream.js';
 import { agentProduct } from '../shared/version.js';
 import type { Logger } from '../shared/log.js';
 import { loadAgentConfig, paths, rulesVersion, type AgentConfig } from './config.js';
@@ -137,7 +137,7 @@ export class Agent {
     });
     this.status = { connected: false, relay: this.reach.plan[0]!.text, relays: this.reach.list.map((a) => a.text), sessions: 0, resumes: 0, reconnects: 0 };
     // Every connection of this device, a first one, a resumed one or a hand-over (PROTOCOL 3): a fresh IK handshake.
-    const initiator = (handover?: Uint8Array): Connection =>
+    const initiator = (transport: TransportName, handover?: Uint8Array): Connection =>
       Connection.initiator({
         crypto: o.crypto ?? nodeCrypto,
         random,
@@ -146,7 +146,7 @@ export class Agent {
         session: this.session,
         timestamp: this.journal.nextTimestamp(Date.now()),
         now: Date.now(),
-        timers: o.timers ?? {},
+        timers: initiatorTimers(transport, o.timers),
         ...(handover !== undefined ? { handover } : {}),
       });
     this.dialer = new Dialer({
@@ -154,7 +154,7 @@ export class Agent {
       port: 0,
       connect: (signal) => this.reach.open(signal),
       backoff: o.backoff ?? {},
-      connection: () => initiator(),
+      connection: (transport) => initiator(transport),
       events: {
         onOpen: (opened, link) => {
           this.routes.set(link, opened);
@@ -200,7 +200,7 @@ export class Agent {
       busy: () => this.sender.busy, // the node keeps uploads and watches per session: they stay where they are
       open: (address, signal) =>
         new RelayReach({ relays: [address], mode: this.reach.mode, proxy: o.proxy ?? this.config.proxy, caFile: o.ca ?? this.config.ca }).open(signal),
-      connection: (requestId) => initiator(requestId),
+      connection: (requestId, transport) => initiator(transport, requestId),
       refuse: (rid, code) => this.send(MessageType.REDIRECT_REFUSED, { rid, code }),
       current: () => this.status.relay,
     });

@@ -4,7 +4,7 @@ import type { ProtocolError } from '../protocol/errors.js';
 import type { Headers, MessageType } from '../protocol/messages.js';
 import type { Dialer } from '../transport/dialer.js';
 import { Link } from '../transport/link.js';
-import type { OpenedStream } from '../transport/stream.js';
+import type { OpenedStream, TransportName } from '../transport/stream.js';
 import type { Logger } from '../shared/log.js';
 
 type Redirect = Headers[typeof MessageType.REDIRECT];
@@ -30,8 +30,8 @@ export class RedirectFollower {
     busy?: () => boolean;
     /** Opens a byte stream to one relay address (the agent's transport settings). */
     open: (address: string, signal: AbortSignal) => Promise<OpenedStream>;
-    /** A HANDOVER connection for the agent's session with this request id. */
-    connection: (requestId: Uint8Array) => Connection;
+    /** A HANDOVER connection for the agent's session with this request id, over this transport. */
+    connection: (requestId: Uint8Array, transport: TransportName) => Connection;
     refuse: (rid: string, code: string) => void;
     /** The address the agent is connected to now. */
     current: () => string;
@@ -77,7 +77,7 @@ export class RedirectFollower {
         let adopted = false;
         const link = new Link(
           opened.stream,
-          this.o.connection(fromHex(r.rid)),
+          this.o.connection(fromHex(r.rid), opened.transport),
           {
             onOutput: (out, l) => {
               if (out.type === 'handover-ready') {

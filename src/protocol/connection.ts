@@ -91,6 +91,8 @@ export class Connection {
   private readonly startedAt: number;
   private lastReceived: number;
   private lastSent: number;
+  /** When DATA went out with none unacknowledged before it; undefined while all is acknowledged (4.5). */
+  private owedSince: number | undefined;
   private pongDue = false;
   private closeAfterWrite: ProtocolError | undefined;
   /** Initiator: this connection asked HANDOVER. Responder: no DATA until the initiator's first count (7.16). */
@@ -192,7 +194,7 @@ export class Connection {
   nextDeadline(): number | undefined {
     if (this.state === 'closed') return undefined;
     if (this.state !== 'established') return this.startedAt + this.timers.handshakeTimeout;
-    let t = this.lastReceived + this.timers.idleTimeout;
+    let t = this.idleDeadline();
     if (this.role === 'initiator') t = Math.min(t, this.lastSent + this.timers.pingInterval);
     const s = this.session!;
     if (s.firstUnackedAt !== undefined) t = Math.min(t, s.firstUnackedAt + s.limits.ackDelay);
@@ -407,8 +409,9 @@ export class Connection {
       s.close();
       return true;
     }
-    if (now >= this.lastReceived + this.timers.idleTimeout) {
-      throw new ProtocolError(ProtocolCode.IDLE_TIMEOUT, `nothing received for ${this.timers.idleTimeout} ms`);
+    if (now >= this.idleDeadline()) {
+      const owed = this.owedSince !== undefined && now < this.lastReceived + this.timers.idleTimeout;
+      throw new ProtocolError(ProtocolCode.IDLE_TIMEOUT, owed ? `DATA unacknowledged, nothing received for ${this.timers.ackTimeout} ms` : `nothing received for ${this.timers.idleTimeout} ms`);
     }
     // Inbound first: one record per step.
     const frame = this.frames.nextParts();
@@ -430,10 +433,13 @@ export class Connection {
       const plain = [DATA_TYPE];
       s.wire += s.out.readInto(s.wire, MAX_DATA_PAYLOAD, plain);
       this.sendRecord(plain, now);
+      this.owedSince ??= now;
       return true;
     }
     if (this.role === 'initiator' && now >= this.lastSent + this.timers.pingInterval) {
-      this.sendCounter(RecordType.PING, now);
+      // PROTOCOL 4.5: a PING only when an answer is needed before the idle deadline; else an ACK, unanswered.
+      const t = this.timers;
+      this.sendCounter(now - this.lastReceived >= t.idleTimeout - 2 * t.pingInterval ? RecordType.PING : RecordType.ACK, now);
       return true;
     }
     if (s.takeDrain()) {
@@ -486,6 +492,14 @@ export class Connection {
       this.outputs.push({ type: 'position', received });
     }
     s.acknowledge(received);
+    if (s.acked >= s.wire) this.owedSince = undefined;
+  }
+
+  /** PROTOCOL 4.5: `idleTimeout` after the last byte received, sooner while sent DATA awaits its ACK. */
+  private idleDeadline(): number {
+    const idle = this.lastReceived + this.timers.idleTimeout;
+    if (this.owedSince === undefined) return idle;
+    return Math.min(idle, Math.max(this.lastReceived, this.owedSince) + this.timers.ackTimeout);
   }
 
   private deliver(s: Session, bytes: Uint8Array): void {

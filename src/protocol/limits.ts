@@ -39,10 +39,19 @@ export interface SessionLimits {
 export interface ConnectionTimers {
   /** PROTOCOL 3.6: the handshake must finish within this time of the connection's start. */
   handshakeTimeout: number;
-  /** PROTOCOL 4.5: send a PING when nothing was sent for this long. */
+  /**
+   * PROTOCOL 4.5: the initiator sends a heartbeat when nothing was sent for this long: a PING when it has
+   * received nothing for `idleTimeout - 2 * pingInterval` (an answer is needed before the idle deadline),
+   * else an ACK, which the peer does not answer.
+   */
   pingInterval: number;
   /** PROTOCOL 4.5: close when nothing was received for this long. */
   idleTimeout: number;
+  /**
+   * PROTOCOL 4.5: while DATA this side sent is unacknowledged, also close when nothing was received for this
+   * long since it was sent (the peer acknowledges within `ackDelay`): it bounds a long `idleTimeout`.
+   */
+  ackTimeout: number;
 }
 
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
@@ -57,7 +66,23 @@ export const DEFAULT_TIMERS: ConnectionTimers = {
   handshakeTimeout: 10_000,
   pingInterval: 10_000,
   idleTimeout: 25_000,
+  ackTimeout: 25_000,
 };
+
+/**
+ * PROTOCOL 4.5: an initiator's timers on a raw TCP connection with TCP keep-alive on its socket
+ * (`TCP_KEEPALIVE_DELAY`): a heartbeat every 20 s keeps the responder's 25 s idle deadline away, and only
+ * every third one is a PING (silent for 60 s = 100 − 2 × 20): the kernel's keep-alive probes tell a dead
+ * host or path within 20 s, so a PONG is only needed to tell a relay process that hangs. While DATA is
+ * unacknowledged (no keep-alive probes then), `ackTimeout` (25 s) applies.
+ */
+export const TCP_INITIATOR_TIMERS: Pick<ConnectionTimers, 'pingInterval' | 'idleTimeout'> = {
+  pingInterval: 20_000,
+  idleTimeout: 100_000,
+};
+
+/** PROTOCOL 4.5: seconds of silence before the kernel's first keep-alive probe (then 10 probes 1 s apart). */
+export const TCP_KEEPALIVE_DELAY = 10_000;
 
 /** PROTOCOL 7.14: bytes of an upload an agent may send beyond the relay's last SEND_ACK `have`. */
 export const SEND_WINDOW = 4 * 1024 * 1024;

@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Connection } from '../protocol/connection.js';
 import type { ProtocolError } from '../protocol/errors.js';
 import { Link, type LinkEvents } from './link.js';
-import type { OpenedStream } from './stream.js';
+import type { OpenedStream, TransportName } from './stream.js';
 
 export interface Backoff {
   /** First wait after a failure, in ms. */
@@ -23,8 +23,11 @@ export function backoffDelay(attempt: number, b: Backoff, random: () => number =
 export interface DialerOptions {
   host: string;
   port: number;
-  /** Makes the connection for each attempt (a fresh handshake every time: PROTOCOL 3.8). */
-  connection: () => Connection;
+  /**
+   * Makes the connection for each attempt (a fresh handshake every time: PROTOCOL 3.8), knowing the
+   * transport the stream took (its timers differ on raw TCP: PROTOCOL 4.5).
+   */
+  connection: (transport: TransportName) => Connection;
   events: LinkEvents & {
     /** An attempt failed or a link ended; `delay` is the wait before the next attempt. */
     onRetry?(error: Error, delay: number, attempt: number): void;
@@ -164,7 +167,7 @@ export class Dialer {
       }
       let connection: Connection;
       try {
-        connection = this.o.connection();
+        connection = this.o.connection('tcp');
       } catch (err) {
         // e.g. the journal cannot be written: give up this attempt, not the process.
         socket.destroy();
@@ -189,7 +192,7 @@ export class Dialer {
         }
         let connection: Connection;
         try {
-          connection = this.o.connection();
+          connection = this.o.connection(opened.transport);
         } catch (err) {
           // e.g. the journal cannot be written: give up this attempt, not the process.
           opened.stream.destroy();

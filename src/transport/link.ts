@@ -1,5 +1,6 @@
 import type { Connection, Output } from '../protocol/connection.js';
 import { ProtocolCode, type ProtocolError } from '../protocol/errors.js';
+import { TCP_KEEPALIVE_DELAY } from '../protocol/limits.js';
 import { transferred } from './memory.js';
 import type { ByteStream, TransportName } from './stream.js';
 
@@ -66,6 +67,9 @@ export class Link {
     this.now = now;
     this.deadlines = deadlinesFor(now);
     socket.setNoDelay?.(true);
+    // PROTOCOL 4.5: on raw TCP the agent's kernel probes a silent path (libuv: 10 probes 1 s apart), so its
+    // heartbeats need an answer only now and then.
+    if (transport === 'tcp' && connection.role === 'initiator') socket.setKeepAlive?.(true, TCP_KEEPALIVE_DELAY);
     (socket as LinkedSocket)[LINK] = this;
     socket.on('data', onData);
     socket.on('drain', onDrain);

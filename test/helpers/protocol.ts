@@ -40,6 +40,8 @@ export interface PairOptions {
   keys?: Keys;
   limits?: Partial<SessionLimits>;
   timers?: Partial<ConnectionTimers>;
+  /** The initiator's own timers, when they differ from the responder's (`timers`). */
+  clientTimers?: Partial<ConnectionTimers>;
   /** What the relay writes on each new session as soon as it accepts it. */
   serverScript?: Uint8Array[];
   /** Responder policy: refuse with this code instead of accepting. */
@@ -96,7 +98,7 @@ export class Pair {
       session: this.client.session,
       timestamp: this.timestamp++,
       now: this.now,
-      timers: this.o.timers ?? {},
+      timers: this.o.clientTimers ?? this.o.timers ?? {},
     });
     this.s = Connection.responder({ crypto: this.crypto, random, staticKey: this.keys.relay, now: this.now, timers: this.o.timers ?? {} });
   }

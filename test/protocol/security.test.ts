@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Connection, type Output } from '../../src/protocol/connection.js';
 import { ProtocolCode } from '../../src/protocol/errors.js';
 import { isFresh } from '../../src/protocol/hello.js';
+import { TCP_INITIATOR_TIMERS } from '../../src/protocol/limits.js';
 import { Session } from '../../src/protocol/session.js';
 import { nodeCrypto } from '../../src/protocol/crypto-node.js';
 import { makeKeys, Pair, random } from '../helpers/protocol.js';
@@ -216,5 +217,115 @@ describe('deadlines (PROTOCOL 3.6, 4.5)', () => {
     }
     expect(p.c!.closeError?.code).toBe(ProtocolCode.IDLE_TIMEOUT);
     expect(p.s!.closeError?.code).toBe(ProtocolCode.IDLE_TIMEOUT);
+  });
+
+  it('on raw TCP (4.5): idle heartbeats every 20 s are ACK, ACK, PING; only the PING is answered; the relay closes 25 s after a silent agent, the agent 100 s after a silent relay', () => {
+    const p = new Pair({ clientTimers: TCP_INITIATOR_TIMERS });
+    p.connect();
+    p.settle();
+    const seen = { up: 0, down: 0, pings: 0 };
+    for (let s = 1; s <= 120; s++) {
+      p.advance(1_000);
+      p.drainOutputs();
+      const up = p.c2s.length;
+      const down = p.s2c.length;
+      p.transfer();
+      p.drainOutputs(); // the relay's answer, if any, is written now
+      const answered = p.s2c.length;
+      p.transfer();
+      p.drainOutputs();
+      if (up > 0) {
+        expect(s % 20).toBe(0); // a heartbeat only when nothing was sent for 20 s
+        seen.up += up;
+        if (answered > down) seen.pings++;
+      }
+      seen.down += answered;
+      expect(p.c!.isClosed || p.s!.isClosed).toBe(false);
+    }
+    // 20, 40: ACK (something received within 60 s); 60: PING; 80, 100: ACK; 120: PING.
+    expect(seen).toEqual({ up: 6, down: 2, pings: 2 });
+
+    // The relay process hangs: its kernel would still answer TCP keep-alive, so only the agent's own
+    // deadline tells: nothing received for 100 s (the last PONG came at 120 s).
+    for (let s = 1; s <= 99; s++) {
+      p.advance(1_000);
+      p.drainOutputs();
+      p.c2s = [];
+    }
+    expect(p.c!.isClosed).toBe(false);
+    p.advance(1_000);
+    p.drainOutputs();
+    expect(p.c!.closeError?.code).toBe(ProtocolCode.IDLE_TIMEOUT);
+
+    // The other way round: an agent that hangs is told by the relay 25 s after its last heartbeat.
+    const q = new Pair({ clientTimers: TCP_INITIATOR_TIMERS });
+    q.connect();
+    q.settle();
+    q.advance(20_000);
+    q.settle(); // one heartbeat (an ACK) arrives at 20 s
+    q.advance(24_999);
+    q.s!.poll(q.now);
+    expect(q.s!.isClosed).toBe(false);
+    q.advance(1);
+    q.s!.poll(q.now);
+    expect(q.s!.closeError?.code).toBe(ProtocolCode.IDLE_TIMEOUT);
+  });
+
+  it('while DATA it sent is unacknowledged, an agent with the long TCP idle timeout closes 25 s after sending it (ackTimeout, 4.5)', () => {
+    const p = new Pair({ clientTimers: TCP_INITIATOR_TIMERS });
+    p.connect();
+    p.settle();
+    p.advance(10_000);
+    p.client.session.write(Uint8Array.of(1, 2, 3));
+    p.drainOutputs();
+    expect(p.c2s.length).toBe(1); // the DATA record
+    // The relay hangs (or its host is gone while data is in flight: Linux sends no keep-alive probe then).
+    for (let s = 1; s < 25; s++) {
+      p.advance(1_000);
+      p.drainOutputs();
+      p.c2s = [];
+    }
+    expect(p.c!.isClosed).toBe(false);
+    p.advance(1_000);
+    p.drainOutputs();
+    expect(p.c!.closeError?.code).toBe(ProtocolCode.IDLE_TIMEOUT);
+
+    // Acknowledged in time: the long idle timeout applies again.
+    const q = new Pair({ clientTimers: TCP_INITIATOR_TIMERS });
+    q.connect();
+    q.settle();
+    q.advance(10_000);
+    q.client.session.write(Uint8Array.of(1, 2, 3));
+    q.settle();
+    q.advance(50); // the relay's ACK is due after ackDelay
+    q.settle();
+    expect(q.client.session.buffered).toBe(0);
+    for (let s = 1; s <= 90; s++) {
+      q.advance(1_000);
+      q.settle();
+    }
+    expect(q.c!.isClosed || q.s!.isClosed).toBe(false);
+  });
+
+  it('with the default timers (WebSocket, 4.5) every idle heartbeat is a PING and is answered', () => {
+    const p = new Pair();
+    p.connect();
+    p.settle();
+    let answered = 0;
+    for (let s = 1; s <= 60; s++) {
+      p.advance(1_000);
+      p.drainOutputs();
+      const up = p.c2s.length;
+      p.transfer();
+      p.drainOutputs();
+      if (up > 0) {
+        expect(s % 10).toBe(0);
+        expect(p.s2c.length).toBe(1); // the PONG
+        answered++;
+      }
+      p.transfer();
+      p.drainOutputs();
+    }
+    expect(answered).toBe(6);
   });
 });

@@ -2,6 +2,8 @@
  * Links over real loopback TCP: bytes both ways, heartbeats and every deadline kind served by the shared
  * deadline heap (handshake, ack delay, ping, idle), and the burst compactor's policy.
  */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
 import { onTestFinished, describe, expect, it, vi } from 'vitest';
 import { Connection } from '../../src/protocol/connection.js';
@@ -14,7 +16,7 @@ import { Dialer } from '../../src/transport/dialer.js';
 import { random } from '../../src/transport/identity.js';
 import type { Link } from '../../src/transport/link.js';
 import { Listener } from '../../src/transport/listener.js';
-import { BURST_CONNECTIONS, BURST_QUIET_CONNECTIONS, BURST_WINDOW_MS, BurstCompactor } from '../../src/transport/memory.js';
+import { BURST_CONNECTIONS, BURST_QUIET_CONNECTIONS, BURST_WINDOW_MS, BurstCompactor, MINOR_EVERY_CONNECTIONS } from '../../src/transport/memory.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -100,12 +102,15 @@ describe('Link over loopback', () => {
     expect(Buffer.concat(r.data).equals(big)).toBe(true);
     // ACKs are due 50 ms after the data (an earlier deadline than the idle one): the buffers empty.
     await until(() => a.session.buffered === 0 && r.sessions[0]!.buffered === 0);
-    // Several idle timeouts long: PINGs keep it up, nothing closes.
+    // Several idle timeouts long: heartbeats keep it up, nothing closes. PROTOCOL 4.5: one every 50 ms, an ACK
+    // while something was received within 500 - 2 * 50 ms, else a PING, which the relay answers.
     const sent = [...r.listener.links][0]!.socket.bytesWritten;
+    const beats = a.links[0]!.socket.bytesWritten;
     await sleep(1_200);
     expect(r.closes).toEqual([]);
     expect(a.links.length).toBe(1);
-    expect([...r.listener.links][0]!.socket.bytesWritten - sent).toBeGreaterThanOrEqual(27 * 5); // PONGs
+    expect(a.links[0]!.socket.bytesWritten - beats).toBeGreaterThanOrEqual(27 * 12); // heartbeats (27-byte frames)
+    expect([...r.listener.links][0]!.socket.bytesWritten - sent).toBeGreaterThanOrEqual(27 * 2); // PONGs
   });
 
   it('ends connections at their own deadlines, however many wait at once', async () => {
@@ -133,7 +138,38 @@ describe('Link over loopback', () => {
   });
 });
 
+const SS = ['/usr/bin/ss', '/bin/ss', '/usr/sbin/ss'].find((f) => fs.existsSync(f));
+if (!SS) console.log('link.test: keep-alive check skipped: ss (iproute2) not installed');
+
+describe.skipIf(!SS)('TCP keep-alive (PROTOCOL 4.5)', () => {
+  it('is on for an agent on raw TCP (`ss -o` shows its timer), off at the relay', async () => {
+    const r = await relay({});
+    const a = agent(r.port, r.key, {});
+    await until(() => a.links.length === 1 && r.listener.links.size === 1);
+    const timers = (port: number): string =>
+      execFileSync(SS!, ['-tnoH', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8' });
+    const agentSide = timers((a.links[0]!.socket as net.Socket).localPort!);
+    const relaySide = timers(r.port);
+    // The kernel's keep-alive timer runs on the agent's socket (ss prints its time left in varying units).
+    expect(agentSide).toContain('timer:(keepalive,');
+    expect(relaySide).toContain(`:${r.port}`);
+    expect(relaySide).not.toContain('keepalive');
+  });
+});
+
 describe('BurstCompactor', () => {
+  it('collects the young generation after every MINOR_EVERY_CONNECTIONS new connections', () => {
+    let minors = 0;
+    const b = new BurstCompactor(() => {}, () => minors++);
+    for (let i = 0; i < MINOR_EVERY_CONNECTIONS - 1; i++) b.connected();
+    expect(minors).toBe(0);
+    b.connected();
+    expect(minors).toBe(1);
+    for (let i = 0; i < MINOR_EVERY_CONNECTIONS * 3; i++) b.connected();
+    expect(minors).toBe(4);
+    b.close();
+  });
+
   it('compacts once after a burst has settled, not during it nor for small numbers', () => {
     vi.useFakeTimers();
     onTestFinished(() => void vi.useRealTimers());
