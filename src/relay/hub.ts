@@ -950,7 +950,8 @@ export class Hub extends EventEmitter {
   }
 
   private async runCutThrough(p: Peer, gen: number, ct: CutThrough, m: { id: string; to: string; from: string; filename: string; size: number; createdAt: number; sealed?: boolean }): Promise<void> {
-    const live = () => p.gen === gen && !p.session.closed && !this.closed;
+    // A cancel granted once the message is stored (7.10): no byte more (hub.cancel sent CANCEL).
+    const live = () => p.gen === gen && !p.session.closed && !this.closed && !this.stopped.has(m.id);
     p.sentTo ??= new Map();
     if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
     p.sentTo.set(m.id, m.from);
@@ -979,7 +980,7 @@ export class Hub extends EventEmitter {
       return;
     }
     const stored = end.stored;
-    if (!live()) return; // a new stream: delivered from the body storage, the agent dropped its part
+    if (!live()) return; // a new stream (the agent dropped its part) or a cancel: nothing more here
     if (pos < m.size) {
       // The device fell behind (or the link went): the rest goes store-and-forward from here (7.18).
       (p.partial ??= new Map()).set(m.id, pos);
