@@ -990,7 +990,10 @@ export class Hub extends EventEmitter {
     // PROTOCOL 7.18: the hash, the end of the file for the agent, only once the message is durable.
     this.markSent(stored, 0);
     this.send(p, MessageType.FILE_END, { id: m.id, sha256: stored.sha256 });
-    (p.cutDone ??= new Set()).add(m.id);
+    p.cutDone ??= new Set();
+    // Bounded like sentTo: forgetting one costs at most a FILE the agent's journal answers (7.13).
+    if (p.cutDone.size >= SENT_TO_MAX) p.cutDone.clear();
+    p.cutDone.add(m.id);
   }
 
   private drained(p: Peer, gen: number): Promise<void> {

@@ -90,6 +90,33 @@ describe('cut-through (PROTOCOL 7.18)', () => {
     await agent.kill();
   });
 
+  it('a sealed file (PROTOCOL 12) cut through is opened after FILE_END and handled as its plaintext', async () => {
+    const { s, agent, rec } = await ready();
+    const { Sealer, sealedSize } = await import('../../src/protocol/seal.js');
+    const dev = (await s.api.get(`/v1/devices/${s.device}`)).json as { publicKey: string };
+    const plain = randomData(3 * MiB + 5);
+    const sealer = new Sealer({ recipientPublic: new Uint8Array(Buffer.from(dev.publicKey, 'hex')), ephemeralPrivate: randomData(32), sender: 'web', filename: 'sealed.bin' });
+    const body = Buffer.concat([...sealer.push(plain), ...sealer.finish()]);
+    expect(body.length).toBe(sealedSize(plain.length));
+    const url = new URL(`${s.api.base}/v1/messages?to=${s.device}&filename=sealed.bin&sealed=1`);
+    const req = http.request({ host: url.hostname, port: Number(url.port), method: 'POST', path: `${url.pathname}${url.search}`, headers: { authorization: `Bearer ${s.api.token}`, 'content-length': body.length } });
+    const answer = new Promise<number>((resolve, reject) => {
+      req.once('error', reject);
+      req.once('response', (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      });
+    });
+    req.write(body.subarray(0, body.length - 1000));
+    const part = await waitFor(() => parts(s.home).find((p) => p.size === body.length - 1000), 30_000, 'the envelope on the host while it is uploaded');
+    expect(rec.runs().length).toBe(1);
+    req.end(body.subarray(body.length - 1000));
+    expect(await answer).toBe(202);
+    expect((await s.api.until(part.id, ['handled'])).status).toBe('handled');
+    expect(rec.runs().filter((r) => r.id === part.id)).toEqual([{ id: part.id, sha: sha256(plain), name: 'sealed.bin' }]);
+    await agent.kill();
+  });
+
   it('an upload aborted mid-way is never handled: the agent drops its part, the stream goes on', async () => {
     const { s, agent, rec } = await ready();
     const size = 4 * MiB;
