@@ -1,14 +1,14 @@
 /**
  * Cut-through (PROTOCOL 7.18): the bytes of an upload handed to the device's delivery while they still
  * arrive, beside their way to the body storage. The upload is never slowed for long by a slow device: past
- * CUT_THROUGH_BUFFER bytes not yet taken, it waits at most CUT_THROUGH_STALL_MS for the delivery, then the
- * delivery lets go (`detach`) and the rest goes store-and-forward, from where it stopped.
+ * CUT_THROUGH_BUFFER bytes not yet taken, it waits for the delivery, CUT_THROUGH_STALL_MS at most in all;
+ * then the delivery lets go (`detach`) and the rest goes store-and-forward, from where it stopped.
  */
 import type { MessageRecord } from './store/types.js';
 
 /** Bytes an upload may be ahead of the delivery that takes them. */
 export const CUT_THROUGH_BUFFER = 8 * 1024 * 1024;
-/** How long an upload waits for a delivery that is behind before it lets the delivery go. */
+/** How long, in all, an upload waits for a delivery that is behind before it lets the delivery go. */
 export const CUT_THROUGH_STALL_MS = 1_000;
 
 /** How an upload ended, as the delivery learns it. */
@@ -24,6 +24,8 @@ export class CutThrough {
   private arrived = 0;
   private end: CutThroughEnd | undefined;
   private detached = false;
+  /** Time the upload spent waiting for the delivery so far. */
+  private waitedMs = 0;
   /** The stream the delivery wrote to is gone: it stops waiting at once. */
   private dropped = false;
   /** The delivery waits for bytes or the end. */
@@ -140,12 +142,16 @@ export class CutThrough {
     }
   }
 
-  /** Waits until the delivery took enough, or gives it up after CUT_THROUGH_STALL_MS. */
+  /** Waits until the delivery took enough, or gives it up once the upload has waited CUT_THROUGH_STALL_MS in all. */
   private async room(): Promise<void> {
+    const left = CUT_THROUGH_STALL_MS - this.waitedMs;
+    if (left <= 0) return this.detach();
     let timer: NodeJS.Timeout | undefined;
     const roomMade = new Promise<boolean>((r) => (this.wakeGiver = () => r(true)));
-    const stalled = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), CUT_THROUGH_STALL_MS)));
+    const stalled = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), left)));
+    const t0 = Date.now();
     const ok = await Promise.race([roomMade, stalled]);
+    this.waitedMs += Date.now() - t0;
     clearTimeout(timer);
     if (!ok) {
       this.wakeGiver = undefined;
