@@ -8,14 +8,16 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { randomData, recordingHandler, setup, sha256, spawnCli, startRelay, tempDir, waitFor, type Proc } from '../helpers/cli.js';
+import { Api, cliOk, randomData, recordingHandler, setup, sha256, spawnCli, startRelay, tempDir, waitFor, type Proc } from '../helpers/cli.js';
+import { owners, recordingAgent, startCluster } from '../helpers/cluster.js';
+import { redisUnavailableReason } from '../helpers/redis.js';
 
 const MiB = 1024 * 1024;
 
 type Setup = Awaited<ReturnType<typeof setup>>;
 
 /** A raw POST with a Content-Length, written piece by piece by the test. */
-function openUpload(s: Setup, filename: string, size: number): { write(b: Uint8Array): Promise<void>; end(): void; req: http.ClientRequest; answer: Promise<{ status: number; json: Record<string, unknown> }> } {
+function openUpload(s: Pick<Setup, 'api' | 'device'>, filename: string, size: number): { write(b: Uint8Array): Promise<void>; end(): void; req: http.ClientRequest; answer: Promise<{ status: number; json: Record<string, unknown> }> } {
   const url = new URL(`${s.api.base}/v1/messages?to=${s.device}&filename=${filename}`);
   const req = http.request({ host: url.hostname, port: Number(url.port), method: 'POST', path: `${url.pathname}${url.search}`, headers: { authorization: `Bearer ${s.api.token}`, 'content-length': size } });
   const answer = new Promise<{ status: number; json: Record<string, unknown> }>((resolve, reject) => {
@@ -197,4 +199,33 @@ describe('cut-through (PROTOCOL 7.18)', () => {
     expect(rec.runs().filter((r) => r.id === part.id)).toEqual([{ id: part.id, sha: sha256(body), name: 'stall.bin' }]);
     await agent.kill();
   });
+});
+
+const why = redisUnavailableReason();
+if (why) console.log(`skipping the cluster cut-through test: ${why}`);
+
+describe.skipIf(why !== undefined)('cut-through on a cluster node (bodies in Redis)', () => {
+  it('the node holding the device cuts the upload through, stores the body in Redis, and the host handles it once', async () => {
+    const c = await startCluster({ nodes: 2 });
+    const [a] = c.nodes as [(typeof c.nodes)[0]];
+    c.front.backends = () => [a.agentsPort]; // the agent on node1, where the upload comes
+    const agent = await recordingAgent(c, 'plant');
+    const token = await cliOk(['relay', 'token', 'add', 'web', '--store', c.url]);
+    const api = new Api(a.http, token);
+    await waitFor(async () => ((await owners(c.client, ['plant'])).get('plant')!.node === a.name ? true : undefined), 20_000, 'the device on node1');
+    const warm = await api.send('plant', 'warm.txt', 'first');
+    await api.until(warm.json.id as string, ['handled']);
+    const size = 6 * MiB + 7;
+    const body = randomData(size);
+    const u = openUpload({ api, device: 'plant' }, 'big.bin', size);
+    await writeRange(u, body, 0, size - 1000);
+    const part = await waitFor(() => parts(agent.home).find((p) => p.size === size - 1000), 30_000, 'the part to hold what was uploaded so far');
+    expect(agent.runs().length).toBe(1);
+    await u.write(body.subarray(size - 1000));
+    u.end();
+    expect((await u.answer).status).toBe(202);
+    await api.until(part.id, ['handled']);
+    expect(agent.runs().filter((r) => r.id === part.id)).toEqual([{ id: part.id, sha: sha256(body), name: 'big.bin' }]);
+    await agent.proc.kill();
+  }, 120_000);
 });
