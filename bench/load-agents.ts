@@ -17,7 +17,7 @@ import { nobleCrypto } from '../src/protocol/crypto-noble.js';
 import { nodeCrypto } from '../src/protocol/crypto-node.js';
 import type { ProtocolError } from '../src/protocol/errors.js';
 import type { ConnectionTimers } from '../src/protocol/limits.js';
-import { CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../src/protocol/messages.js';
+import { CAP_CUT_THROUGH, CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../src/protocol/messages.js';
 import { RedirectFollower } from '../src/agent/redirect.js';
 import { pino } from 'pino';
 import { Session } from '../src/protocol/session.js';
@@ -54,7 +54,8 @@ interface Incoming {
   filename: string;
   size: number;
   got: number;
-  sha256: string;
+  /** Absent until FILE_END for a cut-through file (PROTOCOL 7.18). */
+  sha256: string | undefined;
   hash: Hash | undefined;
 }
 
@@ -195,7 +196,7 @@ export class LightAgent {
       this.send(MessageType.RECEIVED, { id });
       this.send(MessageType.RESULT, { id, status: 'handled' });
     }
-    this.send(MessageType.HELLO, { agent: AGENT, partial: [], ...(this.follower ? { caps: [CAP_REDIRECT] } : {}) });
+    this.send(MessageType.HELLO, { agent: AGENT, partial: [], caps: this.follower ? [CAP_REDIRECT, CAP_CUT_THROUGH] : [CAP_CUT_THROUGH] });
   }
 
   private send<T extends MessageType>(type: T, header: Headers[T]): void {
@@ -207,6 +208,13 @@ export class LightAgent {
     switch (m.type) {
       case MessageType.FILE: {
         const h = m.header;
+        const before = this.incoming;
+        if (before && before.id === h.id && before.got === h.offset && h.offset > 0) {
+          // The rest of a cut-through file the relay let go, from where it stopped (PROTOCOL 7.18).
+          before.sha256 = h.sha256;
+          if (before.got >= before.size && before.sha256 !== undefined) this.complete();
+          return;
+        }
         this.incoming = undefined;
         this.skipping = undefined;
         if (this.seen.has(h.id)) {
@@ -223,16 +231,27 @@ export class LightAgent {
           sha256: h.sha256,
           hash: this.o.hash && h.offset === 0 ? createHash('sha256') : undefined,
         };
-        if (h.offset >= h.size) this.complete();
+        if (h.offset >= h.size && h.sha256 !== undefined) this.complete();
+        return;
+      }
+      case MessageType.FILE_END: {
+        // PROTOCOL 7.18: the relay stored the file; its hash ends it.
+        if (this.skipping === m.header.id) return;
+        const t = this.incoming;
+        if (!t || t.id !== m.header.id || t.got < t.size) throw Object.assign(new Error('FILE_END without its whole file'), { code: 'DW_BAD_MESSAGE' });
+        t.sha256 = m.header.sha256;
+        this.complete();
         return;
       }
       case MessageType.CHUNK: {
         if (this.skipping === m.header.id) return;
         const t = this.incoming;
         if (!t || t.id !== m.header.id) throw Object.assign(new Error('CHUNK without its FILE'), { code: 'DW_BAD_MESSAGE' });
-        t.got += m.body.length;
-        t.hash?.update(m.body);
-        if (t.got >= t.size) this.complete();
+        for (const part of m.parts) {
+          t.got += part.length;
+          t.hash?.update(part);
+        }
+        if (t.got >= t.size && t.sha256 !== undefined) this.complete();
         return;
       }
       case MessageType.CONFIRM:

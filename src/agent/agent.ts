@@ -5,7 +5,7 @@ import type { CryptoBackend, KeyPair } from '../protocol/crypto.js';
 import { nodeCrypto } from '../protocol/crypto-node.js';
 import { ProtocolError } from '../protocol/errors.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
-import { CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
+import { CAP_CUT_THROUGH, CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
 import { parseTransportMode, type TransportMode } from '../transport/address.js';
 import { Dialer, type Backoff } from '../transport/dialer.js';
@@ -393,7 +393,11 @@ export class Agent {
       this.send(MessageType.RECEIVED, { id: e.id });
       if (e.state === 'done' && e.status) this.send(MessageType.RESULT, resultHeader(e.id, e.status, e.code, e.result));
     }
-    this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials(), caps: [CAP_REDIRECT] });
+    // PROTOCOL 7.18: a cut-through file whose FILE_END did not come on the stream that ended is dropped (the
+    // relay may never have stored it); a stored one is delivered again.
+    for (const id of this.cutParts) if (!this.journal.get(id)) this.spool.remove(id);
+    this.cutParts.clear();
+    this.send(MessageType.HELLO, { agent: agentProduct(), partial: this.spool.partials(), caps: [CAP_REDIRECT, CAP_CUT_THROUGH] });
     for (const w of this.drainWaiters.splice(0)) w();
     this.streaming = true;
     this.sender.newStream(); // PROTOCOL 7.14: unfinished uploads are offered again
@@ -446,8 +450,10 @@ export class Agent {
         }
         if (h.offset > 0) log.info({ id: h.id, offset: h.offset, size: h.size }, 'transfer resumed from the bytes on disk');
         this.incoming = { from: h.from, filename: h.filename, sealed: h.sealed === true };
+        if (h.sha256 === undefined) this.cutParts.add(h.id);
+        else this.cutParts.delete(h.id);
         // All bytes may already be on disk (a stop between the last write and the rename).
-        if (this.transfer.complete) this.complete();
+        if (this.transfer.ready) this.complete();
         return;
       }
       case MessageType.CHUNK: {
@@ -455,7 +461,19 @@ export class Agent {
         const t = this.transfer;
         if (!t || t.id !== m.header.id) throw Object.assign(new Error('CHUNK without its FILE'), { code: 'DW_BAD_MESSAGE' });
         for (const part of m.parts) t.write(part);
-        if (t.complete) this.complete();
+        if (t.ready) this.complete();
+        return;
+      }
+      case MessageType.FILE_END: {
+        // PROTOCOL 7.18: the relay stored the cut-through file; its hash is the file's end.
+        if (this.skipping === m.header.id) return;
+        const t = this.transfer;
+        if (!t || t.id !== m.header.id || t.sha256 !== undefined || !t.complete) {
+          throw Object.assign(new Error('FILE_END without its whole cut-through file'), { code: 'DW_BAD_MESSAGE' });
+        }
+        this.cutParts.delete(t.id);
+        t.sha256 = m.header.sha256;
+        this.complete();
         return;
       }
       case MessageType.CONFIRM:
@@ -479,6 +497,7 @@ export class Agent {
         this.redirects.onRedirect(m.header);
         return;
       case MessageType.CANCEL:
+        this.cutParts.delete(m.header.id);
         if (this.transfer?.id === m.header.id) {
           this.transfer.abandon();
           this.transfer = undefined;
@@ -492,6 +511,8 @@ export class Agent {
   }
 
   private incoming: { from: string; filename: string; sealed: boolean } = { from: '', filename: '', sealed: false };
+  /** Cut-through files (PROTOCOL 7.18) begun on this stream whose FILE_END has not come. */
+  private readonly cutParts = new Set<string>();
 
   private complete(): void {
     const t = this.transfer!;
@@ -507,7 +528,7 @@ export class Agent {
     // PROTOCOL 12.4: a sealed file is opened before it counts as received; a tampered one is rejected.
     const badSeal = sealed ? openSealed(this.spool.filePath(t.id, filename), { recipientPrivate: this.keys.privateKey, sender: from, filename }) : undefined;
     try {
-      this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256 }, Date.now());
+      this.journal.received({ id: t.id, from, filename, size: t.size, sha256: t.sha256! }, Date.now());
     } catch (err) {
       // Not in the journal, so not acknowledged: the relay sends it again. Free its space meanwhile.
       this.spool.remove(t.id);

@@ -83,12 +83,12 @@ export class Spool {
   }
 }
 
-/** What a FILE message says about the file (PROTOCOL 7.2). */
+/** What a FILE message says about the file (PROTOCOL 7.4); no `sha256` yet for cut-through (7.18). */
 export interface TransferHeader {
   id: string;
   filename: string;
   size: number;
-  sha256: string;
+  sha256?: string | undefined;
   offset: number;
 }
 
@@ -98,7 +98,8 @@ export class Transfer {
   readonly id: string;
   readonly filename: string;
   readonly size: number;
-  readonly sha256: string;
+  /** The whole file's SHA-256: from FILE, or, for cut-through (PROTOCOL 7.18), from FILE_END. */
+  sha256: string | undefined;
   /** Where this transfer started (bytes already on disk that were kept). */
   readonly resumedFrom: number;
   written: number;
@@ -138,6 +139,11 @@ export class Transfer {
     return this.written >= this.size;
   }
 
+  /** Every byte is here and the hash to check them against is known: `finish` may run. */
+  get ready(): boolean {
+    return this.complete && this.sha256 !== undefined;
+  }
+
   write(bytes: Uint8Array): void {
     if (this.written + bytes.length > this.size) throw new DropwireError('DW_BAD_MESSAGE', `more bytes than the ${this.size} announced for ${this.id}`);
     let off = 0;
@@ -157,6 +163,7 @@ export class Transfer {
     } finally {
       fs.closeSync(this.fd);
     }
+    if (this.sha256 === undefined) throw new DropwireError('DW_BAD_MESSAGE', `no SHA-256 to check ${this.id} against`);
     const digest = this.hash.digest('hex');
     if (digest !== this.sha256) {
       fs.rmSync(this.spool.partPath(this.id), { force: true });

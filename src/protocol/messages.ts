@@ -26,6 +26,7 @@ export const MessageType = {
   STATUS: 16,
   REDIRECT: 17,
   REDIRECT_REFUSED: 18,
+  FILE_END: 19,
 } as const;
 export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
@@ -36,8 +37,11 @@ export interface Headers {
    * `agent` names what it runs, `dropwire/<version> (<commit>)` (PROTOCOL 7.3).
    */
   [MessageType.HELLO]: { agent: string; partial: { id: string; have: number }[]; caps?: string[] };
-  /** Relay → agent: a file follows from `offset` in CHUNKs. */
-  [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256: string; offset: number; createdAt: number; sealed?: boolean };
+  /**
+   * Relay → agent: a file follows from `offset` in CHUNKs. Without `sha256` (cut-through, PROTOCOL 7.18, only
+   * to an agent that listed CAP_CUT_THROUGH) the hash comes after the last CHUNK, in FILE_END.
+   */
+  [MessageType.FILE]: { id: string; from: string; filename: string; size: number; sha256?: string; offset: number; createdAt: number; sealed?: boolean };
   /** Relay → agent: the next bytes of the current file `id`. */
   [MessageType.CHUNK]: { id: string };
   /** Agent → relay: the file is complete on the host's disk (fsync'd) and its SHA-256 matched. */
@@ -70,10 +74,14 @@ export interface Headers {
   [MessageType.REDIRECT]: { rid: string; to: string; deadline: number };
   /** Agent → relay (PROTOCOL 7.17): the agent stays where it is; `code` says why. */
   [MessageType.REDIRECT_REFUSED]: { rid: string; code: string };
+  /** Relay → agent (PROTOCOL 7.18): the cut-through file `id` is stored durably; its whole SHA-256. */
+  [MessageType.FILE_END]: { id: string; sha256: string };
 }
 
 /** PROTOCOL 7.3: the capability an agent lists in HELLO `caps` when it understands REDIRECT (7.16). */
 export const CAP_REDIRECT = 'redirect';
+/** PROTOCOL 7.18: the capability an agent lists in HELLO `caps` when it takes cut-through files (FILE_END). */
+export const CAP_CUT_THROUGH = 'cut-through';
 /** PROTOCOL 7.16: a request id is 16 bytes, written as 32 lowercase hex digits. */
 export const isRequestId = (x: unknown): x is string => typeof x === 'string' && /^[0-9a-f]{32}$/.test(x);
 const KNOWN_TYPES: ReadonlySet<number> = new Set(Object.values(MessageType));
@@ -100,6 +108,27 @@ export function encodeMessage<T extends MessageType>(type: T, header: Headers[T]
   v.setUint32(3, body.length);
   head.set(h, PREFIX);
   return body.length > 0 ? [head, body] : [head];
+}
+
+/**
+ * Like `encodeMessage`, with a body given as several pieces (sent as they are, never joined): a CHUNK made
+ * of the pieces an upload arrived in (PROTOCOL 7.18).
+ */
+export function encodeMessageParts<T extends MessageType>(type: T, header: Headers[T], parts: readonly Uint8Array[]): Uint8Array[] {
+  let length = 0;
+  for (const p of parts) length += p.length;
+  const h = enc.encode(JSON.stringify(header));
+  if (h.length > MAX_MESSAGE_HEADER) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `header ${h.length} > ${MAX_MESSAGE_HEADER}`);
+  if (length > MAX_MESSAGE_BODY) throw new ProtocolError(ProtocolCode.MESSAGE_TOO_LARGE, `body ${length} > ${MAX_MESSAGE_BODY}`);
+  const head = new Uint8Array(PREFIX + h.length);
+  const v = new DataView(head.buffer);
+  head[0] = type;
+  v.setUint16(1, h.length);
+  v.setUint32(3, length);
+  head.set(h, PREFIX);
+  const out: Uint8Array[] = [head];
+  for (const p of parts) if (p.length > 0) out.push(p);
+  return out;
 }
 
 /** PROTOCOL 7.3: the relay keeps at most this many characters of a HELLO's `agent` as the device's agent version. */
@@ -134,7 +163,9 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
       break;
     }
     case MessageType.FILE:
-      for (const f of ['id', 'from', 'filename', 'sha256'] as const) if (!isStr(h[f])) throw fail(f);
+      for (const f of ['id', 'from', 'filename'] as const) if (!isStr(h[f])) throw fail(f);
+      // PROTOCOL 7.18: absent in a cut-through FILE (the hash follows in FILE_END).
+      if (h.sha256 !== undefined && !isStr(h.sha256)) throw fail('sha256');
       for (const f of ['size', 'offset', 'createdAt'] as const) if (!isCount(h[f])) throw fail(f);
       if ((h.offset as number) > (h.size as number)) throw fail('offset');
       if (h.sealed !== undefined && typeof h.sealed !== 'boolean') throw fail('sealed');
@@ -202,6 +233,10 @@ function checkHeader(type: number, h: Record<string, unknown>): Message {
     case MessageType.REDIRECT_REFUSED:
       if (!isRequestId(h.rid)) throw fail('rid');
       if (typeof h.code !== 'string' || !/^DW_[A-Z0-9_]{1,60}$/.test(h.code)) throw fail('code');
+      break;
+    case MessageType.FILE_END:
+      if (!isStr(h.id)) throw fail('id');
+      if (typeof h.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(h.sha256)) throw fail('sha256');
       break;
     case MessageType.RESTART:
       if (!isStr(h.id)) throw fail('id');

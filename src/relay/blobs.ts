@@ -7,6 +7,9 @@ import { diskBodyReader, receiveBody, type BodySink, type BodyStorage, type Rece
 
 export { INLINE_MAX, type BodyStorage, type ReceivedBody } from './body-storage.js';
 
+/** A large body is flushed to the disk in the background after every this many bytes written. */
+export const SYNC_EVERY = 8 * 1024 * 1024;
+
 /**
  * Message bodies on the relay's disk: large ones stream into `blobs/tmp`, are fsync'd and renamed into
  * `blobs/` before the message is stored; never whole in memory.
@@ -29,11 +32,25 @@ export class Blobs implements BodyStorage {
     const tmpPath = path.join(this.tmp, id); // message ids are unique
     return receiveBody(stream, limit, async (): Promise<BodySink> => {
       let fh: fsp.FileHandle | undefined = await fsp.open(tmpPath, 'w', 0o600);
+      // Written pages go to the disk while the rest arrives, so that the fsync before the 202 (and, with
+      // cut-through, before the device may have the file: PROTOCOL 7.18) has only the last few MiB left.
+      let unsynced = 0;
+      let syncing: Promise<void> | undefined;
       return {
         write: async (parts) => {
           await fh!.writev(parts);
+          for (const p of parts) unsynced += p.length;
+          if (unsynced >= SYNC_EVERY && !syncing) {
+            unsynced = 0;
+            const f = fh!;
+            syncing = f.datasync().then(
+              () => void (syncing = undefined),
+              () => void (syncing = undefined), // the fsync in finish() decides
+            );
+          }
         },
         finish: async () => {
+          await syncing;
           await fh!.sync();
           await fh!.close();
           fh = undefined;
@@ -43,6 +60,7 @@ export class Blobs implements BodyStorage {
           return final;
         },
         abort: async () => {
+          await syncing;
           await fh?.close().catch(() => {});
           await fsp.rm(tmpPath, { force: true });
         },

@@ -7,6 +7,7 @@ import busboy from 'busboy';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import { INLINE_MAX, type BodyStorage } from './body-storage.js';
+import type { CutThrough } from './cut-through.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
 import { cancelMessage, RESERVED_KEY_PREFIX, retryLinks, retryMessage, type MessageActionDeps } from './message-actions.js';
@@ -376,7 +377,7 @@ export class HttpApi {
   }
 
   private async postMessage(req: http.IncomingMessage, res: http.ServerResponse, url: URL, token: TokenRecord): Promise<void> {
-    const { store, hub, blobs, log, maxBody } = this.o;
+    const { hub, maxBody } = this.o;
     const to = url.searchParams.get('to') ?? '';
     if (!to) throw new HttpError(400, 'DW_BAD_REQUEST', 'query parameter "to" is required');
     // One answer for "no such device" and "not yours": a scoped token cannot probe device names.
@@ -396,13 +397,36 @@ export class HttpApi {
       throw new HttpError(400, 'DW_BAD_REQUEST', `Idempotency-Key may not start with '${RESERVED_KEY_PREFIX}' (kept for the relay's retries)`);
     }
     const multipart = /^multipart\/form-data/i.test(req.headers['content-type'] ?? '');
-    let filename = url.searchParams.get('filename') ?? '';
+    const filename = url.searchParams.get('filename') ?? '';
     if (!filename && !multipart) throw filenameRequired();
     checkFilename(filename, true);
     const now = this.now();
     const id = messageId(now);
 
     const endUpload = this.startUpload(token);
+    // PROTOCOL 7.18: a body of known size beyond INLINE_MAX may go to the device while it arrives; the hash,
+    // and so the file, reaches the device only once the message is stored (below). Multipart bodies
+    // (size unknown until their end) and every case the hub declines go store-and-forward.
+    let ct: CutThrough | undefined;
+    if (!multipart && Number.isSafeInteger(declared) && declared > INLINE_MAX && declared <= maxBody && validFilename(filename) && (!sealed || plainSize(declared) !== undefined)) {
+      ct = hub.cutThrough({ id, to, from: token.name, filename, size: declared, createdAt: now, ...(sealed ? { sealed: true } : {}) });
+    }
+    try {
+      await this.receiveMessage(req, res, { token, to, id, now, ct, multipart, filename, deadline, ttl, allowEmpty, sealed, ikey, endUpload });
+    } catch (err) {
+      ct?.abort();
+      throw err;
+    }
+  }
+
+  private async receiveMessage(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    a: { token: TokenRecord; to: string; id: string; now: number; ct: CutThrough | undefined; multipart: boolean; filename: string; deadline: number; ttl: number | undefined; allowEmpty: boolean; sealed: boolean; ikey: string | undefined; endUpload: () => void },
+  ): Promise<void> {
+    const { store, hub, blobs, log, maxBody } = this.o;
+    const { token, to, id, now, ct, multipart, deadline, ttl, allowEmpty, sealed, ikey, endUpload } = a;
+    let filename = a.filename;
     let received;
     // Ends the body read: the idle timer (408), or the client leaving mid-body.
     const stop = new AbortController();
@@ -426,10 +450,11 @@ export class HttpApi {
           if (received?.bodyPath) await blobs.remove(received.bodyPath);
           throw new HttpError(400, 'DW_BAD_REQUEST', `bad multipart body: ${(err as Error).message}`);
         }
-      } else if (Number.isFinite(declared) && declared <= Math.min(INLINE_MAX, maxBody)) {
+      } else if (!ct && smallDeclared(req, maxBody)) {
         received = await receiveSmallBody(req, stop.signal);
       } else {
-        received = await blobs.receive(untilAborted(req, stop.signal), id, maxBody);
+        const body = untilAborted(req, stop.signal);
+        received = await blobs.receive(ct ? ct.tap(body) : body, id, maxBody);
       }
     } catch (err) {
       if ((err as DropwireError).code === 'DW_TOO_LARGE') {
@@ -472,6 +497,9 @@ export class HttpApi {
       ...(ttl !== undefined ? { expiresAt: now + ttl * 1000 } : {}),
       ...(sealed ? { sealed: true } : {}),
     });
+    // PROTOCOL 7.18: the device may now have the hash (FILE_END): the message is durable.
+    if (created && received.size === ct?.size) ct.stored(message);
+    else ct?.abort();
     if (!created && received.bodyPath) await blobs.remove(received.bodyPath);
     if (!created && (message.sha256 !== received.sha256 || message.to !== to || message.filename !== filename)) {
       const what = [message.to !== to && 'to', message.filename !== filename && 'filename', message.sha256 !== received.sha256 && 'body'].filter(Boolean);
@@ -686,12 +714,22 @@ function send(res: http.ServerResponse, status: number, body: unknown, headers: 
   res.end(text);
 }
 
+/** A Content-Length small enough for the body to be kept inline (small-body.ts reads it). */
+function smallDeclared(req: http.IncomingMessage, maxBody: number): boolean {
+  const declared = Number(req.headers['content-length'] ?? NaN);
+  return Number.isFinite(declared) && declared <= Math.min(INLINE_MAX, maxBody);
+}
+
 const unknownDevice = (name: string) => new HttpError(404, 'DW_UNKNOWN_DEVICE', `no device named '${name}' that this token may send to`);
 
 const filenameRequired = () =>
   new HttpError(400, 'DW_BAD_NAME', 'a file name is required: add ?filename=NAME to the URL (or send multipart/form-data with a file name)');
 
 /** 1 to MAX_FILENAME_BYTES bytes, no NUL; `partial`: an empty name is not (yet) an error. */
+function validFilename(name: string): boolean {
+  return name !== '' && Buffer.byteLength(name) <= MAX_FILENAME_BYTES && !name.includes('\0');
+}
+
 function checkFilename(name: string, partial: boolean): void {
   if (partial && name === '') return;
   if (Buffer.byteLength(name) > MAX_FILENAME_BYTES || name.includes('\0')) {

@@ -7,12 +7,13 @@ import { ProtocolCode } from '../protocol/errors.js';
 import { HelloKind, isFresh, type ClientHello } from '../protocol/hello.js';
 import type { ConnectionTimers, SessionLimits } from '../protocol/limits.js';
 import { exportSession, restoreSession, type SessionHandoverState } from '../protocol/handover.js';
-import { agentVersionOf, CAP_REDIRECT, encodeMessage, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
+import { agentVersionOf, CAP_CUT_THROUGH, CAP_REDIRECT, encodeMessage, encodeMessageParts, MessageDecoder, MessageType, type Headers, type Message } from '../protocol/messages.js';
 import { Session } from '../protocol/session.js';
 import type { Link } from '../transport/link.js';
 import { random } from '../transport/identity.js';
 import type { Logger } from '../shared/log.js';
 import { diskBodyReader, type BodyReader } from './body-storage.js';
+import { CutThrough } from './cut-through.js';
 import type { EventFeed } from './events.js';
 import { FINAL_STATUSES, type MessageRecord, type MessageStatus, type Store } from './store/types.js';
 
@@ -135,6 +136,12 @@ interface Peer {
   sentTo: Map<string, string> | undefined;
   /** The agent listed `redirect` in HELLO `caps` (PROTOCOL 7.3): it may be sent REDIRECT. */
   redirectable?: boolean;
+  /** The agent listed `cut-through` in HELLO `caps` (PROTOCOL 7.18): it may be sent a file as it arrives. */
+  cutThrough?: boolean;
+  /** Files this stream carried whole by cut-through (FILE_END sent): the delivery loop skips them once. */
+  cutDone?: Set<string> | undefined;
+  /** The upload being delivered as it arrives, if any. */
+  cut?: CutThrough | undefined;
   /** Taken over by HANDOVER: how far the old node had put its stream on the wire (for the re-sent count). */
   handedWire?: number;
 }
@@ -272,6 +279,7 @@ export class Hub extends EventEmitter {
     if (!p || p.session.closed) return undefined;
     const ready = p.ready;
     p.gen++; // the delivery loop stops before its next write
+    p.cut?.drop();
     p.ready = false;
     clearTimeout(p.linger);
     const link = p.link;
@@ -306,6 +314,7 @@ export class Hub extends EventEmitter {
       resend: Object.fromEntries(p.resend ?? []),
       sentTo: Object.fromEntries(p.sentTo ?? []),
       redirectable: p.redirectable === true,
+      cutThrough: p.cutThrough === true,
     });
     p.session.close();
     this.forget(p);
@@ -574,10 +583,11 @@ export class Hub extends EventEmitter {
     if (old) this.retire(old, ProtocolCode.SESSION_LOST);
     const p = this.newPeer(device);
     p.session = restoreSession(state, this.o.limits ?? {});
-    const st = state.state as { ready?: boolean; cursor?: number; partial?: Record<string, number>; resend?: Record<string, number>; sentTo?: Record<string, string>; redirectable?: boolean };
+    const st = state.state as { ready?: boolean; cursor?: number; partial?: Record<string, number>; resend?: Record<string, number>; sentTo?: Record<string, string>; redirectable?: boolean; cutThrough?: boolean };
     p.ready = st.ready === true;
     p.cursor = st.cursor ?? 0;
     p.redirectable = st.redirectable === true;
+    p.cutThrough = st.cutThrough === true;
     if (st.partial && Object.keys(st.partial).length > 0) p.partial = new Map(Object.entries(st.partial));
     if (st.resend && Object.keys(st.resend).length > 0) p.resend = new Map(Object.entries(st.resend));
     if (st.sentTo && Object.keys(st.sentTo).length > 0) p.sentTo = new Map(Object.entries(st.sentTo));
@@ -622,12 +632,15 @@ export class Hub extends EventEmitter {
     p.handoff = [];
     p.partial = undefined;
     p.resend = undefined;
+    p.cutDone = undefined;
+    p.cut?.drop();
     p.decoder = new MessageDecoder();
     for (const w of p.drainWaiters.splice(0)) w();
   }
 
   private retire(p: Peer, code: string): void {
     p.gen++;
+    p.cut?.drop();
     p.ready = false;
     clearTimeout(p.linger);
     const link = p.link;
@@ -660,6 +673,7 @@ export class Hub extends EventEmitter {
       case MessageType.HELLO: {
         for (const { id, have } of m.header.partial) (p.partial ??= new Map()).set(id, have);
         p.redirectable = m.header.caps?.includes(CAP_REDIRECT) === true;
+        p.cutThrough = m.header.caps?.includes(CAP_CUT_THROUGH) === true;
         const version = agentVersionOf(m.header.agent); // PROTOCOL 7.3; shown by GET /v1/devices/NAME
         if (version) this.recordAgentVersion(p.device, version).catch(() => {});
         // Outcomes the agent re-sent before HELLO are being stored; deliver after they are.
@@ -918,6 +932,10 @@ export class Hub extends EventEmitter {
       for (const { message: m, body } of batch) {
         if (m.seq <= p.cursor) continue; // handed over and also found by a query
         if (!live() || away()) return;
+        if (p.cutDone?.delete(m.id)) {
+          p.cursor = m.seq; // carried whole, FILE_END included, while it was uploaded (PROTOCOL 7.18)
+          continue;
+        }
         if (this.stopped.has(m.id) || (m.expiresAt !== undefined && m.expiresAt <= this.now())) {
           p.cursor = m.seq;
           continue; // the deadline sweeper marks it expired
@@ -941,17 +959,7 @@ export class Hub extends EventEmitter {
     p.sentTo.set(m.id, m.from);
     // `sent` is a lazy write: the store holds it and writes it with the message's outcome (or with a later
     // commit), before the host's `received`; it is told (the 'status' event) once it is durable.
-    if (m.status === 'queued' || from > 0) {
-      const at = this.now();
-      store
-        .setStatus([{ id: m.id, status: 'sent', at, ...(from > 0 ? { detail: { offset: from } } : {}) }], { lazy: true })
-        .then(([applied]) => {
-          if (!applied) return;
-          this.o.feed?.notify();
-          this.emit('status', { id: m.id, to: m.to, from: m.from, status: 'sent', at } satisfies StatusEvent);
-        })
-        .catch((err: unknown) => log.error({ err, id: m.id }, 'could not store a status'));
-    }
+    if (m.status === 'queued' || from > 0) this.markSent(m, from);
     this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, sha256: m.sha256, offset: from, createdAt: m.createdAt, ...(m.sealed ? { sealed: true } : {}) });
     const before = this.progress.get(m.id);
     if (before !== undefined) {
@@ -983,6 +991,92 @@ export class Hub extends EventEmitter {
       if (!ok) await this.drained(p, gen);
       if (p.gen !== gen || p.session.closed || this.stopped.has(m.id)) return;
     }
+  }
+
+  /** Stores `sent` (not awaited: its group commit is scheduled ahead of the pump that sends the bytes). */
+  private markSent(m: MessageRecord, from: number): void {
+    const at = this.now();
+    this.o.store
+      .setStatus([{ id: m.id, status: 'sent', at, ...(from > 0 ? { detail: { offset: from } } : {}) }], { lazy: true })
+      .then(([applied]) => {
+        if (!applied) return;
+        this.o.feed?.notify();
+        this.emit('status', { id: m.id, to: m.to, from: m.from, status: 'sent', at } satisfies StatusEvent);
+      })
+      .catch((err: unknown) => this.o.log.error({ err, id: m.id }, 'could not store a status'));
+  }
+
+  // --- cut-through (PROTOCOL 7.18) ----------------------------------------------------------------
+
+  /**
+   * Starts delivering an upload to its device while it arrives, when that device is here, connected, caught
+   * up, idle and takes cut-through; undefined otherwise (the message goes store-and-forward). The caller
+   * passes the upload through `tap`, then calls `stored` once the message is durable or `abort`.
+   */
+  cutThrough(m: { id: string; to: string; from: string; filename: string; size: number; createdAt: number; sealed?: boolean }): CutThrough | undefined {
+    const p = this.peers.get(m.to);
+    if (!p || this.closed || p.cutThrough !== true || !p.ready || p.delivering || !p.caughtUp || p.dirty) return undefined;
+    if (p.handoff.length > 0 || (p.resend?.size ?? 0) > 0 || p.session.closed || p.link?.connection.isEstablished !== true) return undefined;
+    const ct = new CutThrough(m.id, m.size);
+    p.cut = ct;
+    p.delivering = true; // the stream is this file's until it ends: no other FILE in between
+    const gen = p.gen;
+    this.runCutThrough(p, gen, ct, m)
+      .catch((err: unknown) => this.o.log.error({ err, device: p.device, id: m.id }, 'cut-through delivery failed'))
+      .finally(() => {
+        ct.detach();
+        if (p.cut === ct) p.cut = undefined;
+        p.delivering = false;
+        if (p.ready && (p.dirty || p.handoff.length > 0 || (p.resend?.size ?? 0) > 0 || p.gen !== gen)) this.deliver(p);
+      });
+    return ct;
+  }
+
+  private async runCutThrough(p: Peer, gen: number, ct: CutThrough, m: { id: string; to: string; from: string; filename: string; size: number; createdAt: number; sealed?: boolean }): Promise<void> {
+    // A cancel granted once the message is stored (7.10): no byte more (hub.cancel sent CANCEL).
+    const live = () => p.gen === gen && !p.session.closed && !this.closed && !this.stopped.has(m.id);
+    p.sentTo ??= new Map();
+    if (p.sentTo.size >= SENT_TO_MAX) p.sentTo.clear();
+    p.sentTo.set(m.id, m.from);
+    this.send(p, MessageType.FILE, { id: m.id, from: m.from, filename: m.filename, size: m.size, offset: 0, createdAt: m.createdAt, ...(m.sealed ? { sealed: true } : {}) });
+    this.o.log.debug({ id: m.id, device: p.device, size: m.size }, 'sending file as it arrives');
+    let pos = 0;
+    this.progress.set(m.id, 0);
+    while (live()) {
+      const parts = await ct.take(CHUNK_SIZE);
+      if (parts === undefined || !live()) break;
+      let ok = true;
+      for (const part of encodeMessageParts(MessageType.CHUNK, { id: m.id }, parts)) ok = p.session.write(part);
+      this.schedulePump(p);
+      for (const part of parts) pos += part.length;
+      this.progress.set(m.id, pos);
+      if (!ok) await this.drained(p, gen);
+    }
+    ct.detach();
+    const end = await ct.ended();
+    if (end === undefined) return; // the stream ended: the agent drops its part; delivered from storage
+    if ('aborted' in end) {
+      this.progress.delete(m.id);
+      p.sentTo.delete(m.id);
+      // Nothing of it may be handled: the agent drops its part (a new stream drops it anyway).
+      if (live()) this.send(p, MessageType.CANCEL, { id: m.id });
+      return;
+    }
+    const stored = end.stored;
+    if (!live()) return; // a new stream (the agent dropped its part) or a cancel: nothing more here
+    if (pos < m.size) {
+      // The device fell behind (or the link went): the rest goes store-and-forward from here (7.18).
+      (p.partial ??= new Map()).set(m.id, pos);
+      this.o.log.info({ id: m.id, device: p.device, offset: pos, size: m.size }, 'cut-through let go; the rest follows from the stored body');
+      return;
+    }
+    // PROTOCOL 7.18: the hash, the end of the file for the agent, only once the message is durable.
+    this.markSent(stored, 0);
+    this.send(p, MessageType.FILE_END, { id: m.id, sha256: stored.sha256 });
+    p.cutDone ??= new Set();
+    // Bounded like sentTo: forgetting one costs at most a FILE the agent's journal answers (7.13).
+    if (p.cutDone.size >= SENT_TO_MAX) p.cutDone.clear();
+    p.cutDone.add(m.id);
   }
 
   private drained(p: Peer, gen: number): Promise<void> {

@@ -127,6 +127,7 @@ const headerArbs: { [T in MessageType]: fc.Arbitrary<Record<string, unknown>> } 
   ),
   [MessageType.REDIRECT]: fc.record({ rid: fc.uint8Array({ minLength: 16, maxLength: 16 }).map(hex), to: idArb, deadline: countArb }),
   [MessageType.REDIRECT_REFUSED]: fc.record({ rid: fc.uint8Array({ minLength: 16, maxLength: 16 }).map(hex), code: fc.constantFrom('DW_REDIRECT_REFUSED', 'DW_REDIRECT_TIMEOUT', 'DW_X') }),
+  [MessageType.FILE_END]: fc.record({ id: idArb, sha256: sha256Arb }),
 };
 
 const messageArb = fc
@@ -359,6 +360,7 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
     [MessageType.STATUS]: { id: 'm1', status: 'handled', result: { exitCode: 0 } },
     [MessageType.REDIRECT]: { rid: '00112233445566778899aabbccddeeff', to: '127.0.0.1:7391', deadline: 1700000010000 },
     [MessageType.REDIRECT_REFUSED]: { rid: '00112233445566778899aabbccddeeff', code: 'DW_REDIRECT_REFUSED' },
+    [MessageType.FILE_END]: { id: 'f1', sha256: 'ab'.repeat(32) },
   };
   const notString = [undefined, null, 1, true, [], {}];
   const notId = [...notString, '', 'x'.repeat(1025)];
@@ -366,7 +368,11 @@ describe('message headers are checked field by field (PROTOCOL 7)', () => {
   const bad: [MessageType, string, unknown[]][] = [
     [MessageType.HELLO, 'agent', notString],
     [MessageType.HELLO, 'partial', [undefined, null, {}, 'x', [null], [1], [{ id: '', have: 1 }], [{ id: 'a', have: -1 }], [{ id: 'a' }], Array(10_001).fill({ id: 'a', have: 0 })]],
-    ...(['id', 'from', 'filename', 'sha256'] as const).map((f): [MessageType, string, unknown[]] => [MessageType.FILE, f, notId]),
+    ...(['id', 'from', 'filename'] as const).map((f): [MessageType, string, unknown[]] => [MessageType.FILE, f, notId]),
+    // PROTOCOL 7.18: a FILE may leave `sha256` out (cut-through: it follows in FILE_END), never give a bad one.
+    [MessageType.FILE, 'sha256', notId.filter((x) => x !== undefined)],
+    [MessageType.FILE_END, 'id', notId],
+    [MessageType.FILE_END, 'sha256', [...notString, 'AB'.repeat(32), 'ab'.repeat(31)]],
     ...(['size', 'offset', 'createdAt'] as const).map((f): [MessageType, string, unknown[]] => [MessageType.FILE, f, notCount]),
     [MessageType.FILE, 'offset', [11]], // past the size
     [MessageType.CHUNK, 'id', notId],
