@@ -154,6 +154,8 @@ interface Handoff {
 
 /** A peer remembers at most this many streamed, unfinished messages (beyond, reports read the store). */
 const SENT_TO_MAX = 4_096;
+/** How often a file may fail the host's SHA-256 check before it ends failed (PROTOCOL 7.9). */
+const CHECKSUM_TRIES = 3;
 /** Stopped (expired, cancelled) message ids remembered by the hub. */
 const STOPPED_MAX = 100_000;
 
@@ -707,6 +709,7 @@ export class Hub extends EventEmitter {
         return;
       case MessageType.RESTART:
         this.o.log.warn({ device: p.device, id: m.header.id, code: m.header.code }, 'agent asked for a file again');
+        if (m.header.code === 'DW_CHECKSUM' && this.checksumFailed(p, m.header.id)) return;
         (p.resend ??= new Map()).set(m.header.id, m.header.offset);
         p.dirty = true;
         this.deliver(p);
@@ -715,6 +718,28 @@ export class Hub extends EventEmitter {
         if (this.sender?.onMessage(p.device, m, this.replyTo(p))) return;
         throw Object.assign(new Error(`message type ${m.type} is not for the relay`), { code: ProtocolCode.BAD_MESSAGE });
     }
+  }
+
+  /** Files whose bytes failed the host's SHA-256 check, by id: how often (bounded like sentTo). */
+  private readonly checksumRestarts = new Map<string, number>();
+
+  /**
+   * PROTOCOL 7.9: a file that fails the host's check CHECKSUM_TRIES times (its bytes on the way or on the
+   * relay's disk are not what was stored) ends `failed` with DW_CHECKSUM, handled nowhere; the agent is told
+   * CANCEL. Before that, it is sent again from the start.
+   */
+  private checksumFailed(p: Peer, id: string): boolean {
+    const n = (this.checksumRestarts.get(id) ?? 0) + 1;
+    if (n < CHECKSUM_TRIES) {
+      if (this.checksumRestarts.size >= SENT_TO_MAX) this.checksumRestarts.clear();
+      this.checksumRestarts.set(id, n);
+      return false;
+    }
+    this.checksumRestarts.delete(id);
+    this.o.log.error({ device: p.device, id, tries: n }, 'the host found the file\'s bytes wrong every time; the message failed');
+    const result = { code: 'DW_CHECKSUM', reason: `the bytes the host received did not match the file's SHA-256, ${n} times` };
+    this.report(p, id, 'failed', result, () => this.send(p, MessageType.CANCEL, { id }));
+    return true;
   }
 
   /** Writes to this peer's current stream only: a later stream (or a retired session) drops the answer. */

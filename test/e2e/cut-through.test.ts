@@ -199,6 +199,30 @@ describe('cut-through (PROTOCOL 7.18)', () => {
     expect(rec.runs().filter((r) => r.id === part.id)).toEqual([{ id: part.id, sha: sha256(body), name: 'stall.bin' }]);
     await agent.kill();
   });
+
+  it('a file whose stored bytes are wrong fails the host\'s check every time and ends failed (DW_CHECKSUM), handled nowhere', async () => {
+    const dir = tempDir();
+    const rec = recordingHandler(dir);
+    const s = await setup({ rules: [rec.rule] });
+    // Stored while the host is away (store and forward), then the relay's copy rots on its disk.
+    const body = randomData(2 * MiB + 7);
+    const posted = await s.api.send(s.device, 'rotten.bin', body);
+    expect(posted.status).toBe(202);
+    const id = posted.json.id as string;
+    const blob = path.join(s.data, 'blobs', id);
+    const fd = fs.openSync(blob, 'r+');
+    fs.writeSync(fd, Uint8Array.of(0x55, 0xaa), 0, 2, MiB);
+    fs.closeSync(fd);
+    const agent = spawnCli(['agent', '--home', s.home]);
+    const done = await s.api.until(id, ['failed', 'handled'], 60_000);
+    expect(done.status).toBe('failed');
+    expect(done.result).toMatchObject({ code: 'DW_CHECKSUM' });
+    const mismatches = agent.logs.filter((l) => l.msg === 'SHA-256 mismatch; asking for the file again' && l.id === id);
+    expect(mismatches.length).toBe(3);
+    expect(rec.runs().filter((r) => r.id === id)).toEqual([]);
+    await waitFor(() => parts(s.home).length === 0, 10_000, 'the agent to drop the part');
+    await agent.kill();
+  });
 });
 
 const why = redisUnavailableReason();
