@@ -1,6 +1,7 @@
 /**
  * Enqueue throughput of the SQLite store: group commit against one commit (one fsync) per write; and the
- * store's whole share of one message (enqueue, then `sent`, `received`, `handled`) in CPU per message.
+ * store's whole share of one message (enqueue, then `sent`, `received`, `handled`) in CPU per message: each
+ * change awaited on its own, and as the hub makes them (`sent` and `received` lazy, written with `handled`).
  * Every run is bounded by a row count and a time budget. `node dist/bench/store.js [dir]` — pass a
  * folder on the disk you want to measure (the default is the OS temp folder).
  */
