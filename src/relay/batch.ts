@@ -15,7 +15,7 @@ import busboy from 'busboy';
 import { plainSize } from '../protocol/seal.js';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import type { BodyStorage, ReceivedBody } from './body-storage.js';
+import { uploadedMessage, type BodyStorage, type ReceivedBody } from './body-storage.js';
 import { scopeAllows, type EventFeed } from './events.js';
 import type { Hub } from './hub.js';
 import { RESERVED_KEY_PREFIX } from './message-actions.js';
@@ -313,20 +313,7 @@ async function receiveFile(
     part,
     label,
     received,
-    message: {
-      id,
-      to,
-      from: token.name,
-      filename,
-      size: received.size,
-      sha256: received.sha256,
-      ...(received.body ? { body: received.body } : { bodyPath: received.bodyPath! }),
-      ...(key !== undefined ? { idempotencyKey: key } : {}),
-      createdAt: now,
-      deadlineAt: now + deadline * 1000,
-      ...(ttl !== undefined ? { expiresAt: now + ttl * 1000 } : {}),
-      ...(sealed ? { sealed: true } : {}),
-    },
+    message: uploadedMessage({ id, to, from: token.name, filename, ...(key !== undefined ? { idempotencyKey: key } : {}), now, deadlineS: deadline, ...(ttl !== undefined ? { ttlS: ttl } : {}), sealed }, received),
   };
   const refuse = async (err: BatchError): Promise<never> => {
     if (received.bodyPath) await d.blobs.remove(received.bodyPath);

@@ -8,6 +8,7 @@ import fsp from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { DropwireError } from '../shared/errors.js';
 import { transferred } from '../transport/memory.js';
+import type { NewMessage } from './store/types.js';
 
 /** Bodies up to this size are kept inline in the store (one group commit covers them). */
 export const INLINE_MAX = 64 * 1024;
@@ -21,6 +22,38 @@ export interface ReceivedBody {
   body?: Uint8Array;
   /** ...or where the storage keeps it (a file path, or a `redis-blob:` reference): `NewMessage.bodyPath`. */
   bodyPath?: string;
+}
+
+/** What a sender asked for one uploaded file (POST /v1/messages, each file of a batch). */
+export interface UploadRequest {
+  id: string;
+  to: string;
+  from: string;
+  filename: string;
+  idempotencyKey?: string;
+  now: number;
+  /** Seconds until overdue, and until expired (none: never). */
+  deadlineS: number;
+  ttlS?: number;
+  sealed: boolean;
+}
+
+/** The message an upload becomes once its body is received. */
+export function uploadedMessage(r: UploadRequest, received: ReceivedBody): NewMessage {
+  return {
+    id: r.id,
+    to: r.to,
+    from: r.from,
+    filename: r.filename,
+    size: received.size,
+    sha256: received.sha256,
+    ...(received.body ? { body: received.body } : { bodyPath: received.bodyPath! }),
+    ...(r.idempotencyKey !== undefined ? { idempotencyKey: r.idempotencyKey } : {}),
+    createdAt: r.now,
+    deadlineAt: r.now + r.deadlineS * 1000,
+    ...(r.ttlS !== undefined ? { expiresAt: r.now + r.ttlS * 1000 } : {}),
+    ...(r.sealed ? { sealed: true } : {}),
+  };
 }
 
 /** Reads a stored large body. */

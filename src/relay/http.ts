@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import busboy from 'busboy';
 import { DropwireError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import { INLINE_MAX, type BodyStorage } from './body-storage.js';
+import { INLINE_MAX, uploadedMessage, type BodyStorage } from './body-storage.js';
 import type { CutThrough } from './cut-through.js';
 import { eventBody, scopeAllows, visibleTo, type EventFeed } from './events.js';
 import type { Hub, StatusEvent } from './hub.js';
@@ -483,20 +483,9 @@ export class HttpApi {
     if (received.size === 0 && !allowEmpty && !sealed) {
       await refuse(new HttpError(400, 'DW_EMPTY_BODY', 'the body is empty (nothing was read from the file?); add allowEmpty=1 to send an empty file'));
     }
-    const { message, created } = await store.enqueue({
-      id,
-      to,
-      from: token.name,
-      filename,
-      size: received.size,
-      sha256: received.sha256,
-      ...(received.body ? { body: received.body } : { bodyPath: received.bodyPath! }),
-      ...(ikey ? { idempotencyKey: ikey } : {}),
-      createdAt: now,
-      deadlineAt: now + deadline * 1000,
-      ...(ttl !== undefined ? { expiresAt: now + ttl * 1000 } : {}),
-      ...(sealed ? { sealed: true } : {}),
-    });
+    const { message, created } = await store.enqueue(
+      uploadedMessage({ id, to, from: token.name, filename, ...(ikey ? { idempotencyKey: ikey } : {}), now, deadlineS: deadline, ...(ttl !== undefined ? { ttlS: ttl } : {}), sealed }, received),
+    );
     // PROTOCOL 7.18: the device may now have the hash (FILE_END): the message is durable.
     if (created && received.size === ct?.size) ct.stored(message);
     else ct?.abort();

@@ -1,25 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { randomData, setup, sha256, spawnCli, tempDir, waitFor, type Proc, type RelayInfo } from '../helpers/cli.js';
+import { randomData, setup, sha256, spawnCli, startRelay, tempDir, waitFor } from '../helpers/cli.js';
 
 /** Forward order of the statuses a reader may see; a final status is the last. */
 const RANK: Record<string, number> = { queued: 0, sent: 1, received: 2, handled: 3, failed: 3, rejected: 3, expired: 3, cancelled: 3 };
-
-/** The relay as test/helpers startRelay starts it, with an environment of its own. */
-async function startRelayWithEnv(data: string, listen: string, env: NodeJS.ProcessEnv): Promise<{ proc: Proc; info: RelayInfo }> {
-  fs.rmSync(path.join(data, 'relay.json'), { force: true });
-  const proc = spawnCli(['relay', 'start', '--data', data, '--listen', listen, '--http', '127.0.0.1:0'], { env });
-  const info = await waitFor(() => {
-    try {
-      const i = JSON.parse(fs.readFileSync(path.join(data, 'relay.json'), 'utf8')) as RelayInfo;
-      return i.pid === proc.pid ? i : undefined;
-    } catch {
-      return undefined;
-    }
-  }, 20_000, 'relay.json');
-  return { proc, info };
-}
 
 /** A handler that takes a while, then records its run (`id sha256`): exactly-once checks. */
 function slowRecordingHandler(dir: string, ms: number): { rule: unknown; runs: () => { id: string; sha: string }[] } {
@@ -82,7 +67,7 @@ describe('lazy statuses and crashes', () => {
     s.relay.proc.child.kill('SIGTERM');
     await new Promise((r) => s.relay.proc.child.once('exit', r));
     const env = { DROPWIRE_LAZY_WINDOW_MS: '10000' };
-    let relay = await startRelayWithEnv(s.data, s.relay.info.agents, env);
+    let relay = await startRelay(s.data, [], s.relay.info.agents, env);
     s.api.base = `http://${relay.info.http}`;
     const sent = new Map<string, string>();
     for (let i = 0; i < 40; i++) {
@@ -122,7 +107,7 @@ describe('lazy statuses and crashes', () => {
     await new Promise((r) => relay.proc.child.once('exit', r));
     const handledBefore = rec.runs().length;
 
-    relay = await startRelayWithEnv(s.data, s.relay.info.agents, env);
+    relay = await startRelay(s.data, [], s.relay.info.agents, env);
     s.api.base = `http://${relay.info.http}`;
     for (const id of ids) await s.api.until(id, ['handled'], 120_000);
     reading = false;

@@ -162,9 +162,9 @@ export async function waitFor<T>(fn: () => T | undefined | Promise<T | undefined
 }
 
 /** `relay start` on loopback with port 0; resolves once relay.json names the ports. */
-export async function startRelay(data: string, extra: string[] = [], listen = '127.0.0.1:0'): Promise<{ proc: Proc; info: RelayInfo }> {
+export async function startRelay(data: string, extra: string[] = [], listen = '127.0.0.1:0', env?: NodeJS.ProcessEnv): Promise<{ proc: Proc; info: RelayInfo }> {
   fs.rmSync(path.join(data, 'relay.json'), { force: true });
-  const proc = spawnCli(['relay', 'start', '--data', data, '--listen', listen, '--http', '127.0.0.1:0', ...extra]);
+  const proc = spawnCli(['relay', 'start', '--data', data, '--listen', listen, '--http', '127.0.0.1:0', ...extra], env ? { env } : {});
   const info = await waitFor(() => {
     try {
       const i = JSON.parse(fs.readFileSync(path.join(data, 'relay.json'), 'utf8')) as RelayInfo;
