@@ -18,6 +18,7 @@ import type { Logger } from '../shared/log.js';
 import { uploadedMessage, type BodyStorage, type ReceivedBody } from './body-storage.js';
 import { scopeAllows, type EventFeed } from './events.js';
 import type { Hub } from './hub.js';
+import { DEFAULT_DEADLINE_S, HttpError, MAX_FILENAME_BYTES, MAX_SECONDS } from './http-error.js';
 import { RESERVED_KEY_PREFIX } from './message-actions.js';
 import type { MessageRecord, NewMessage, Store, TokenRecord } from './store/types.js';
 
@@ -30,20 +31,6 @@ type FileField = (typeof FILE_FIELDS)[number];
 const LABEL = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_FIELD_BYTES = 2048;
 const MAX_KEY_CHARS = 200;
-const MAX_FILENAME_BYTES = 1024;
-const MAX_SECONDS = 10 * 365 * 86400;
-const DEFAULT_DEADLINE_S = 120;
-
-/** A refusal with its HTTP status; http.ts answers it like its own errors. */
-export class BatchError extends DropwireError {
-  readonly status: number;
-  readonly headers: Record<string, string>;
-  constructor(status: number, code: string, message: string, headers: Record<string, string> = {}) {
-    super(code, message);
-    this.status = status;
-    this.headers = headers;
-  }
-}
 
 export interface BatchDeps {
   store: Store;
@@ -113,7 +100,7 @@ class PartQueue {
   }
 }
 
-const bad = (message: string) => new BatchError(400, 'DW_BAD_REQUEST', message);
+const bad = (message: string) => new HttpError(400, 'DW_BAD_REQUEST', message);
 
 /** `?name=` or a field's value as seconds, the rule of single POSTs. */
 function secondsOf(value: string | null | undefined, what: string): number | undefined {
@@ -137,7 +124,7 @@ export async function postBatch(d: BatchDeps, req: http.IncomingMessage, res: ht
   if (url.searchParams.has('filename')) throw bad('filename is per file in a batch: a filename.LABEL field, or the file part\'s own file name');
   const declared = Number(req.headers['content-length'] ?? NaN);
   if (Number.isFinite(declared) && declared > MAX_BATCH_FILES * (d.maxBody + 64 * 1024)) {
-    throw new BatchError(413, 'DW_TOO_LARGE', `a batch of at most ${MAX_BATCH_FILES} files of at most ${d.maxBody} bytes cannot be ${declared} bytes long`);
+    throw new HttpError(413, 'DW_TOO_LARGE', `a batch of at most ${MAX_BATCH_FILES} files of at most ${d.maxBody} bytes cannot be ${declared} bytes long`);
   }
   const defaults = {
     to: url.searchParams.get('to') ?? '',
@@ -152,10 +139,10 @@ export async function postBatch(d: BatchDeps, req: http.IncomingMessage, res: ht
   // Ends the body read: the idle timer (408), or the client leaving mid-body.
   const stop = new AbortController();
   req.setTimeout(d.bodyTimeoutMs, () =>
-    stop.abort(new BatchError(408, 'DW_TIMEOUT', `no bytes of the body arrived for ${d.bodyTimeoutMs / 1000} s; nothing was stored`)),
+    stop.abort(new HttpError(408, 'DW_TIMEOUT', `no bytes of the body arrived for ${d.bodyTimeoutMs / 1000} s; nothing was stored`)),
   );
   const onClose = () => {
-    if (!req.complete) stop.abort(new BatchError(499, 'DW_CLIENT_GONE', 'the client closed the connection before the request was complete'));
+    if (!req.complete) stop.abort(new HttpError(499, 'DW_CLIENT_GONE', 'the client closed the connection before the request was complete'));
   };
   req.once('close', onClose);
   const ends: Array<() => void> = [];
@@ -192,7 +179,7 @@ export async function postBatch(d: BatchDeps, req: http.IncomingMessage, res: ht
     }
     await dropBodies(d, files);
     for (const end of ends) end();
-    if ((err as DropwireError).code === 'DW_TOO_LARGE' && !(err instanceof BatchError)) throw new BatchError(413, 'DW_TOO_LARGE', (err as Error).message);
+    if ((err as DropwireError).code === 'DW_TOO_LARGE' && !(err instanceof HttpError)) throw new HttpError(413, 'DW_TOO_LARGE', (err as Error).message);
     throw err;
   } finally {
     req.setTimeout(0);
@@ -246,7 +233,7 @@ async function readParts(
     }
     if (labels.has(label!)) throw bad(`file part ${part} is given twice`);
     labels.add(label!);
-    if (files.length >= MAX_BATCH_FILES) throw new BatchError(413, 'DW_TOO_MANY_FILES', `a batch has at most ${MAX_BATCH_FILES} files; send the others in another batch`);
+    if (files.length >= MAX_BATCH_FILES) throw new HttpError(413, 'DW_TOO_MANY_FILES', `a batch has at most ${MAX_BATCH_FILES} files; send the others in another batch`);
     files.push(await receiveFile(d, token, e, part, label!, fields.get(label!) ?? {}, defaults, batchKey, signal, ends));
   }
   for (const label of fields.keys()) {
@@ -272,12 +259,12 @@ async function receiveFile(
   if (!to) throw bad(`${part}: no device: add a field to.${label} before it (or ?to= for every file)`);
   // One answer for "no such device" and "not yours", as for a single POST: a scoped token cannot probe names.
   if (!scopeAllows(token.to, to) || !(await d.deviceExists(to))) {
-    throw new BatchError(404, 'DW_UNKNOWN_DEVICE', `${part}: no device named '${to}' that this token may send to`);
+    throw new HttpError(404, 'DW_UNKNOWN_DEVICE', `${part}: no device named '${to}' that this token may send to`);
   }
   const filename = f.filename ?? e.filename;
-  if (!filename) throw new BatchError(400, 'DW_BAD_NAME', `${part}: a file name is required: a filename.${label} field, or a file name on the part`);
+  if (!filename) throw new HttpError(400, 'DW_BAD_NAME', `${part}: a file name is required: a filename.${label} field, or a file name on the part`);
   if (Buffer.byteLength(filename) > MAX_FILENAME_BYTES || filename.includes('\0')) {
-    throw new BatchError(400, 'DW_BAD_NAME', `${part}: filename must be 1 to ${MAX_FILENAME_BYTES} bytes without NUL`);
+    throw new HttpError(400, 'DW_BAD_NAME', `${part}: filename must be 1 to ${MAX_FILENAME_BYTES} bytes without NUL`);
   }
   const deadline = secondsOf(f.deadline, `${part}: deadline.${label}`) ?? defaults.deadline;
   const ttl = secondsOf(f.ttl, `${part}: ttl.${label}`) ?? defaults.ttl;
@@ -300,7 +287,7 @@ async function receiveFile(
     received = await d.blobs.receive(e.stream, id, d.maxBody);
   } catch (err) {
     if (err instanceof DropwireError) {
-      if (err.code === 'DW_TOO_LARGE') throw new BatchError(413, 'DW_TOO_LARGE', `${part}: ${err.message}`);
+      if (err.code === 'DW_TOO_LARGE') throw new HttpError(413, 'DW_TOO_LARGE', `${part}: ${err.message}`);
       throw err;
     }
     // busboy's own complaints (plain errors, no code: a truncated or malformed body) are the client's.
@@ -315,15 +302,15 @@ async function receiveFile(
     received,
     message: uploadedMessage({ id, to, from: token.name, filename, ...(key !== undefined ? { idempotencyKey: key } : {}), now, deadlineS: deadline, ...(ttl !== undefined ? { ttlS: ttl } : {}), sealed }, received),
   };
-  const refuse = async (err: BatchError): Promise<never> => {
+  const refuse = async (err: HttpError): Promise<never> => {
     if (received.bodyPath) await d.blobs.remove(received.bodyPath);
     throw err;
   };
   if (sealed && plainSize(received.size) === undefined) {
-    await refuse(new BatchError(400, 'DW_BAD_SEAL', `${part}: sealed, but no sealed envelope is ${received.size} bytes long (PROTOCOL 12)`));
+    await refuse(new HttpError(400, 'DW_BAD_SEAL', `${part}: sealed, but no sealed envelope is ${received.size} bytes long (PROTOCOL 12)`));
   }
   if (received.size === 0 && !allowEmpty && !sealed) {
-    await refuse(new BatchError(400, 'DW_EMPTY_BODY', `${part}: the file is empty; add a field allowEmpty.${label}=1 (or ?allowEmpty=1) to send an empty file`));
+    await refuse(new HttpError(400, 'DW_EMPTY_BODY', `${part}: the file is empty; add a field allowEmpty.${label}=1 (or ?allowEmpty=1) to send an empty file`));
   }
   return file;
 }
@@ -338,7 +325,7 @@ function takePlace(d: BatchDeps, token: TokenRecord, held: number): () => void {
   } catch (err) {
     const cap = Math.min(d.maxUploads, d.maxUploadsPerToken);
     if (held >= cap) {
-      throw new BatchError(413, 'DW_TOO_MANY_FILES', `this relay takes at most ${cap} files in one batch (each file counts as an upload: --max-uploads, --max-uploads-per-token)`);
+      throw new HttpError(413, 'DW_TOO_MANY_FILES', `this relay takes at most ${cap} files in one batch (each file counts as an upload: --max-uploads, --max-uploads-per-token)`);
     }
     throw err;
   }
@@ -390,7 +377,7 @@ async function store(d: BatchDeps, res: http.ServerResponse, token: TokenRecord,
   if (mismatched.length > 0) {
     await dropBodies(d, files.filter((f) => !stored.get(f)?.created));
     const kept = keyed.filter((f) => stored.get(f)?.created).map((f) => `${f.part} as ${f.message.id}`);
-    throw new BatchError(
+    throw new HttpError(
       422,
       'DW_IDEMPOTENCY_MISMATCH',
       `${mismatched.join('; ')}; use a new key for a new file.${kept.length > 0 ? ` Stored under their keys (a corrected batch sent again finds them): ${kept.join(', ')}.` : ''} No file without a key was stored.`,

@@ -13,6 +13,7 @@ import type { Hub, StatusEvent } from './hub.js';
 import { cancelMessage, RESERVED_KEY_PREFIX, retryLinks, retryMessage, type MessageActionDeps } from './message-actions.js';
 import { plainSize } from '../protocol/seal.js';
 import { receiveSmallBody } from './small-body.js';
+import { DEFAULT_DEADLINE_S, HttpError, MAX_FILENAME_BYTES, MAX_SECONDS } from './http-error.js';
 import { FINAL_STATUSES, type MessageRecord, type Store, type TokenRecord } from './store/types.js';
 
 export interface HttpOptions {
@@ -50,24 +51,12 @@ export const DEFAULT_MAX_UPLOADS = 1024;
 export const DEFAULT_MAX_UPLOADS_PER_TOKEN = 256;
 
 /** Defaults for a message's alert deadline and time to live, in seconds. */
-export const DEFAULT_DEADLINE_S = 120;
 export const MAX_WAIT_S = 60;
-const MAX_FILENAME_BYTES = 1024;
 /** After an error mid-upload, at most this much more of the body is read (and dropped) before answering. */
 const DRAIN_BYTES = 64 * 1024 * 1024;
 const DRAIN_MS = 10_000;
 const SSE_KEEPALIVE_MS = 15_000;
 const TOKEN_CACHE_MS = 2_000;
-
-class HttpError extends DropwireError {
-  readonly status: number;
-  readonly headers: Record<string, string>;
-  constructor(status: number, code: string, message: string, headers: Record<string, string> = {}) {
-    super(code, message);
-    this.status = status;
-    this.headers = headers;
-  }
-}
 
 /** The HTTP status of each coded error the API answers with (besides `HttpError`s, which carry theirs). */
 const STATUS_OF_CODE: Record<string, number> = {
@@ -504,7 +493,7 @@ export class HttpApi {
 
   /** POST /v1/messages/batch: several files in one multipart POST (batch.ts). */
   private async postBatch(req: http.IncomingMessage, res: http.ServerResponse, url: URL, token: TokenRecord): Promise<void> {
-    const { postBatch, BatchError } = await import('./batch.js');
+    const { postBatch } = await import('./batch.js');
     const { store, hub, blobs, feed, log, maxBody } = this.o;
     const deps = {
       store, hub, blobs, feed, log, maxBody, bodyTimeoutMs: this.bodyTimeoutMs, now: this.now, newId: messageId,
@@ -513,9 +502,7 @@ export class HttpApi {
       maxUploads: this.o.maxUploads ?? DEFAULT_MAX_UPLOADS,
       maxUploadsPerToken: this.o.maxUploadsPerToken ?? DEFAULT_MAX_UPLOADS_PER_TOKEN,
     };
-    return postBatch(deps, req, res, url, token).catch((err: unknown) => {
-      throw err instanceof BatchError ? new HttpError(err.status, err.code, err.message, err.headers) : err;
-    });
+    return postBatch(deps, req, res, url, token);
   }
 
   private summary(m: MessageRecord): Record<string, unknown> {
@@ -781,7 +768,7 @@ function seconds(url: URL, name: string, fallback: number | undefined): number |
   const v = url.searchParams.get(name);
   if (v === null || v === '') return fallback;
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0 || n > 10 * 365 * 86400) throw new HttpError(400, 'DW_BAD_REQUEST', `${name} must be a number of seconds`);
+  if (!Number.isFinite(n) || n < 0 || n > MAX_SECONDS) throw new HttpError(400, 'DW_BAD_REQUEST', `${name} must be a number of seconds`);
   return n;
 }
 
